@@ -1,0 +1,1 @@
+"""The device daemon: inference, telemetry spool and publisher, updater, MCU host."""

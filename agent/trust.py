@@ -1,0 +1,173 @@
+"""What a device trusts: TUF metadata refreshed from the gateway's repository (or a local copy,
+such as a USB stick), checked against the root the device was provisioned with.
+
+The metadata folder is the device's memory of what it has seen; it must never be wiped, because
+the rollback and freeze protections live in it. This module is imported only by the update work,
+which runs in a child process: python-tuf costs ~25 MB that the long-running daemon never pays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from tuf.api import exceptions as tuf_errors
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+
+from protocol.model_meta import MetadataError, ModelMeta
+
+CHUNK = 64 * 1024
+
+
+class TrustError(Exception):
+    """The repository could not prove that a target is what the offline keys signed."""
+
+    def __init__(self, message: str, reason: str = "untrusted"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class VerifiedTarget:
+    path: str
+    length: int
+    sha256: str
+    custom: dict
+
+    def model_meta(self) -> ModelMeta:
+        try:
+            return ModelMeta.from_json(self.custom)
+        except MetadataError as exc:
+            raise TrustError(
+                f"{self.path}: signed model metadata is malformed: {exc}", "bad-metadata"
+            ) from None
+
+
+class DirectoryFetcher(FetcherInterface):
+    """Serves ``file://`` URLs from a local copy of a repository."""
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        path = Path(unquote(urlparse(url).path))
+        try:
+            handle = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            # The client probes for newer roots and stops only on 403/404.
+            raise tuf_errors.DownloadHTTPError(f"{path} not found", 404) from None
+        except OSError as exc:
+            raise tuf_errors.DownloadError(f"{path}: {exc.strerror}") from None
+        with handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+
+
+def _base_urls(repository: str) -> tuple[str, str, FetcherInterface | None]:
+    if repository.startswith(("http://", "https://")):
+        base = repository.rstrip("/")
+        return f"{base}/metadata/", f"{base}/targets/", None
+    root = Path(repository).resolve()
+    if not (root / "metadata").is_dir():
+        raise TrustError(
+            f"{repository}: not a repository (no metadata/ folder)", "not-a-repository"
+        )
+    return f"{root.as_uri()}/metadata/", f"{root.as_uri()}/targets/", DirectoryFetcher()
+
+
+_REASONS = {
+    tuf_errors.ExpiredMetadataError: "expired",
+    tuf_errors.BadVersionNumberError: "rollback",
+    tuf_errors.UnsignedMetadataError: "bad-signature",
+    tuf_errors.LengthOrHashMismatchError: "hash-mismatch",
+    tuf_errors.DownloadLengthMismatchError: "too-long",
+    tuf_errors.DownloadError: "unreachable",
+    tuf_errors.RepositoryError: "untrusted",
+}
+
+
+def _wrap(exc: Exception, what: str) -> TrustError:
+    reason = next((r for cls, r in _REASONS.items() if isinstance(exc, cls)), "untrusted")
+    hint = " (check the device clock)" if reason == "expired" else ""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return TrustError(f"{what}: {type(exc).__name__}: {detail}{hint}", reason)
+
+
+class TrustedRepository:
+    """One refresh of a repository's metadata, and verified access to its targets."""
+
+    def __init__(
+        self,
+        metadata_dir: Path,
+        repository: str,
+        trusted_root: Path | None = None,
+        config: UpdaterConfig | None = None,
+    ):
+        self.metadata_dir = Path(metadata_dir)
+        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        bootstrap = None
+        if not (self.metadata_dir / "root.json").exists():
+            if trusted_root is None:
+                raise TrustError(
+                    f"{metadata_dir}: no trusted root yet; provision root.json", "not-provisioned"
+                )
+            try:
+                bootstrap = Path(trusted_root).read_bytes()
+                json.loads(bootstrap)
+            except (OSError, ValueError) as exc:
+                raise TrustError(
+                    f"{trusted_root}: unreadable trusted root: {exc}", "not-provisioned"
+                ) from None
+        metadata_url, self._targets_url, fetcher = _base_urls(repository)
+        try:
+            self._updater = Updater(
+                str(self.metadata_dir),
+                metadata_url,
+                None,
+                self._targets_url,
+                fetcher,
+                config,
+                bootstrap=bootstrap,
+            )
+            self._updater.refresh()
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError, ValueError) as exc:
+            raise _wrap(exc, f"refresh from {repository}") from None
+
+    def _info(self, path: str):
+        try:
+            info = self._updater.get_targetinfo(path)
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+            raise _wrap(exc, f"metadata for {path}") from None
+        if info is None:
+            raise TrustError(f"{path}: not a signed target of this repository", "unknown-target")
+        return info
+
+    def target(self, path: str) -> VerifiedTarget:
+        """Signed facts about a target, or ``TrustError`` when no trusted role lists it."""
+        info = self._info(path)
+        return VerifiedTarget(path, info.length, info.hashes["sha256"], dict(info.custom))
+
+    def download(self, path: str, destination: Path) -> VerifiedTarget:
+        """Fetch a target into ``destination`` (written only once its length and hash match)."""
+        info = self._info(path)
+        try:
+            self._updater.download_target(info, filepath=str(destination))
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+            raise _wrap(exc, f"download of {path}") from None
+        return VerifiedTarget(path, info.length, info.hashes["sha256"], dict(info.custom))
+
+    def check(self, path: str, data: bytes) -> VerifiedTarget:
+        """Check bytes obtained another way (a delta's result, a resumed download)."""
+        info = self._info(path)
+        try:
+            info.verify_length_and_hashes(data)
+        except tuf_errors.LengthOrHashMismatchError as exc:
+            raise _wrap(exc, path) from None
+        return VerifiedTarget(path, info.length, info.hashes["sha256"], dict(info.custom))
+
+
+def verify_target(
+    metadata_dir: Path, repository: str, path: str, trusted_root: Path | None = None
+) -> VerifiedTarget:
+    """Refresh metadata and return the verified facts about one target."""
+    return TrustedRepository(metadata_dir, repository, trusted_root).target(path)

@@ -1,0 +1,1 @@
+"""The site daemon and the operator's tooling: signing, repository, ingest, uplink, rollouts."""

@@ -1,0 +1,364 @@
+"""The release repository: TUF metadata over signed model targets, on disk.
+
+Layout of a repository folder::
+
+    metadata/   N.root.json (every version kept), root.json (the newest, to provision devices),
+                N.targets.json, N.snapshot.json, N.deltas.json, timestamp.json
+    targets/    <name>/<sha256>.<version>.tflite and .gate.json (consistent-snapshot names)
+    keys/offline/{root,targets}.key     keys/online/{snapshot,timestamp,deltas}.key
+
+Every change writes new versioned files first and ``timestamp.json`` last: until that rename a
+client still sees the previous release, so a crash or a refused input leaves the repository as
+it was. Reads go through ``timestamp -> snapshot -> targets``, never through a directory listing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization import DeserializationError
+
+from edgefleet.fsio import atomic_write_bytes
+from gateway import keystore
+from gateway.errors import ReleaseError
+from gateway.keystore import KeyDirs
+from protocol.model_meta import NAME_PATTERN, ModelMeta
+
+SPEC_VERSION = "1.0.31"
+DELTAS_ROLE = "deltas"
+DELTAS_PATHS = ["*/deltas/*"]
+DEFAULT_EXPIRY = {
+    "root": timedelta(days=365),
+    "targets": timedelta(days=90),
+    DELTAS_ROLE: timedelta(days=30),
+    "snapshot": timedelta(days=30),
+    "timestamp": timedelta(days=7),
+}
+_MODEL_PATH = re.compile(r"(?P<name>[^/]+)/(?P<version>[0-9]+)\.tflite")
+
+
+def expiry(role: str, lifetime: timedelta | None = None) -> datetime:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return now + (lifetime or DEFAULT_EXPIRY[role])
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` -> timedelta (positive)."""
+    match = re.fullmatch(r"([0-9]+)([dhms])", text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ReleaseError(f"bad duration {text!r}: use a positive number with d, h, m or s")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    version: int
+    path: str
+    length: int
+    sha256: str
+    meta: ModelMeta
+
+
+class Repository:
+    """Loads the current metadata of a repository folder and writes signed changes to it."""
+
+    def __init__(self, root_dir: Path, keys: KeyDirs | None = None):
+        self.dir = Path(root_dir)
+        self.keys = keys or KeyDirs(self.dir / "keys" / "offline", self.dir / "keys" / "online")
+        self.metadata_dir = self.dir / "metadata"
+        self.targets_dir = self.dir / "targets"
+        self._load()
+
+    # -- creation -------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, root_dir: Path, keys: KeyDirs | None = None) -> Repository:
+        """Create keys and version-1 metadata in an empty (or absent) folder."""
+        root_dir = Path(root_dir)
+        if (root_dir / "metadata").exists():
+            raise ReleaseError(f"{root_dir}: already holds a repository (metadata/ exists)")
+        keys = keys or KeyDirs(root_dir / "keys" / "offline", root_dir / "keys" / "online")
+        for role in keystore.OFFLINE_ROLES + keystore.ONLINE_ROLES:
+            if keys.path(role).exists():
+                raise ReleaseError(f"{keys.path(role)}: key file exists; refusing to overwrite it")
+        signers = {
+            role: keystore.generate() for role in (*keystore.OFFLINE_ROLES, *keystore.ONLINE_ROLES)
+        }
+        root = Metadata(Root(expires=expiry("root"), consistent_snapshot=True))
+        for role in ("root", "targets", "snapshot", "timestamp"):
+            root.signed.add_key(signers[role].public_key, role)
+        targets = Metadata(Targets(expires=expiry("targets")))
+        targets.signed.delegations = Delegations(
+            keys={},
+            roles={
+                DELTAS_ROLE: DelegatedRole(
+                    name=DELTAS_ROLE,
+                    keyids=[],
+                    threshold=1,
+                    terminating=True,
+                    paths=DELTAS_PATHS,
+                )
+            },
+        )
+        targets.signed.add_key(signers[DELTAS_ROLE].public_key, DELTAS_ROLE)
+        deltas = Metadata(Targets(expires=expiry(DELTAS_ROLE)))
+        snapshot = Metadata(Snapshot(expires=expiry("snapshot")))
+        snapshot.signed.meta[f"{DELTAS_ROLE}.json"] = MetaFile(version=1)
+        timestamp = Metadata(Timestamp(expires=expiry("timestamp")))
+
+        (root_dir / "metadata").mkdir(parents=True)
+        (root_dir / "targets").mkdir(exist_ok=True)
+        for role, signer in signers.items():
+            keystore.save(signer, keys.path(role))
+        for md, role in (
+            (root, "root"),
+            (targets, "targets"),
+            (deltas, DELTAS_ROLE),
+            (snapshot, "snapshot"),
+        ):
+            md.sign(signers[role])
+        timestamp.signed.snapshot_meta = _meta_file(snapshot)
+        timestamp.sign(signers["timestamp"])
+        repo = cls.__new__(cls)
+        repo.dir, repo.keys = root_dir, keys
+        repo.metadata_dir, repo.targets_dir = root_dir / "metadata", root_dir / "targets"
+        repo._write_versioned(targets, "targets")
+        repo._write_versioned(deltas, DELTAS_ROLE)
+        repo._write_versioned(snapshot, "snapshot")
+        repo._write_root(root)
+        repo._write(timestamp.to_bytes(), "timestamp.json")
+        repo._load()
+        return repo
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _read(self, filename: str, kind: type) -> Metadata:
+        path = self.metadata_dir / filename
+        try:
+            md = Metadata.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            raise ReleaseError(
+                f"{self.dir}: not an edgefleet repository ({path} missing)"
+            ) from None
+        except DeserializationError as exc:
+            raise ReleaseError(f"{path}: not valid TUF metadata: {exc}") from None
+        if not isinstance(md.signed, kind):
+            raise ReleaseError(f"{path}: holds {md.signed.type} metadata, not {kind.type}")
+        return md
+
+    def _load(self) -> None:
+        if not self.metadata_dir.is_dir():
+            raise ReleaseError(f"{self.dir}: not an edgefleet repository (no metadata/ folder)")
+        version = 1
+        while (self.metadata_dir / f"{version + 1}.root.json").exists():
+            version += 1
+        self.root = self._read(f"{version}.root.json", Root)
+        self.timestamp = self._read("timestamp.json", Timestamp)
+        self.snapshot = self._read(
+            f"{self.timestamp.signed.snapshot_meta.version}.snapshot.json", Snapshot
+        )
+        targets_meta = self.snapshot.signed.meta.get("targets.json")
+        if targets_meta is None:
+            raise ReleaseError(f"{self.dir}: snapshot does not list targets.json")
+        self.targets = self._read(f"{targets_meta.version}.targets.json", Targets)
+
+    def releases(self) -> list[Release]:
+        """Every signed model version, ordered by name then version."""
+        found = []
+        for path, target in self.targets.signed.targets.items():
+            match = _MODEL_PATH.fullmatch(path)
+            if not match:
+                continue
+            found.append(
+                Release(
+                    name=match["name"],
+                    version=int(match["version"]),
+                    path=path,
+                    length=target.length,
+                    sha256=target.hashes["sha256"],
+                    meta=ModelMeta.from_json(target.custom),
+                )
+            )
+        return sorted(found, key=lambda r: (r.name, r.version))
+
+    def latest_version(self, name: str) -> int:
+        return max((r.version for r in self.releases() if r.name == name), default=0)
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def add_release(
+        self,
+        meta: ModelMeta,
+        model: bytes,
+        gate_bytes: bytes,
+        targets_lifetime: timedelta | None = None,
+    ) -> Release:
+        """Sign a new model version (and its gate vectors) as targets and publish it."""
+        if not NAME_PATTERN.fullmatch(meta.name):
+            raise ReleaseError(f"bad model name {meta.name!r}: use letters, digits, '_', '.', '-'")
+        latest = self.latest_version(meta.name)
+        if meta.version <= latest:
+            raise ReleaseError(
+                f"version {meta.version} of {meta.name!r} is not higher than the latest ({latest})"
+            )
+        targets_signer = keystore.load(self.keys.path("targets"))
+        self._check_signer(targets_signer, "targets")
+        online = self._online_signers()
+
+        model_path = f"{meta.name}/{meta.version}.tflite"
+        model_target = TargetFile.from_data(model_path, model, ["sha256"])
+        model_target.unrecognized_fields["custom"] = meta.to_json()
+        gate_target = TargetFile.from_data(meta.gate.path, gate_bytes, ["sha256"])
+        gate_target.unrecognized_fields["custom"] = {"gate_for": model_path}
+        self._store_target(gate_target, gate_bytes)
+        self._store_target(model_target, model)
+
+        targets = self.targets
+        targets.signed.targets[model_path] = model_target
+        targets.signed.targets[meta.gate.path] = gate_target
+        self._publish(targets, [targets_signer], online, targets_lifetime)
+        return next(r for r in self.releases() if r.path == model_path)
+
+    def rotate_key(self, role: str) -> str:
+        """Replace a role's key through a new root that clients holding the old root accept.
+
+        Returns the new key id. The old key co-signs the role's next metadata, so every crash
+        point leaves metadata that verifies under the old root or the new one.
+        """
+        if role not in ("root", "targets", "snapshot", "timestamp"):
+            raise ReleaseError(
+                f"cannot rotate role {role!r}: use root, targets, snapshot or timestamp"
+            )
+        root_signer = keystore.load(self.keys.path("root"))
+        self._check_signer(root_signer, "root")
+        old = root_signer if role == "root" else keystore.load(self.keys.path(role))
+        self._check_signer(old, role)
+        new = keystore.generate()
+        staged = self.keys.path(role).with_suffix(".key.next")
+        keystore.save(new, staged)
+
+        if role in ("targets", "snapshot", "timestamp"):
+            online = self._online_signers()
+            signers = {"targets": [keystore.load(self.keys.path("targets"))]}
+            signers[role] = [old, new]
+            self._publish(
+                self.targets,
+                signers["targets"],
+                online,
+                snapshot_signers=signers.get("snapshot"),
+                timestamp_signers=signers.get("timestamp"),
+            )
+        root = self.root
+        root.signed.revoke_key(old.public_key.keyid, role)
+        root.signed.add_key(new.public_key, role)
+        root.signed.version += 1
+        root.signed.expires = expiry("root")
+        root.signatures.clear()
+        root.sign(new if role == "root" else root_signer, append=True)
+        if role == "root":
+            root.sign(old, append=True)
+        self._write_root(root)
+        staged.replace(self.keys.path(role))
+        self._load()
+        return new.public_key.keyid
+
+    def refresh_timestamp(self, lifetime: timedelta | None = None) -> None:
+        """Re-sign the timestamp (the online key's routine job) with a new expiry."""
+        signer = keystore.load(self.keys.path("timestamp"))
+        self._check_signer(signer, "timestamp")
+        timestamp = self.timestamp
+        timestamp.signed.version += 1
+        timestamp.signed.expires = expiry("timestamp", lifetime)
+        timestamp.signatures.clear()
+        timestamp.sign(signer)
+        self._write(timestamp.to_bytes(), "timestamp.json")
+        self._load()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _online_signers(self) -> dict[str, CryptoSigner]:
+        signers = {role: keystore.load(self.keys.path(role)) for role in ("snapshot", "timestamp")}
+        for role, signer in signers.items():
+            self._check_signer(signer, role)
+        return signers
+
+    def _check_signer(self, signer: CryptoSigner, role: str) -> None:
+        if signer.public_key.keyid not in self.root.signed.roles[role].keyids:
+            raise ReleaseError(
+                f"{self.keys.path(role)}: key {signer.public_key.keyid[:12]} is not a {role} "
+                f"key of this repository"
+            )
+
+    def _publish(
+        self,
+        targets: Metadata,
+        targets_signers: Iterable[CryptoSigner],
+        online: dict[str, CryptoSigner],
+        targets_lifetime: timedelta | None = None,
+        snapshot_signers: Iterable[CryptoSigner] | None = None,
+        timestamp_signers: Iterable[CryptoSigner] | None = None,
+    ) -> None:
+        """Bump and sign targets, snapshot and timestamp; write timestamp.json last."""
+        targets.signed.version += 1
+        targets.signed.expires = expiry("targets", targets_lifetime)
+        _sign(targets, targets_signers)
+        snapshot = self.snapshot
+        snapshot.signed.version += 1
+        snapshot.signed.expires = expiry("snapshot")
+        snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
+        _sign(snapshot, snapshot_signers or [online["snapshot"]])
+        timestamp = self.timestamp
+        timestamp.signed.version += 1
+        timestamp.signed.expires = expiry("timestamp")
+        timestamp.signed.snapshot_meta = _meta_file(snapshot)
+        _sign(timestamp, timestamp_signers or [online["timestamp"]])
+
+        self._write_versioned(targets, "targets")
+        self._write_versioned(snapshot, "snapshot")
+        self._write(timestamp.to_bytes(), "timestamp.json")
+        self._load()
+
+    def _store_target(self, target: TargetFile, data: bytes) -> None:
+        for prefixed in target.get_prefixed_paths():
+            path = self.targets_dir / prefixed
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+
+    def _write(self, data: bytes, filename: str) -> None:
+        atomic_write_bytes(self.metadata_dir / filename, data)
+
+    def _write_versioned(self, md: Metadata, role: str) -> None:
+        self._write(md.to_bytes(), f"{md.signed.version}.{role}.json")
+
+    def _write_root(self, root: Metadata) -> None:
+        data = root.to_bytes()
+        self._write(data, f"{root.signed.version}.root.json")
+        self._write(data, "root.json")
+
+
+def _sign(md: Metadata, signers: Iterable[CryptoSigner]) -> None:
+    md.signatures.clear()
+    for signer in signers:
+        md.sign(signer, append=True)
+
+
+def _meta_file(snapshot: Metadata) -> MetaFile:
+    return MetaFile(version=snapshot.signed.version)

@@ -1,0 +1,1 @@
+"""The wire contract every side speaks: payload schemas, the delta container, serial frames."""

@@ -1,0 +1,227 @@
+"""The ML metadata a release signs about a model, carried in its TUF target's ``custom`` field.
+
+TUF covers these bytes with the targets signature but does not look inside them, so both the
+signer and the device parse them through ``ModelMeta.from_json``, which refuses anything
+malformed. The health-gate vectors live in a separate target (``<name>/<version>.gate.json``)
+whose hash is signed here, so the targets metadata stays small.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol.drift import DriftReference
+
+FORMAT_VERSION = 1
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+DTYPES = ("float32", "int8", "uint8", "int16", "int32", "int64", "float16", "bool")
+
+
+def decimal(value: float) -> str:
+    """A float as signed metadata carries it: TUF's canonical JSON has no floats, only strings
+    and integers, so floats travel as their shortest round-tripping decimal string."""
+    return repr(float(value))
+
+
+class MetadataError(ValueError):
+    """Signed ML metadata or gate vectors that do not follow the schema."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise MetadataError(message)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0
+
+    def quantize(self, values: np.ndarray) -> np.ndarray:
+        """Float values -> what this tensor takes (rounded, saturated for integer types)."""
+        values = np.asarray(values, dtype=np.float32)
+        if not self.quantized:
+            return values.astype(self.dtype)
+        info = np.iinfo(self.dtype)
+        scaled = np.round(values / self.scale) + self.zero_point
+        return np.clip(scaled, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        """What this tensor holds -> float32 values."""
+        if not self.quantized:
+            return np.asarray(raw, dtype=np.float32)
+        return ((np.asarray(raw, dtype=np.float32) - self.zero_point) * self.scale).astype(
+            np.float32
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "quantization": {"scale": decimal(self.scale), "zero_point": self.zero_point},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> TensorSpec:
+        try:
+            quant = data.get("quantization", {})
+            spec = cls(
+                name=str(data["name"]),
+                shape=tuple(int(d) for d in data["shape"]),
+                dtype=str(data["dtype"]),
+                scale=float(quant.get("scale", 0.0)),
+                zero_point=int(quant.get("zero_point", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MetadataError(f"bad tensor spec: {exc}") from exc
+        _require(spec.dtype in DTYPES, f"unknown dtype {spec.dtype!r}")
+        _require(all(d >= 0 for d in spec.shape), f"bad shape {spec.shape}")
+        return spec
+
+
+@dataclass(frozen=True)
+class GateRef:
+    """Where the health-gate vectors are and how closely the outputs must match them."""
+
+    path: str
+    sha256: str
+    count: int
+    atol: float
+    min_top1_agreement: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    name: str
+    version: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    gate: GateRef
+    latency_budget_ms: float
+    drift: DriftReference
+    arena_bytes: int | None = None
+    hardware_tags: tuple[str, ...] = ()
+    measured: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "gate": {
+                "path": self.gate.path,
+                "sha256": self.gate.sha256,
+                "count": self.gate.count,
+                "atol": decimal(self.gate.atol),
+                "min_top1_agreement": decimal(self.gate.min_top1_agreement),
+            },
+            "latency_budget_ms": decimal(self.latency_budget_ms),
+            "drift": self.drift.to_json(),
+            "hardware": {"arena_bytes": self.arena_bytes, "tags": list(self.hardware_tags)},
+            "measured": {k: decimal(v) for k, v in self.measured.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelMeta:
+        _require(isinstance(data, dict), "model metadata is not an object")
+        _require(
+            data.get("format") == FORMAT_VERSION,
+            f"unsupported model metadata format {data.get('format')!r}",
+        )
+        try:
+            gate = data["gate"]
+            hardware = data.get("hardware", {})
+            meta = cls(
+                name=str(data["name"]),
+                version=int(data["version"]),
+                inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+                outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+                gate=GateRef(
+                    path=str(gate["path"]),
+                    sha256=str(gate["sha256"]),
+                    count=int(gate["count"]),
+                    atol=float(gate["atol"]),
+                    min_top1_agreement=float(gate.get("min_top1_agreement", 1.0)),
+                ),
+                latency_budget_ms=float(data["latency_budget_ms"]),
+                drift=DriftReference.from_json(data["drift"]),
+                arena_bytes=hardware.get("arena_bytes"),
+                hardware_tags=tuple(str(t) for t in hardware.get("tags", ())),
+                measured={k: float(v) for k, v in data.get("measured", {}).items()},
+            )
+        except MetadataError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MetadataError(f"bad model metadata: {exc!r}") from exc
+        _require(bool(NAME_PATTERN.fullmatch(meta.name)), f"bad model name {meta.name!r}")
+        _require(meta.version >= 1, "version must be >= 1")
+        _require(meta.inputs and meta.outputs, "model metadata lists no tensors")
+        _require(meta.latency_budget_ms > 0, "latency budget must be positive")
+        _require(re.fullmatch(r"[0-9a-f]{64}", meta.gate.sha256) is not None, "bad gate sha256")
+        return meta
+
+
+def encode_array(array: np.ndarray) -> dict:
+    array = np.ascontiguousarray(array)
+    return {
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "data": base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode(),
+    }
+
+
+def decode_array(data: dict) -> np.ndarray:
+    try:
+        dtype = np.dtype(data["dtype"]).newbyteorder("<")
+        shape = tuple(int(d) for d in data["shape"])
+        raw = base64.b64decode(data["data"], validate=True)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MetadataError(f"bad array: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class GateVectors:
+    """Reference inputs (as fed to the model's input tensors, one batch per tensor) and the
+    outputs the signed model gave on them."""
+
+    inputs: tuple[np.ndarray, ...]
+    outputs: tuple[np.ndarray, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "inputs": [encode_array(a) for a in self.inputs],
+            "outputs": [encode_array(a) for a in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> GateVectors:
+        _require(
+            isinstance(data, dict) and data.get("format") == FORMAT_VERSION,
+            "unsupported gate vectors format",
+        )
+        try:
+            vectors = cls(
+                tuple(decode_array(a) for a in data["inputs"]),
+                tuple(decode_array(a) for a in data["outputs"]),
+            )
+        except KeyError as exc:
+            raise MetadataError(f"gate vectors lack {exc}") from exc
+        counts = {len(a) for a in vectors.inputs + vectors.outputs}
+        _require(len(counts) == 1, "gate vectors have different sample counts")
+        return vectors
