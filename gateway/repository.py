@@ -14,6 +14,7 @@ it was. Reads go through ``timestamp -> snapshot -> targets``, never through a d
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -179,6 +180,10 @@ class Repository:
         if targets_meta is None:
             raise ReleaseError(f"{self.dir}: snapshot does not list targets.json")
         self.targets = self._read(f"{targets_meta.version}.targets.json", Targets)
+        deltas_meta = self.snapshot.signed.meta.get(f"{DELTAS_ROLE}.json")
+        if deltas_meta is None:
+            raise ReleaseError(f"{self.dir}: snapshot does not list {DELTAS_ROLE}.json")
+        self.deltas = self._read(f"{deltas_meta.version}.{DELTAS_ROLE}.json", Targets)
 
     def releases(self) -> list[Release]:
         """Every signed model version, ordered by name then version."""
@@ -237,6 +242,25 @@ class Repository:
         self._publish(targets, [targets_signer], online, targets_lifetime)
         return next(r for r in self.releases() if r.path == model_path)
 
+    def add_delta(self, path: str, data: bytes, custom: dict) -> TargetFile:
+        """Sign transport bytes (a delta) as a target of the delegated deltas role, with the
+        gateway's online key. A device still checks what a delta rebuilds against the
+        offline-signed model target."""
+        if not fnmatch_segments(path, DELTAS_PATHS[0]):
+            raise ReleaseError(f"delta path {path!r} is outside the deltas role ({DELTAS_PATHS})")
+        signer = keystore.load(self.keys.path(DELTAS_ROLE))
+        role = self.targets.signed.delegations.roles[DELTAS_ROLE]
+        if signer.public_key.keyid not in role.keyids:
+            raise ReleaseError(f"{self.keys.path(DELTAS_ROLE)}: not the deltas key")
+        online = self._online_signers()
+        target = TargetFile.from_data(path, data, ["sha256"])
+        target.unrecognized_fields["custom"] = custom
+        self._store_target(target, data)
+        self.deltas.signed.targets[path] = target
+        _bump(self.deltas, DELTAS_ROLE, [signer])
+        self._commit(self.deltas, DELTAS_ROLE, online)
+        return target
+
     def rotate_key(self, role: str) -> str:
         """Replace a role's key through a new root that clients holding the old root accept.
 
@@ -284,12 +308,8 @@ class Repository:
         """Re-sign the timestamp (the online key's routine job) with a new expiry."""
         signer = keystore.load(self.keys.path("timestamp"))
         self._check_signer(signer, "timestamp")
-        timestamp = self.timestamp
-        timestamp.signed.version += 1
-        timestamp.signed.expires = expiry("timestamp", lifetime)
-        timestamp.signatures.clear()
-        timestamp.sign(signer)
-        self._write(timestamp.to_bytes(), "timestamp.json")
+        _bump(self.timestamp, "timestamp", [signer], lifetime)
+        self._write(self.timestamp.to_bytes(), "timestamp.json")
         self._load()
 
     # -- internals ------------------------------------------------------------------------
@@ -316,22 +336,28 @@ class Repository:
         snapshot_signers: Iterable[CryptoSigner] | None = None,
         timestamp_signers: Iterable[CryptoSigner] | None = None,
     ) -> None:
-        """Bump and sign targets, snapshot and timestamp; write timestamp.json last."""
-        targets.signed.version += 1
-        targets.signed.expires = expiry("targets", targets_lifetime)
-        _sign(targets, targets_signers)
-        snapshot = self.snapshot
-        snapshot.signed.version += 1
-        snapshot.signed.expires = expiry("snapshot")
-        snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
-        _sign(snapshot, snapshot_signers or [online["snapshot"]])
-        timestamp = self.timestamp
-        timestamp.signed.version += 1
-        timestamp.signed.expires = expiry("timestamp")
-        timestamp.signed.snapshot_meta = _meta_file(snapshot)
-        _sign(timestamp, timestamp_signers or [online["timestamp"]])
+        """Bump and sign targets, then snapshot and timestamp."""
+        _bump(targets, "targets", targets_signers, targets_lifetime)
+        self._commit(targets, "targets", online, snapshot_signers, timestamp_signers)
 
-        self._write_versioned(targets, "targets")
+    def _commit(
+        self,
+        changed: Metadata,
+        role: str,
+        online: dict[str, CryptoSigner],
+        snapshot_signers: Iterable[CryptoSigner] | None = None,
+        timestamp_signers: Iterable[CryptoSigner] | None = None,
+    ) -> None:
+        """List a re-signed targets role in a new snapshot and timestamp; timestamp.json is
+        written last, so until then clients see the previous state."""
+        snapshot = self.snapshot
+        snapshot.signed.meta[f"{role}.json"] = MetaFile(version=changed.signed.version)
+        _bump(snapshot, "snapshot", snapshot_signers or [online["snapshot"]])
+        timestamp = self.timestamp
+        timestamp.signed.snapshot_meta = _meta_file(snapshot)
+        _bump(timestamp, "timestamp", timestamp_signers or [online["timestamp"]])
+
+        self._write_versioned(changed, role)
         self._write_versioned(snapshot, "snapshot")
         self._write(timestamp.to_bytes(), "timestamp.json")
         self._load()
@@ -352,6 +378,22 @@ class Repository:
         data = root.to_bytes()
         self._write(data, f"{root.signed.version}.root.json")
         self._write(data, "root.json")
+
+
+def fnmatch_segments(path: str, pattern: str) -> bool:
+    """TUF's delegation match: the pattern applies segment by segment."""
+    parts, pattern_parts = path.split("/"), pattern.split("/")
+    return len(parts) == len(pattern_parts) and all(
+        fnmatch.fnmatch(p, q) for p, q in zip(parts, pattern_parts, strict=True)
+    )
+
+
+def _bump(
+    md: Metadata, role: str, signers: Iterable[CryptoSigner], lifetime: timedelta | None = None
+) -> None:
+    md.signed.version += 1
+    md.signed.expires = expiry(role, lifetime)
+    _sign(md, signers)
 
 
 def _sign(md: Metadata, signers: Iterable[CryptoSigner]) -> None:

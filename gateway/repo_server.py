@@ -1,0 +1,51 @@
+"""The gateway's repository server: TUF metadata, models and deltas over HTTP.
+
+Files are served by aiohttp's static handler, which answers ``Range`` requests, so a device
+resumes an interrupted download where it stopped. Only ``metadata/`` and ``targets/`` are
+reachable; the keys beside them never are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+
+def make_app(repo_dir: Path) -> web.Application:
+    app = web.Application()
+    app.router.add_static("/metadata", Path(repo_dir) / "metadata")
+    app.router.add_static("/targets", Path(repo_dir) / "targets")
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+class RepositoryServer:
+    """``async with RepositoryServer(dir, port=0) as server: server.url``."""
+
+    def __init__(self, repo_dir: Path, host: str = "127.0.0.1", port: int = 0):
+        self.repo_dir = Path(repo_dir)
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> RepositoryServer:
+        self._runner = web.AppRunner(make_app(self.repo_dir), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
