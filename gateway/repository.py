@@ -185,6 +185,10 @@ class Repository:
             raise ReleaseError(f"{self.dir}: snapshot does not list {DELTAS_ROLE}.json")
         self.deltas = self._read(f"{deltas_meta.version}.{DELTAS_ROLE}.json", Targets)
 
+    def reload(self) -> None:
+        """Re-read the metadata (another process, such as an import, may have changed it)."""
+        self._load()
+
     def releases(self) -> list[Release]:
         """Every signed model version, ordered by name then version."""
         found = []
@@ -226,7 +230,7 @@ class Repository:
             )
         targets_signer = keystore.load(self.keys.path("targets"))
         self._check_signer(targets_signer, "targets")
-        online = self._online_signers()
+        online = self.online_signers()
 
         model_path = f"{meta.name}/{meta.version}.tflite"
         model_target = TargetFile.from_data(model_path, model, ["sha256"])
@@ -252,7 +256,7 @@ class Repository:
         role = self.targets.signed.delegations.roles[DELTAS_ROLE]
         if signer.public_key.keyid not in role.keyids:
             raise ReleaseError(f"{self.keys.path(DELTAS_ROLE)}: not the deltas key")
-        online = self._online_signers()
+        online = self.online_signers()
         target = TargetFile.from_data(path, data, ["sha256"])
         target.unrecognized_fields["custom"] = custom
         self._store_target(target, data)
@@ -260,6 +264,63 @@ class Repository:
         _bump(self.deltas, DELTAS_ROLE, [signer])
         self._commit(self.deltas, DELTAS_ROLE, online)
         return target
+
+    def import_targets(self, source: Repository) -> int:
+        """Take in what the operator signed offline in ``source``: newer roots, then its targets
+        metadata (byte for byte) and the target files it lists, re-publishing snapshot and
+        timestamp with this repository's online keys. Returns the number of new targets.
+
+        Everything is verified as a device would before anything is written: each new root by
+        the previous one and by itself, the targets metadata by the newest root, each file by
+        its signed length and hash.
+        """
+        trusted = self.root
+        new_roots: list[tuple[int, bytes]] = []
+        version = trusted.signed.version + 1
+        while (path := source.metadata_dir / f"{version}.root.json").exists():
+            data = path.read_bytes()
+            candidate = Metadata.from_bytes(data)
+            try:
+                trusted.verify_delegate("root", candidate)
+                candidate.verify_delegate("root", candidate)
+            except Exception as exc:
+                raise ReleaseError(f"{path}: not signed by the trusted root keys: {exc}") from None
+            if candidate.signed.version != version:
+                raise ReleaseError(f"{path}: holds root version {candidate.signed.version}")
+            new_roots.append((version, data))
+            trusted, version = candidate, version + 1
+
+        incoming = source.targets
+        incoming_path = source.metadata_dir / f"{incoming.signed.version}.targets.json"
+        try:
+            trusted.verify_delegate("targets", incoming)
+        except Exception as exc:
+            raise ReleaseError(f"{incoming_path}: not signed by the targets key: {exc}") from None
+        if incoming.signed.version < self.targets.signed.version:
+            raise ReleaseError(
+                f"{incoming_path}: targets version {incoming.signed.version} is older than the "
+                f"served {self.targets.signed.version}"
+            )
+        if incoming.signed.version == self.targets.signed.version and not new_roots:
+            return 0
+        self.root = trusted  # online keys are checked against the newest root
+        online = self.online_signers()
+        fresh = [p for p in incoming.signed.targets if p not in self.targets.signed.targets]
+        for target_path in fresh:
+            target = incoming.signed.targets[target_path]
+            blob = source.targets_dir / target.get_prefixed_paths()[0]
+            try:
+                data = blob.read_bytes()
+                target.verify_length_and_hashes(data)
+            except Exception as exc:  # OSError or tuf's LengthOrHashMismatchError
+                raise ReleaseError(f"{blob}: missing or not the signed bytes: {exc}") from None
+            self._store_target(target, data)
+        for number, data in new_roots:
+            self._write(data, f"{number}.root.json")
+        if new_roots:
+            self._write(new_roots[-1][1], "root.json")
+        self._commit(incoming, "targets", online, changed_bytes=incoming_path.read_bytes())
+        return len(fresh)
 
     def rotate_key(self, role: str) -> str:
         """Replace a role's key through a new root that clients holding the old root accept.
@@ -280,7 +341,7 @@ class Repository:
         keystore.save(new, staged)
 
         if role in ("targets", "snapshot", "timestamp"):
-            online = self._online_signers()
+            online = self.online_signers()
             signers = {"targets": [keystore.load(self.keys.path("targets"))]}
             signers[role] = [old, new]
             self._publish(
@@ -314,7 +375,7 @@ class Repository:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _online_signers(self) -> dict[str, CryptoSigner]:
+    def online_signers(self) -> dict[str, CryptoSigner]:
         signers = {role: keystore.load(self.keys.path(role)) for role in ("snapshot", "timestamp")}
         for role, signer in signers.items():
             self._check_signer(signer, role)
@@ -347,9 +408,11 @@ class Repository:
         online: dict[str, CryptoSigner],
         snapshot_signers: Iterable[CryptoSigner] | None = None,
         timestamp_signers: Iterable[CryptoSigner] | None = None,
+        changed_bytes: bytes | None = None,
     ) -> None:
         """List a re-signed targets role in a new snapshot and timestamp; timestamp.json is
-        written last, so until then clients see the previous state."""
+        written last, so until then clients see the previous state. ``changed_bytes`` keeps
+        metadata signed elsewhere byte for byte."""
         snapshot = self.snapshot
         snapshot.signed.meta[f"{role}.json"] = MetaFile(version=changed.signed.version)
         _bump(snapshot, "snapshot", snapshot_signers or [online["snapshot"]])
@@ -357,7 +420,7 @@ class Repository:
         timestamp.signed.snapshot_meta = _meta_file(snapshot)
         _bump(timestamp, "timestamp", timestamp_signers or [online["timestamp"]])
 
-        self._write_versioned(changed, role)
+        self._write(changed_bytes or changed.to_bytes(), f"{changed.signed.version}.{role}.json")
         self._write_versioned(snapshot, "snapshot")
         self._write(timestamp.to_bytes(), "timestamp.json")
         self._load()
