@@ -3,8 +3,9 @@
     python bench/delta_codec.py [--runs 5] [--json out.json]
 
 For each pair (a head-only and a full fine-tune of each base model): the full size, the gzip
-size, the size of the delta as shipped, delta/full and delta/gzip, and the median make and apply
-times over several runs.
+size, the container size of each patch algorithm (bsdiff4 and the model-aware XOR/LZMA), the
+size of the delta as shipped (the smallest), delta/full and delta/gzip, and the median make
+and apply times over several runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from edgefleet.models import model_pairs, model_path
-from protocol.delta import apply_delta, make_delta, read_header
+from protocol.delta import Algorithm, apply_delta, make_delta, read_header
 
 
 def median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -42,6 +43,8 @@ def measure(runs: int) -> list[dict]:
                 "pair": pair["name"],
                 "full_bytes": len(new),
                 "gzip_bytes": gz,
+                "bsdiff4_bytes": len(make_delta(old, new, [Algorithm.BSDIFF4])),
+                "xor_lzma_bytes": len(make_delta(old, new, [Algorithm.XOR_PLANES_LZMA])),
                 "delta_bytes": len(delta),
                 "algorithm": read_header(delta).algorithm.name.lower(),
                 "delta_over_full": round(len(delta) / len(new), 4),

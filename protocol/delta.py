@@ -5,6 +5,10 @@ Layout (all integers big-endian)::
     magic "EFDL" | format u8 | algorithm u8 | source sha256 (32) | target sha256 (32)
     | target length u64 | payload length u64 | payload | sha256 of everything before (32)
 
+Algorithms: the full model (zlib), a bsdiff4 patch, and a model-aware XOR of equal-length
+models split into byte planes and LZMA-compressed (a fine-tune rewrites weights in place; their
+sign and exponent bytes rarely change). ``make_delta`` ships whichever is smallest.
+
 The trailing digest makes any corruption of the container itself a refusal before the payload
 reaches a decoder; the source hash refuses a delta applied to the wrong model; the target hash
 and length are checked on the result before it is returned. A delta is transport only: the
@@ -14,8 +18,10 @@ device still checks the result against the offline-signed target.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -31,6 +37,10 @@ MAX_TARGET_LENGTH = 1 << 31  # a model larger than 2 GiB is not an edge model
 class Algorithm(IntEnum):
     FULL_ZLIB = 0  # the whole target, zlib-compressed: no source needed
     BSDIFF4 = 1
+    XOR_PLANES_LZMA = 2  # equal-length models: XOR, split into 4 byte planes, then LZMA
+
+
+PLANES = 4  # float32 weights: a fine-tune changes mantissas, rarely sign and exponent bytes
 
 
 class DeltaError(ValueError):
@@ -67,16 +77,50 @@ def _pack(algorithm: Algorithm, source: bytes, target: bytes, payload: bytes) ->
     return body + _sha256(body)
 
 
-def make_delta(old: bytes, new: bytes) -> bytes:
-    """The smallest container that turns ``old`` into ``new``: a bsdiff4 patch, or the full
-    model compressed when the patch is not smaller than that."""
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
+def _to_planes(data: bytes) -> bytes:
+    return b"".join(data[i::PLANES] for i in range(PLANES))
+
+
+def _from_planes(data: bytes) -> bytes:
+    out = bytearray(len(data))
+    start = 0
+    for i in range(PLANES):
+        size = len(range(i, len(data), PLANES))
+        out[i::PLANES] = data[start : start + size]
+        start += size
+    return bytes(out)
+
+
+def encode_payload(algorithm: Algorithm, old: bytes, new: bytes) -> bytes | None:
+    """The payload of one algorithm, or None where it does not apply."""
+    if algorithm == Algorithm.FULL_ZLIB:
+        return zlib.compress(new, 9)
+    if algorithm == Algorithm.BSDIFF4:
+        return bsdiff4.diff(old, new)
+    if len(old) != len(new):
+        return None
+    # A dictionary no larger than the data keeps small deltas fast to make.
+    dict_size = max(1 << 16, 1 << (len(new) - 1).bit_length())
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": min(dict_size, 1 << 26)}]
+    return lzma.compress(_to_planes(_xor(old, new)), format=lzma.FORMAT_XZ, filters=filters)
+
+
+def make_delta(old: bytes, new: bytes, algorithms: Iterable[Algorithm] = tuple(Algorithm)) -> bytes:
+    """The smallest container that turns ``old`` into ``new`` among ``algorithms``; the full
+    model compressed wins whenever no patch is smaller than it."""
     if len(new) > MAX_TARGET_LENGTH:
         raise DeltaError(f"target of {len(new)} bytes is larger than {MAX_TARGET_LENGTH}")
-    full = zlib.compress(new, 9)
-    patch = bsdiff4.diff(old, new)
-    if len(patch) < len(full):
-        return _pack(Algorithm.BSDIFF4, old, new, patch)
-    return _pack(Algorithm.FULL_ZLIB, old, new, full)
+    candidates = [
+        (len(payload), algorithm, payload)
+        for algorithm in {Algorithm.FULL_ZLIB, *algorithms}
+        if (payload := encode_payload(algorithm, old, new)) is not None
+    ]
+    _, algorithm, payload = min(candidates, key=lambda c: (c[0], c[1] != Algorithm.FULL_ZLIB))
+    return _pack(algorithm, old, new, payload)
 
 
 def read_header(delta: bytes) -> DeltaHeader:
@@ -102,6 +146,23 @@ def read_header(delta: bytes) -> DeltaHeader:
     return DeltaHeader(algo, source, target, target_len, payload_len)
 
 
+def _patch(header: DeltaHeader, old: bytes, payload: bytes) -> bytes:
+    if header.algorithm == Algorithm.BSDIFF4:
+        try:
+            return bsdiff4.patch(old, payload)
+        except Exception as exc:  # bsdiff4 raises bare ValueError/RuntimeError on bad patches
+            raise DeltaError(f"delta payload does not apply: {exc}") from exc
+    if len(old) != header.target_length:
+        raise DeltaError("an XOR delta needs a source as long as its target")
+    try:
+        planes = lzma.LZMADecompressor().decompress(payload, header.target_length + 1)
+    except lzma.LZMAError as exc:
+        raise DeltaError(f"delta payload does not decompress: {exc}") from exc
+    if len(planes) != header.target_length:
+        raise DeltaError("delta payload has the wrong length")
+    return _xor(old, _from_planes(planes))
+
+
 def apply_delta(old: bytes, delta: bytes) -> bytes:
     """Rebuild the target from ``old``; refuses a wrong source and checks the result."""
     header = read_header(delta)
@@ -115,10 +176,7 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
     else:
         if _sha256(old) != header.source_sha256:
             raise DeltaError("delta was made for another source model (source sha256 mismatch)")
-        try:
-            new = bsdiff4.patch(old, payload)
-        except Exception as exc:  # bsdiff4 raises bare ValueError/RuntimeError on bad patches
-            raise DeltaError(f"delta payload does not apply: {exc}") from exc
+        new = _patch(header, old, payload)
     if len(new) != header.target_length or _sha256(new) != header.target_sha256:
         raise DeltaError("delta result does not match its target (length or sha256)")
     return new
