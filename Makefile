@@ -25,7 +25,8 @@ demo: venv
 	@scripts/demo.sh
 
 bench: venv
-	$(BIN)/python bench/delta_codec.py
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run_all.py
 
 lint: venv
 	$(BIN)/ruff check .
