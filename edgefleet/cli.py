@@ -17,6 +17,8 @@ from edgefleet.errors import UserError
 COMMAND_MODULES = (
     "gateway.commands",
     "agent.trust_commands",
+    "agent.mcu.commands",
+    "firmware_sim.commands",
 )
 
 

@@ -6,12 +6,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from edgefleet.models import model_path
 from gateway.broker import BrokerConfig, BrokerTLS, Mosquitto, free_port
 from tests.support.pki import TestCA
 
 GATEWAY_USER = ("gateway", "gateway-test-password")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    """A command run in-process configures structlog with the stream of that moment (a capture
+    that pytest closes afterwards); start every test from the defaults again."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""MCU host: drives an attached microcontroller over serial (upload, test, confirm, revert)."""

@@ -1,0 +1,135 @@
+"""The simulated MCU's UART: a pty (``os.openpty``) or a loopback TCP socket, paced to a baud.
+
+Every byte costs 10 bit times in each direction (8N1), so a host sees the throughput a real
+line would give: what arrives is handed to the MCU no earlier than its last byte would have
+crossed the wire, and replies leave no faster than the line carries them. The MCU runs in one
+thread; ``power_cycle`` asks that thread to boot it again, as a power switch would.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+import tty
+
+import structlog
+
+from firmware_sim.mcu import SimulatedMcu
+
+log = structlog.get_logger()
+BITS_PER_BYTE = 10
+
+
+class PacedLine:
+    """One direction of the wire: when the bytes put on it now will have crossed it."""
+
+    def __init__(self, baud: int | None) -> None:
+        self._byte_time = BITS_PER_BYTE / baud if baud else 0.0
+        self._free_at = 0.0
+
+    def done_at(self, count: int, now: float) -> float:
+        self._free_at = max(now, self._free_at) + count * self._byte_time
+        return self._free_at
+
+
+def _sleep_until(moment: float) -> None:
+    delay = moment - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+class UartServer:
+    """Serve one MCU on a pty or a TCP port until ``stop``; usable as a context manager."""
+
+    def __init__(self, mcu: SimulatedMcu, baud: int | None, kind: str = "pty") -> None:
+        if kind not in ("pty", "socket"):
+            raise ValueError(f"unknown UART kind {kind!r}")
+        self.mcu = mcu
+        self.baud = baud
+        self._kind = kind
+        self._stop = threading.Event()
+        self._cycle = threading.Event()
+        self._thread: threading.Thread | None = None
+        if kind == "pty":
+            self._master, self._slave = os.openpty()
+            tty.setraw(self._slave)
+            self.port = os.ttyname(self._slave)
+        else:
+            self._listener = socket.create_server(("127.0.0.1", 0))
+            self.port = f"socket://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def __enter__(self) -> UartServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        target = self._serve_pty if self._kind == "pty" else self._serve_socket
+        self._thread = threading.Thread(target=target, name="uart", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._kind == "pty":
+            os.close(self._master)
+            os.close(self._slave)
+        else:
+            self._listener.close()
+
+    def power_cycle(self) -> None:
+        """Boot the MCU again before it reads its next byte (its flash keeps its contents)."""
+        self._cycle.set()
+
+    def _serve_pty(self) -> None:
+        self._pump(self._master)
+
+    def _serve_socket(self) -> None:
+        self._listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with conn:
+                self._pump(conn.fileno())
+
+    def _pump(self, fd: int) -> None:
+        """Move bytes between ``fd`` and the MCU at the line rate until stop or hang-up."""
+        rx, tx = PacedLine(self.baud), PacedLine(self.baud)
+        while not self._stop.is_set():
+            if self._cycle.is_set():
+                self._cycle.clear()
+                self.mcu.power_on()
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                if self._kind == "socket":
+                    return
+                time.sleep(0.05)
+                continue
+            _sleep_until(rx.done_at(len(data), time.monotonic()))
+            reply = self.mcu.receive(data)
+            hung_up = False
+            if reply:
+                _sleep_until(tx.done_at(len(reply), time.monotonic()))
+                try:
+                    os.write(fd, reply)
+                except OSError:
+                    hung_up = True
+            if self.mcu.reboot_pending:
+                self.mcu.power_on()
+            if hung_up and self._kind == "socket":
+                return

@@ -1,0 +1,210 @@
+"""The simulated MCU on a real pty (and a loopback socket), paced, driven by ``edgefleet flash``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from agent.mcu.client import LinkConfig, McuClient
+from agent.mcu.host import McuPort, query
+from agent.mcu.transport import open_transport
+from edgefleet import cli
+from firmware_sim.mcu import SimulatedMcu
+from firmware_sim.uart import UartServer
+from protocol.serial.messages import SlotFlag
+from tests.mcu.mcu_support import factory_flash, mcu_config
+
+BAUD = 921600
+
+
+@pytest.fixture
+def run_cli(monkeypatch):
+    """``edgefleet`` with only the MCU commands, logging uncached so capsys can swap streams."""
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("agent.mcu.commands", "firmware_sim.commands"))
+    configure = cli.logs.configure
+
+    def uncached(level, stream=None):
+        configure(level, stream)
+        structlog.configure(cache_logger_on_first_use=False)
+
+    monkeypatch.setattr(cli.logs, "configure", uncached)
+
+    def run(*argv: str) -> int:
+        return cli.main(list(argv))
+
+    yield run
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def server(images):
+    mcu = SimulatedMcu(factory_flash(images.v1), mcu_config(images))
+    with UartServer(mcu, BAUD, "pty") as uart:
+        yield uart
+
+
+def test_flash_over_a_paced_pty(server, images, run_cli, capsys):
+    code = run_cli(
+        "flash",
+        "--port",
+        server.port,
+        "--baud",
+        str(BAUD),
+        "--confirm",
+        "--json",
+        str(images.path("v2")),
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["version"] == "2.0.0+0"
+    assert result["confirmed"] is True
+    assert result["model_state"] == "LOADED"
+    line_seconds = len(images.v2) * 10 / BAUD
+    assert result["upload_seconds"] >= 0.95 * line_seconds
+    assert server.mcu.boot.image.version == (2, 0, 0, 0)
+
+
+def test_flash_over_a_socket_and_query(images, run_cli, capsys):
+    mcu = SimulatedMcu(factory_flash(images.v1), mcu_config(images))
+    with UartServer(mcu, None, "socket") as uart:
+        assert run_cli("flash", "--port", uart.port, str(images.path("v2"))) == 0
+        info = query(McuPort(uart.port))
+    assert "running 2.0.0+0, on trial" in capsys.readouterr().out
+    assert info.primary.version == (2, 0, 0, 0)
+    assert not info.primary.flags & SlotFlag.CONFIRMED
+    assert info.secondary.version == (1, 0, 0, 0)
+
+
+def test_interrupted_upload_resumes_after_power_cycle(server, images):
+    transport = open_transport(server.port, BAUD)
+    client = McuClient(transport, LinkConfig(line_rate=BAUD / 10))
+    client.hello()
+
+    class Unplugged(Exception):
+        pass
+
+    def unplug(done):
+        if done > 18000:
+            raise Unplugged
+
+    with pytest.raises(Unplugged):
+        client.send_data(images.v2, client.resume_point(images.v2), unplug)
+    transport.close()
+    server.power_cycle()
+    from agent.mcu.flasher import flash_image
+
+    transport = open_transport(server.port, BAUD)
+    try:
+        result = flash_image(
+            McuClient(transport, LinkConfig(line_rate=BAUD / 10)), images.v2, confirm=True
+        )
+    finally:
+        transport.close()
+    assert result.resumed_from >= 16384
+    assert result.bytes_sent == len(images.v2) - result.resumed_from
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("foreign", "signature refused"),
+        ("big", "too large for the slot"),
+    ],
+)
+def test_refusals_are_one_clear_line(server, images, run_cli, capsys, image, expected):
+    code = run_cli("flash", "--port", server.port, "--baud", str(BAUD), str(images.path(image)))
+    assert code == 2
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if line.startswith("edgefleet: error:")]
+    assert len(errors) == 1 and expected in errors[0], lines
+
+
+def test_no_device_is_one_clear_line(tmp_path, images, run_cli, capsys):
+    code = run_cli("flash", "--port", str(tmp_path / "ttyNONE"), str(images.path("v2")))
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgefleet: error: no device at")
+
+
+def test_wrong_protocol_is_one_clear_line(tmp_path, images, run_cli, capsys):
+    import os
+    import threading
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+
+    def console():
+        while not stop.is_set():
+            os.write(master, b"U-Boot> ")
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=console, daemon=True)
+    thread.start()
+    try:
+        code = run_cli(
+            "flash", "--port", os.ttyname(slave), "--timeout", "0.2", str(images.path("v2"))
+        )
+    finally:
+        stop.set()
+        thread.join()
+        os.close(master)
+        os.close(slave)
+    assert code == 2
+    assert "does not speak the edgefleet serial protocol" in capsys.readouterr().err
+
+
+def test_mcu_sim_command_serves_a_persistent_mcu(tmp_path, images, run_cli, capsys):
+    """``edgefleet mcu-sim`` in its own process: flash it, stop it, start it, it kept the image."""
+    import signal
+    import subprocess
+    import sys
+
+    launcher = (
+        "import sys; from edgefleet import cli; "
+        "cli.COMMAND_MODULES = ('firmware_sim.commands',); sys.exit(cli.main(sys.argv[1:]))"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        launcher,
+        "mcu-sim",
+        "--flash",
+        str(tmp_path / "flash.bin"),
+        "--key",
+        str(images.key),
+        "--factory",
+        str(images.path("v1")),
+        "--socket",
+        "--slot-sectors",
+        "10",
+    ]
+
+    def serve_and(action):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            port = proc.stdout.readline().decode().strip()
+            assert port.startswith("socket://127.0.0.1:")
+            return action(port)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+
+    assert (
+        serve_and(
+            lambda port: run_cli("flash", "--port", port, "--confirm", str(images.path("v2")))
+        )
+        == 0
+    )
+    capsys.readouterr()
+
+    def version(port):
+        run_cli("flash", "--port", port, "--json", str(images.path("v2")))
+        return json.loads(capsys.readouterr().out)
+
+    result = serve_and(version)
+    assert result["version"] == "2.0.0+0"
+    assert result["bytes_sent"] == 0
