@@ -94,6 +94,18 @@ def register(subparsers) -> None:
     add.add_argument("--json", action="store_true", help="print the signed release as JSON")
     add.set_defaults(handler=_release_add)
 
+    rollback = release_sub.add_parser(
+        "rollback",
+        help="sign an older version as a permitted downgrade",
+        description="Devices refuse a model version lower than the one they run unless the "
+        "targets key signed it as a rollback. This re-signs NAME/VERSION with that mark; a "
+        "rollout of it then takes devices back.",
+    )
+    _repo_arguments(rollback)
+    rollback.add_argument("--name", required=True)
+    rollback.add_argument("--version", required=True, type=int)
+    rollback.set_defaults(handler=_release_rollback)
+
     listing = release_sub.add_parser("list", help="list signed model versions")
     _repo_arguments(listing)
     listing.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -190,6 +202,14 @@ def _release_add(args) -> int:
     return 0
 
 
+def _release_rollback(args) -> int:
+    from gateway.repository import Repository
+
+    release = Repository(args.repo, _key_dirs(args)).sign_rollback(args.name, args.version)
+    print(f"signed {release.path} as a permitted downgrade")
+    return 0
+
+
 def _release_list(args) -> int:
     from gateway.repository import Repository
 
@@ -201,7 +221,16 @@ def _release_list(args) -> int:
     from rich.table import Table
 
     table = Table(title=f"releases in {args.repo}")
-    for column in ("model", "version", "bytes", "sha256", "input", "output", "budget ms"):
+    for column in (
+        "model",
+        "version",
+        "bytes",
+        "sha256",
+        "input",
+        "output",
+        "budget ms",
+        "rollback",
+    ):
         table.add_column(column, justify="right" if column in ("version", "bytes") else "left")
 
     def tensors(specs) -> str:
@@ -216,6 +245,7 @@ def _release_list(args) -> int:
             tensors(r.meta.inputs),
             tensors(r.meta.outputs),
             f"{r.meta.latency_budget_ms:g}",
+            "yes" if r.meta.rollback else "",
         )
     Console().print(table)
     return 0

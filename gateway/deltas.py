@@ -10,13 +10,7 @@ from dataclasses import dataclass
 
 from gateway.errors import ReleaseError
 from gateway.repository import Release, Repository
-from protocol.delta import Algorithm, make_delta, read_header
-
-DELTA_SUFFIX = ".efdl"
-
-
-def delta_path(name: str, from_version: int, to_version: int) -> str:
-    return f"{name}/deltas/{from_version}-{to_version}{DELTA_SUFFIX}"
+from protocol.delta import Algorithm, delta_target_path, make_delta, read_header
 
 
 @dataclass(frozen=True)
@@ -53,7 +47,7 @@ class DeltaService:
         key = (name, from_version or 0, to_version)
         if source is None or key in self._full_only:
             return full
-        path = delta_path(name, source.version, to_version)
+        path = delta_target_path(name, source.version, to_version)
         cached = self.repo.deltas.signed.targets.get(path)
         if cached is not None:
             return Offer(target.path, path, "delta", cached.length)

@@ -14,6 +14,7 @@ it was. Reads go through ``timestamp -> snapshot -> targets``, never through a d
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Iterable
@@ -245,6 +246,24 @@ class Repository:
         targets.signed.targets[meta.gate.path] = gate_target
         self._publish(targets, [targets_signer], online, targets_lifetime)
         return next(r for r in self.releases() if r.path == model_path)
+
+    def sign_rollback(self, name: str, version: int) -> Release:
+        """Mark a signed version as a permitted downgrade: devices running a newer version
+        accept it only when the targets key says so."""
+        release = next((r for r in self.releases() if (r.name, r.version) == (name, version)), None)
+        if release is None:
+            raise ReleaseError(f"{name}/{version}.tflite is not a signed release")
+        if release.meta.rollback:
+            return release
+        targets_signer = keystore.load(self.keys.path("targets"))
+        self._check_signer(targets_signer, "targets")
+        online = self.online_signers()
+        target = self.targets.signed.targets[release.path]
+        target.unrecognized_fields["custom"] = dataclasses.replace(
+            release.meta, rollback=True
+        ).to_json()
+        self._publish(self.targets, [targets_signer], online)
+        return next(r for r in self.releases() if r.path == release.path)
 
     def add_delta(self, path: str, data: bytes, custom: dict) -> TargetFile:
         """Sign transport bytes (a delta) as a target of the delegated deltas role, with the

@@ -32,6 +32,13 @@ FORMAT_VERSION = 1
 _HEADER = struct.Struct(">4sBB32s32sQQ")
 _DIGEST_LEN = 32
 MAX_TARGET_LENGTH = 1 << 31  # a model larger than 2 GiB is not an edge model
+DELTA_SUFFIX = ".efdl"
+
+
+def delta_target_path(name: str, from_version: int, to_version: int) -> str:
+    """Where a repository signs the delta between two versions of a model (inside the paths
+    of the delegated deltas role, ``*/deltas/*``)."""
+    return f"{name}/deltas/{from_version}-{to_version}{DELTA_SUFFIX}"
 
 
 class Algorithm(IntEnum):

@@ -114,9 +114,10 @@ class ModelMeta:
     arena_bytes: int | None = None
     hardware_tags: tuple[str, ...] = ()
     measured: dict[str, float] = field(default_factory=dict)
+    rollback: bool = False  # the operator signed this version as a permitted downgrade
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "format": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
@@ -134,6 +135,9 @@ class ModelMeta:
             "hardware": {"arena_bytes": self.arena_bytes, "tags": list(self.hardware_tags)},
             "measured": {k: decimal(v) for k, v in self.measured.items()},
         }
+        if self.rollback:
+            data["rollback"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> ModelMeta:
@@ -162,6 +166,7 @@ class ModelMeta:
                 arena_bytes=hardware.get("arena_bytes"),
                 hardware_tags=tuple(str(t) for t in hardware.get("tags", ())),
                 measured={k: float(v) for k, v in data.get("measured", {}).items()},
+                rollback=data.get("rollback", False) is True,
             )
         except MetadataError:
             raise

@@ -248,3 +248,28 @@ def test_help_explains_the_commands():
     )
     assert result.returncode == 0
     assert "--reference-inputs" in result.stdout and "offline targets key" in result.stdout
+
+
+def test_rollback_release_marks_an_older_version(repo_dir, capsys):
+    assert add(repo_dir, model_path("kws_int8_v2_head")) == 0
+    assert (
+        main(["release", "rollback", "--repo", str(repo_dir), "--name", "kws", "--version", "1"])
+        == 0
+    )
+    releases = {r.version: r.meta for r in Repository(repo_dir).releases()}
+    assert releases[1].rollback and not releases[2].rollback
+    capsys.readouterr()
+    refused(
+        capsys,
+        main(["release", "rollback", "--repo", str(repo_dir), "--name", "kws", "--version", "7"]),
+        "kws/7.tflite",
+        "not a signed release",
+    )
+
+
+def test_keys_rotate_from_the_command_line(repo_dir, capsys):
+    before = Repository(repo_dir).root.signed.version
+    assert main(["keys", "rotate", "--repo", str(repo_dir), "--role", "targets"]) == 0
+    assert "rotated targets key" in capsys.readouterr().out
+    assert Repository(repo_dir).root.signed.version == before + 1
+    assert add(repo_dir, model_path("kws_int8_v2_head")) == 0
