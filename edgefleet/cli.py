@@ -16,7 +16,9 @@ from edgefleet.errors import UserError
 
 COMMAND_MODULES = (
     "gateway.commands",
+    "agent.commands",
     "agent.trust_commands",
+    "agent.updater.commands",
     "agent.mcu.commands",
     "firmware_sim.commands",
 )

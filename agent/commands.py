@@ -1,0 +1,24 @@
+"""``edgefleet agent run --config agent.toml``: the device daemon."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("agent", help="the device agent")
+    commands = parser.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
+    run_parser = commands.add_parser(
+        "run", help="run the agent daemon: inference, telemetry spool, MQTT link, drift"
+    )
+    run_parser.add_argument("--config", type=Path, required=True, help="agent TOML file")
+    run_parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent import config, daemon
+
+    return asyncio.run(daemon.run(config.load(args.config)))

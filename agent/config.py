@@ -1,0 +1,336 @@
+"""The agent's TOML configuration, parsed into frozen dataclasses with explicit limits.
+
+Every problem is reported as one ``UserError`` line naming the file and the key, e.g.
+``config agent.toml: key mqtt.url: must start with mqtt:// or mqtts://``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from edgefleet.errors import UserError
+from protocol.model_meta import ModelMeta
+from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
+from protocol.topics import DEVICE_ID_PATTERN, SITE_PATTERN, default_prefix
+
+SOURCE_KINDS = ("synthetic", "replay", "serial")
+ENGINES = ("auto", "litert", "tflite-runtime")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    prefix: str = ""
+    keepalive_s: int = 30
+    timeout_s: float = 10.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: Path
+    meta_path: Path | None = None
+    meta: ModelMeta | None = None  # parsed from meta_path: name, version, drift reference
+    name: str | None = None
+    version: int = 1
+    engine: str = "auto"
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str = "synthetic"
+    seed: int = 0
+    drift: float = 0.0
+    drift_after: int = 0
+    path: Path | None = None
+    loop: bool = True
+    port: str | None = None
+    baud: int = 115200
+    max_line_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    rate_hz: float = 10.0
+    top_k: int = 3
+    raw_every: int = 0
+    max_chunk: int = 64
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    batch_records: int = 100
+    batch_age_s: float = 1.0
+    batch_bytes: int = 128 * 1024
+    spool_bytes: int = 16 * 1024 * 1024
+    status_interval_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    window: int = 500
+    psi_alarm: float = 0.25
+    bins: int = 10
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_id: str
+    site: str
+    mqtt: MqttConfig
+    state_dir: Path
+    model: ModelConfig
+    source: SourceConfig
+    inference: InferenceConfig
+    telemetry: TelemetryConfig
+    drift: DriftConfig
+
+
+class _Table:
+    """One TOML table with typed, range-checked lookups that name the key when they fail."""
+
+    def __init__(self, origin: str, path: str, data: Any, base: Path):
+        self.origin, self.path, self.base = origin, path, base
+        if not isinstance(data, dict):
+            self.fail("", "must be a table")
+        self.data = data
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> None:
+        name = f"{self.path}.{key}" if self.path and key else (self.path or key)
+        raise UserError(f"config {self.origin}: key {name}: {message}")
+
+    def table(self, key: str) -> _Table:
+        self.used.add(key)
+        return _Table(
+            self.origin,
+            f"{self.path}.{key}" if self.path else key,
+            self.data.get(key, {}),
+            self.base,
+        )
+
+    def value(
+        self,
+        key: str,
+        kind: type,
+        default: Any = ...,
+        lo: float | None = None,
+        hi: float | None = None,
+    ) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                self.fail(key, "is required")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            self.fail(key, f"must be a {kind.__name__}, not {type(value).__name__}")
+        if lo is not None and value < lo:
+            self.fail(key, f"must be >= {lo}")
+        if hi is not None and value > hi:
+            self.fail(key, f"must be <= {hi}")
+        return value
+
+    def path_value(self, key: str, required: bool = False) -> Path | None:
+        text = self.value(key, str, ... if required else None)
+        if text is None:
+            return None
+        if not text:
+            self.fail(key, "must not be empty")
+        path = Path(text)
+        return path if path.is_absolute() else self.base / path
+
+    def existing_file(self, key: str, required: bool = False) -> Path | None:
+        path = self.path_value(key, required)
+        if path is not None and not path.is_file():
+            self.fail(key, f"no such file {path}")
+        return path
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            self.fail(unknown[0], "unknown key")
+
+
+def load(path: Path) -> AgentConfig:
+    """Read and check ``path``; relative paths in it are relative to its directory."""
+    origin = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"config {origin}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"config {origin}: not valid TOML: {exc}") from None
+    return parse(data, origin, path.resolve().parent)
+
+
+def parse(data: dict, origin: str, base: Path) -> AgentConfig:
+    root = _Table(origin, "", data, base)
+    device = root.table("device")
+    device_id = device.value("id", str)
+    if not DEVICE_ID_PATTERN.fullmatch(device_id):
+        device.fail("id", "must match [A-Za-z0-9_-]{1,64}")
+    site = device.value("site", str)
+    if not SITE_PATTERN.fullmatch(site):
+        device.fail("site", "must match [A-Za-z0-9_-]{1,64}")
+    device.done()
+
+    state = root.table("state")
+    state_dir = state.path_value("dir", required=True)
+    state.done()
+
+    config = AgentConfig(
+        device_id=device_id,
+        site=site,
+        mqtt=_mqtt(root.table("mqtt"), site),
+        state_dir=state_dir,
+        model=_model(root.table("model")),
+        source=_source(root.table("source")),
+        inference=_inference(root.table("inference")),
+        telemetry=_telemetry(root.table("telemetry")),
+        drift=_drift(root.table("drift")),
+    )
+    root.done()
+    return config
+
+
+def _mqtt(table: _Table, site: str) -> MqttConfig:
+    url = table.value("url", str)
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        table.fail("url", "must start with mqtt:// or mqtts://")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        table.fail("url", "has a bad port")
+    if not parts.hostname:
+        table.fail("url", "has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        table.fail("url", "must be mqtt[s]://[user[:password]@]host[:port]")
+    username = table.value("username", str, unquote(parts.username) if parts.username else None)
+    password = table.value("password", str, unquote(parts.password) if parts.password else None)
+    password_file = table.existing_file("password_file")
+    if password_file is not None:
+        if password is not None:
+            table.fail("password_file", "give password or password_file, not both")
+        password = password_file.read_text().strip()
+    tls = parts.scheme == "mqtts"
+    ca, cert, key = (table.existing_file(k) for k in ("ca", "cert", "key"))
+    if not tls and (ca or cert or key):
+        table.fail("ca" if ca else "cert" if cert else "key", "needs an mqtts:// url")
+    if (cert is None) != (key is None):
+        table.fail("cert" if cert is None else "key", "cert and key go together")
+    prefix = table.value("prefix", str, default_prefix(site))
+    if not prefix or set(prefix) & set("#+") or prefix.startswith("/") or prefix.endswith("/"):
+        table.fail("prefix", "must be a topic without wildcards or leading/trailing '/'")
+    config = MqttConfig(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=username,
+        password=password,
+        ca_file=ca,
+        cert_file=cert,
+        key_file=key,
+        prefix=prefix,
+        keepalive_s=table.value("keepalive_s", int, 30, 5, 3600),
+        timeout_s=table.value("timeout_s", float, 10.0, 0.5, 300),
+        backoff_base_s=table.value("backoff_base_s", float, 0.5, 0.01, 60),
+        backoff_max_s=table.value("backoff_max_s", float, 30.0, 0.1, 3600),
+    )
+    table.done()
+    return config
+
+
+def _model(table: _Table) -> ModelConfig:
+    engine = table.value("engine", str, "auto")
+    if engine not in ENGINES:
+        table.fail("engine", f"must be one of {', '.join(ENGINES)}")
+    meta_path = table.existing_file("meta")
+    meta = None
+    if meta_path is not None:
+        try:
+            meta = ModelMeta.from_json(json.loads(meta_path.read_bytes()))
+        except (OSError, ValueError) as exc:  # MetadataError is a ValueError
+            table.fail("meta", f"{meta_path}: {exc}")
+    config = ModelConfig(
+        path=table.path_value("path", required=True),
+        meta_path=meta_path,
+        meta=meta,
+        name=table.value("name", str, None),
+        version=table.value("version", int, 1, 1, 2**31),
+        engine=engine,
+        threads=table.value("threads", int, 1, 1, 64),
+    )
+    table.done()
+    return config
+
+
+def _source(table: _Table) -> SourceConfig:
+    kind = table.value("kind", str, "synthetic")
+    if kind not in SOURCE_KINDS:
+        table.fail("kind", f"must be one of {', '.join(SOURCE_KINDS)}")
+    config = SourceConfig(
+        kind=kind,
+        seed=table.value("seed", int, 0),
+        drift=table.value("drift", float, 0.0, -1e6, 1e6),
+        drift_after=table.value("drift_after", int, 0, 0),
+        path=table.existing_file("path", required=kind == "replay"),
+        loop=table.value("loop", bool, True),
+        port=table.value("port", str, ... if kind == "serial" else None),
+        baud=table.value("baud", int, 115200, 50, 10_000_000),
+        max_line_bytes=table.value("max_line_bytes", int, 64 * 1024, 16, 16 * 1024 * 1024),
+    )
+    table.done()
+    return config
+
+
+def _inference(table: _Table) -> InferenceConfig:
+    config = InferenceConfig(
+        rate_hz=table.value("rate_hz", float, 10.0, 0.0, 100_000),
+        top_k=table.value("top_k", int, 3, 1, 32),
+        raw_every=table.value("raw_every", int, 0, 0),
+        max_chunk=table.value("max_chunk", int, 64, 1, 4096),
+    )
+    table.done()
+    return config
+
+
+def _telemetry(table: _Table) -> TelemetryConfig:
+    config = TelemetryConfig(
+        batch_records=table.value("batch_records", int, 100, 1, MAX_BATCH_RECORDS),
+        batch_age_s=table.value("batch_age_s", float, 1.0, 0.0, 3600),
+        batch_bytes=table.value("batch_bytes", int, 128 * 1024, 1024, MAX_BATCH_BYTES),
+        spool_bytes=table.value("spool_bytes", int, 16 * 1024 * 1024, 4096, 2**40),
+        status_interval_s=table.value("status_interval_s", float, 30.0, 0.1, 86400),
+    )
+    table.done()
+    return config
+
+
+def _drift(table: _Table) -> DriftConfig:
+    config = DriftConfig(
+        window=table.value("window", int, 500, 10, 10_000_000),
+        psi_alarm=table.value("psi_alarm", float, 0.25, 0.0, 100.0),
+        bins=table.value("bins", int, 10, 2, 64),
+    )
+    table.done()
+    return config

@@ -1,0 +1,245 @@
+"""The agent's MQTT link: connect (client id = device id, last will = offline status), publish
+status, events and telemetry batches from the spool, receive commands, and reconnect with
+exponential backoff and full jitter when anything on the connection fails.
+
+Telemetry leaves the spool only after its PUBACK: ``Client.publish(qos=1)`` returns once paho
+has called ``on_publish`` for the message id, which for QoS 1 is the PUBACK. Every network await
+has a timeout; an expired timeout ends the session and the link reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiomqtt
+import structlog
+
+from agent.config import MqttConfig, TelemetryConfig
+from agent.faults import Faults
+from agent.spool import Spool
+from protocol.telemetry import batch_overhead, encode_batch
+from protocol.topics import MAX_CMD_BYTES, Command, Event, ProtocolError, Status, device_topic
+
+MAX_OUTBOX = 256
+
+log = structlog.get_logger()
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float]) -> float:
+    """Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``."""
+    return rand() * min(cap, base * 2 ** min(attempt, 32))
+
+
+def batch_due(depth: int, batch_records: int, age: float | None, batch_age: float) -> bool:
+    """Send now: a full batch is waiting, or the oldest waiting record is old enough."""
+    return depth >= batch_records or (depth > 0 and age is not None and age >= batch_age)
+
+
+class _Stopped(Exception):
+    """The daemon asked the link to end the session."""
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    batches: int = 0
+    records: int = 0
+    events_dropped: int = 0
+
+
+class Link:
+    """One long-lived MQTT link. ``run()`` until ``stop()``; ``status`` is called whenever
+    status is published; ``notify_status()`` asks for a publish now; ``send_event()`` queues an
+    event (bounded, oldest dropped and counted when the broker is away for long)."""
+
+    def __init__(
+        self,
+        device: str,
+        mqtt: MqttConfig,
+        telemetry: TelemetryConfig,
+        spool: Spool,
+        status: Callable[[], Status],
+        on_command: Callable[[Command], None],
+        faults: Faults,
+    ):
+        self._device, self._mqtt, self._tel = device, mqtt, telemetry
+        self._spool, self._status, self._on_command, self._faults = (
+            spool,
+            status,
+            on_command,
+            faults,
+        )
+        self._topics = {
+            kind: device_topic(mqtt.prefix, device, kind)
+            for kind in ("telemetry", "status", "events", "cmd")
+        }
+        self._stop = asyncio.Event()
+        self._status_wanted = asyncio.Event()
+        self._outbox: deque[Event] = deque()
+        self._outbox_changed = asyncio.Event()
+        self.connected = False
+        self.stats = LinkStats()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def notify_status(self) -> None:
+        self._status_wanted.set()
+
+    def send_event(self, event: Event) -> None:
+        if len(self._outbox) >= MAX_OUTBOX:
+            self._outbox.popleft()
+            self.stats.events_dropped += 1
+        self._outbox.append(event)
+        self._outbox_changed.set()
+
+    def _client(self) -> aiomqtt.Client:
+        m = self._mqtt
+        tls = None
+        if m.tls:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(m.ca_file) if m.ca_file else None,
+                certfile=str(m.cert_file) if m.cert_file else None,
+                keyfile=str(m.key_file) if m.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        return aiomqtt.Client(
+            m.host,
+            m.port,
+            identifier=self._device,
+            username=m.username,
+            password=m.password,
+            will=aiomqtt.Will(
+                self._topics["status"], Status.offline(self._device).encode(), qos=1, retain=True
+            ),
+            clean_session=False,
+            keepalive=m.keepalive_s,
+            timeout=m.timeout_s,
+            tls_params=tls,
+        )
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect, until ``stop()``; then publish offline and disconnect.
+
+        One client is reused across connections (aiomqtt's context is reusable); its connect
+        and disconnect are bounded by the client's own timeout.
+        """
+        client, attempt = self._client(), 0
+        while not self._stop.is_set():
+            try:
+                async with client:
+                    attempt = 0
+                    self.stats.connects += 1
+                    await self._session(client)
+            except aiomqtt.MqttReentrantError:
+                client = self._client()  # a disconnect that timed out left the old one locked
+            except (aiomqtt.MqttError, OSError) as exc:
+                log.info("mqtt_connect_failed", error=str(exc))
+            if self._stop.is_set():
+                break
+            delay = backoff_delay(
+                attempt, self._mqtt.backoff_base_s, self._mqtt.backoff_max_s, random.random
+            )
+            attempt += 1
+            log.info("mqtt_retry", retry_in_s=round(delay, 3))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """Serve one connection until it fails or the daemon stops (then say goodbye)."""
+        self.connected = True
+        log.info("mqtt_connected", host=self._mqtt.host, port=self._mqtt.port)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._status_loop(client))
+                group.create_task(self._command_loop(client))
+                group.create_task(self._telemetry_loop(client))
+                group.create_task(self._event_loop(client))
+                group.create_task(self._wait_stop())
+        except* _Stopped:
+            await self._goodbye(client)
+        except* (aiomqtt.MqttError, TimeoutError, OSError) as group_error:
+            log.info("mqtt_disconnected", error=str(group_error.exceptions[0]))
+        finally:
+            self.connected = False
+
+    async def _wait_stop(self) -> None:
+        await self._stop.wait()
+        raise _Stopped
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """Clean end: retained offline status; leaving ``async with`` then sends DISCONNECT,
+        so the broker does not send the will."""
+        try:
+            await client.publish(
+                self._topics["status"],
+                Status.offline(self._device).encode(),
+                qos=1,
+                retain=True,
+                timeout=min(self._mqtt.timeout_s, 2.0),
+            )
+            log.info("mqtt_disconnected_cleanly")
+        except (aiomqtt.MqttError, OSError) as exc:
+            log.info("mqtt_goodbye_failed", error=str(exc))
+
+    async def _status_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._status_wanted.clear()
+            await client.publish(
+                self._topics["status"], self._status().encode(), qos=1, retain=True
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_wanted.wait(), self._tel.status_interval_s)
+
+    async def _event_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            while self._outbox:
+                await client.publish(self._topics["events"], self._outbox[0].encode(), qos=1)
+                self._outbox.popleft()
+            self._outbox_changed.clear()
+            await self._outbox_changed.wait()
+
+    async def _command_loop(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self._topics["cmd"], qos=1)
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = b""
+            if len(payload) > MAX_CMD_BYTES:
+                self._faults.record("bad_command", "oversize command", size=len(payload))
+                continue
+            try:
+                command = Command.decode(bytes(payload))
+            except ProtocolError as exc:
+                self._faults.record("bad_command", str(exc))
+                continue
+            self._on_command(command)
+
+    async def _telemetry_loop(self, client: aiomqtt.Client) -> None:
+        spool, tel = self._spool, self._tel
+        overhead = batch_overhead(self._device)
+        while True:
+            stats = spool.stats
+            since = spool.pending_since
+            age = None if since is None else time.monotonic() - since
+            if not batch_due(stats.depth, tel.batch_records, age, tel.batch_age_s):
+                spool.changed.clear()
+                wait = None if age is None else max(tel.batch_age_s - age, 0.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(spool.changed.wait(), wait)
+                continue
+            claim = await spool.claim(tel.batch_records, tel.batch_bytes, overhead)
+            if claim is None:
+                continue
+            payload = encode_batch(self._device, claim.bodies)
+            await client.publish(self._topics["telemetry"], payload, qos=1)
+            await spool.ack(claim)
+            self.stats.batches += 1
+            self.stats.records += len(claim.bodies)

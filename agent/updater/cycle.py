@@ -1,0 +1,241 @@
+"""One update, from offer to trial: the steps that need the repository and the runtime.
+
+Each step is the handler of one saved state. It reads the saved state, does its work, and
+returns the event (and the facts learnt) that the store persists before the next handler acts,
+so a process killed anywhere resumes from the last saved state. Runs only in the update worker:
+it imports python-tuf and the inference runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from agent.trust import TrustedRepository, TrustError
+from agent.updater.device import Device
+from agent.updater.download import DownloadError, DownloadLimits, fetch, target_url
+from agent.updater.errors import Busy, Refused, Transient
+from agent.updater.files import write_atomic
+from agent.updater.gate import run_gate
+from agent.updater.slots import SlotRecord
+from agent.updater.states import AT_REST, BEFORE_SWITCH, Event, State
+from agent.updater.store import Offer, Saved
+from protocol.delta import DeltaError, apply_delta, delta_target_path
+from protocol.model_meta import GateVectors, MetadataError
+
+MODEL_PATH = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(?P<version>[0-9]+)\.tflite")
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    trusted_root: Path
+    engine: str = "auto"
+    max_model_bytes: int = 64 * 1024 * 1024
+    download: DownloadLimits = field(default_factory=DownloadLimits)
+
+
+def downgrade_refusal(incumbent: SlotRecord | None, name: str, version: int, custom: dict):
+    """Why an offered version may not replace the incumbent, or None. A version that is not
+    newer is refused unless the targets key signed it as a rollback release."""
+    if incumbent is None or incumbent.name != name or version > incumbent.version:
+        return None
+    if custom.get("rollback") is True and version != incumbent.version:
+        return None
+    return f"version {version} is not newer than the running {incumbent.version}"
+
+
+class Cycle:
+    def __init__(self, device: Device, config: CycleConfig):
+        self.device = device
+        self.config = config
+        self._trust: TrustedRepository | None = None
+
+    def trust(self, offer: Offer) -> TrustedRepository:
+        """One TUF refresh per worker process (a refresh is per ``Updater``)."""
+        if self._trust is None:
+            self._trust = TrustedRepository(
+                self.device.layout.tuf, offer.repository, self.config.trusted_root
+            )
+        return self._trust
+
+    # -- driving -------------------------------------------------------------------------
+
+    def start(self, offer: Offer | None) -> Saved:
+        """Take ``offer`` (or resume the saved update when ``offer`` is None or the same)."""
+        saved = self.device.settle(self.device.store.load())
+        if offer is None or offer == saved.offer:
+            return self.drive(saved)
+        if saved.state not in AT_REST:
+            raise Busy(f"an update to {saved.offer.target} is in state {saved.state}")
+        pointer = self.device.slots.pointer()
+        saved = self.device.store.advance(
+            Saved(saves=saved.saves, state=saved.state),
+            Event.OFFER,
+            offer=offer,
+            incumbent=pointer.active if pointer else None,
+        )
+        return self.drive(saved)
+
+    def drive(self, saved: Saved) -> Saved:
+        """Run handlers until a state that waits for someone else (trial, or at rest)."""
+        while saved.state in BEFORE_SWITCH:
+            try:
+                event, changes = self.HANDLERS[saved.state](self, saved)
+            except Refused as exc:
+                event, changes = Event.REFUSE, {"reason": str(exc)}
+            saved = self.device.settle(self.device.store.advance(saved, event, **changes))
+        return saved
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def plan(self, saved: Saved):
+        """OFFERED: read the signed facts, refuse downgrades, choose a delta when one exists."""
+        offer = saved.offer
+        match = MODEL_PATH.fullmatch(offer.target)
+        if match is None:
+            raise Refused(f"{offer.target}: not a model target path")
+        target = self._signed(offer, offer.target)
+        meta = self._meta(target)
+        if (meta.name, meta.version) != (match["name"], int(match["version"])):
+            raise Refused(f"{offer.target}: signed metadata names {meta.name} v{meta.version}")
+        if target.length > self.config.max_model_bytes:
+            raise Refused(f"{offer.target}: {target.length} bytes exceeds the limit")
+        why = downgrade_refusal(saved.incumbent, meta.name, meta.version, target.custom)
+        if why:
+            raise Refused(f"downgrade: {why}")
+        fetch_path = offer.target
+        if saved.incumbent is not None and saved.incumbent.name == meta.name:
+            candidate = delta_target_path(meta.name, saved.incumbent.version, meta.version)
+            try:
+                self.trust(offer).target(candidate)
+                fetch_path = candidate
+            except TrustError as exc:
+                if exc.reason == "unreachable":
+                    raise Transient(str(exc)) from None
+        return Event.PLANNED, {"fetch": fetch_path}
+
+    def download(self, saved: Saved):
+        """DOWNLOADING: fetch (resuming), check against the signed hash, rebuild from a delta,
+        and check the result against the offline-signed model before keeping it."""
+        offer = saved.offer
+        target = self._signed(offer, offer.target)
+        data = self._fetch_verified(offer, saved.fetch)
+        if saved.fetch != offer.target:
+            source = self.device.slots.path(saved.incumbent.slot).read_bytes()
+            try:
+                data = apply_delta(source, data)
+            except DeltaError as exc:
+                raise Refused(f"bad delta: {exc}") from None
+            self._check(offer, offer.target, data)
+        meta = self._meta(target)
+        gate_file = self.device.layout.work / "gate.json"
+        gate = self._fetch_verified(offer, meta.gate.path)
+        if self._signed(offer, meta.gate.path).sha256 != meta.gate.sha256:
+            raise Refused("gate vectors are not the ones the model metadata names")
+        write_atomic(gate_file, gate, "vectors")
+        write_atomic(self.device.layout.work / "candidate.tflite", data, "candidate")
+        record = SlotRecord(
+            slot=self.device.slots.inactive(),
+            target=offer.target,
+            name=meta.name,
+            version=meta.version,
+            sha256=target.sha256,
+            length=target.length,
+        )
+        return Event.FETCHED, {"candidate": record}
+
+    def install(self, saved: Saved):
+        """VERIFIED: write the verified candidate into the inactive slot, durably."""
+        data = (self.device.layout.work / "candidate.tflite").read_bytes()
+        self._check(saved.offer, saved.offer.target, data)
+        self.device.slots.install(saved.candidate.slot, data)
+        return Event.INSTALLED, {}
+
+    def gate(self, saved: Saved):
+        """INSTALLED: the candidate, as it lies in its slot, must pass the health gate."""
+        if not self.device.slots.holds(saved.candidate):
+            raise Refused(f"slot {saved.candidate.slot} does not hold the verified candidate")
+        meta = self._meta(self._signed(saved.offer, saved.offer.target))
+        try:
+            vectors = GateVectors.from_json(
+                json.loads((self.device.layout.work / "gate.json").read_bytes())
+            )
+        except (OSError, ValueError, MetadataError) as exc:
+            raise Refused(f"gate vectors unusable: {exc}") from None
+        verdict = run_gate(
+            self.device.slots.path(saved.candidate.slot), meta, vectors, self.config.engine
+        )
+        if not verdict.passed:
+            raise Refused(f"health gate: {verdict.summary}")
+        first = saved.incumbent is None
+        return (Event.FIRST_MODEL if first else Event.GATE_PASSED), {"reason": ""}
+
+    HANDLERS: ClassVar[Mapping[State, Callable]] = {
+        State.OFFERED: plan,
+        State.DOWNLOADING: download,
+        State.VERIFIED: install,
+        State.INSTALLED: gate,
+    }
+
+    # -- trust helpers ---------------------------------------------------------------------
+
+    def _signed(self, offer: Offer, path: str):
+        try:
+            return self.trust(offer).target(path)
+        except TrustError as exc:
+            raise self._trust_failure(exc) from None
+
+    def _check(self, offer: Offer, path: str, data: bytes) -> None:
+        try:
+            self.trust(offer).check(path, data)
+        except TrustError as exc:
+            raise self._trust_failure(exc) from None
+
+    @staticmethod
+    def _meta(target):
+        try:
+            return target.model_meta()
+        except TrustError as exc:
+            raise Refused(f"{exc.reason}: {exc}") from None
+
+    @staticmethod
+    def _trust_failure(exc: TrustError) -> Exception:
+        if exc.reason == "unreachable":
+            return Transient(str(exc))
+        return Refused(f"{exc.reason}: {exc}")
+
+    def _fetch_verified(self, offer: Offer, path: str) -> bytes:
+        """A target's bytes, resumed with Range over HTTP, checked against its signed hash.
+        A resumed file that fails the check is fetched once more from the start."""
+        signed = self._signed(offer, path)
+        if not offer.repository.startswith(("http://", "https://")):
+            partial = self.device.layout.work / "download"
+            try:
+                self.trust(offer).download(path, partial)
+            except TrustError as exc:
+                raise self._trust_failure(exc) from None
+            return partial.read_bytes()
+        partial = self.device.layout.work / f"{signed.sha256}.partial"
+        url = target_url(offer.repository, path, signed.sha256)
+        resumed_at = self._fetch_once(url, partial, signed.length)
+        try:
+            self._check(offer, path, partial.read_bytes())
+        except Refused:
+            partial.unlink()
+            if resumed_at == 0:
+                raise
+            self._fetch_once(url, partial, signed.length)
+            self._check(offer, path, partial.read_bytes())
+        return partial.read_bytes()
+
+    def _fetch_once(self, url: str, partial: Path, length: int) -> int:
+        try:
+            return fetch(url, partial, length, self.config.download)
+        except DownloadError as exc:
+            if exc.transient:
+                raise Transient(str(exc)) from None
+            raise Refused(f"{exc.reason}: {exc}") from None

@@ -1,0 +1,271 @@
+"""What the running agent calls to update its model: ``async with UpdateManager(...)``.
+
+Entering recovers from whatever the last run left (settles the saved state, counts a restart in
+TRIAL, rolls back an unreadable state). ``offer`` runs the update work in a child process
+(``agent.updater.worker``) and relays every transition as it happens. While a new model is on
+trial, the daemon runs it, shadows the incumbent on a sample of inputs, and hands the results
+to ``observe``, which commits or rolls back when the evidence is in. Only small file operations
+run in this process: no python-tuf, and no candidate model is loaded here before it passed the
+health gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent.updater.device import Device
+from agent.updater.probation import (
+    Counts,
+    Decision,
+    Observation,
+    ProbationLimits,
+    Verdict,
+    judge,
+    record,
+)
+from agent.updater.states import BEFORE_SWITCH, Event, State
+from agent.updater.store import Saved
+from agent.updater.worker import EXIT_BUSY, EXIT_NOT_ALLOWED, EXIT_TEMPFAIL
+
+log = structlog.get_logger()
+
+# protocol.topics event kind for each state entered; a refusal is reported as an "error".
+EVENT_KINDS = {
+    State.OFFERED: "update_offered",
+    State.VERIFIED: "update_downloaded",
+    State.INSTALLED: "update_installed",
+    State.TRIAL: "update_trial",
+    State.COMMITTED: "update_committed",
+    State.ROLLED_BACK: "update_rolled_back",
+    State.REFUSED: "error",
+}
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    state_dir: Path
+    trusted_root: Path
+    engine: str = "auto"
+    worker_timeout_s: float = 900.0
+    max_worker_crashes: int = 3  # worker deaths in one update before it is given up
+    probation: ProbationLimits = field(default_factory=ProbationLimits)
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One state entered; ``kind`` is the protocol event kind to publish (None: status only)."""
+
+    state: State
+    kind: str | None
+    detail: dict[str, str | int | None] = field(default_factory=dict)
+
+
+def transition(state: str, event: str | None, target: str | None, reason: str, boots: int):
+    state = State(state)
+    detail = {"update_state": state.value, "event": event, "target": target, "boots": boots}
+    if reason:
+        detail["reason"] = reason[:512]
+    if state == State.REFUSED:
+        detail["error"] = "update_refused"
+    return Transition(state, EVENT_KINDS.get(state), detail)
+
+
+class UpdateManager:
+    def __init__(
+        self,
+        config: UpdateConfig,
+        on_transition: Callable[[Transition], None] = lambda t: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.on_transition = on_transition
+        self.clock = clock
+        self._pending: list[Transition] = []
+        self.device = Device(config.state_dir, self._collect)
+        self.saved = Saved()
+        self._trial_started_s: float | None = None
+        self._counts: Counts | None = None
+        self._shadow_tick = 0
+        self._crashes = 0
+
+    def _collect(self, saved: Saved, event: Event | None) -> None:
+        target = saved.offer.target if saved.offer else None
+        self._pending.append(
+            transition(saved.state, event and event.value, target, saved.reason, saved.boots)
+        )
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for item in pending:
+            self.on_transition(item)
+
+    async def _local(self, fn, *args) -> Saved:
+        """A device step (file operations with fsync) off the event loop; transitions are
+        relayed on the loop's thread."""
+        try:
+            self.saved = await asyncio.to_thread(fn, *args)
+        finally:
+            self._flush()
+        self._start_or_end_trial()
+        return self.saved
+
+    def _start_or_end_trial(self) -> None:
+        """A trial's counts start when it starts (or when the agent restarts in it)."""
+        if self.saved.state != State.TRIAL:
+            self._trial_started_s, self._counts = None, None
+        elif self._trial_started_s is None:
+            self._trial_started_s = self.clock()
+
+    # -- life ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> UpdateManager:
+        await self._local(self.device.boot, self.config.probation.max_trial_boots)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._trial_started_s, self._counts = None, None
+
+    # -- what the daemon reads -----------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.saved.state
+
+    @property
+    def interrupted(self) -> bool:
+        """An update stopped before its switch (restart, unreachable repository): ``resume``."""
+        return self.saved.state in BEFORE_SWITCH
+
+    def active_model(self) -> tuple[Path, dict] | None:
+        """The model the daemon must run, and what was signed about it."""
+        active = self.device.active()
+        return (active[0], active[1].to_json()) if active else None
+
+    def trial_models(self) -> tuple[Path, Path] | None:
+        """(candidate, incumbent) model paths while on trial: run the first, shadow the second."""
+        if self.saved.state != State.TRIAL:
+            return None
+        slots = self.device.slots
+        return slots.path(self.saved.candidate.slot), slots.path(self.saved.incumbent.slot)
+
+    def should_shadow(self) -> bool:
+        """Whether to run the incumbent on the next input too (one in ``shadow_every``)."""
+        if self._trial_started_s is None:
+            return False
+        self._shadow_tick += 1
+        return (self._shadow_tick - 1) % self.config.probation.shadow_every == 0
+
+    def status(self) -> dict[str, str | int | None]:
+        """For the retained status: update state and the slots."""
+        pointer = self.device.slots.pointer()
+        return {
+            "update_state": self.saved.state.value,
+            "active_slot": pointer.active.slot if pointer else None,
+            "active_version": pointer.active.version if pointer else None,
+            "fallback_slot": pointer.previous.slot if pointer and pointer.previous else None,
+            "trial_boots": self.saved.boots,
+        }
+
+    # -- what the daemon asks ------------------------------------------------------------
+
+    async def offer(self, repository: str, target: str, rollout: str = "") -> State:
+        """Take an update offer (the same offer again is the same update) and run it as far
+        as the trial; returns the state it stopped in."""
+        args = ["run", "--repository", repository, "--target", target, "--rollout", rollout]
+        return await self._run_worker(args)
+
+    async def resume(self) -> State:
+        """Continue an interrupted update."""
+        return await self._run_worker(["run"])
+
+    async def observe(self, observation: Observation) -> Verdict | None:
+        """Count live results during the trial; commits or rolls back when ``judge`` decides.
+        Returns the verdict (None when no trial is running)."""
+        if self._trial_started_s is None:
+            return None
+        if self._counts is None:
+            classes = observation.candidate_scores.reshape(observation.inputs, -1).shape[1]
+            self._counts = Counts(classes=int(classes), started_s=self._trial_started_s)
+        record(self._counts, self.config.probation, observation)
+        verdict = judge(self._counts, self.config.probation, self.clock())
+        if verdict.decision != Decision.CONTINUE:
+            commit = verdict.decision == Decision.COMMIT
+            reason = "" if commit else f"probation: {verdict.summary}"
+            await self._local(self.device.finish, self.saved, commit, reason)
+        return verdict
+
+    async def commit(self) -> State:
+        """The operator's commit of a model on trial, without waiting for probation."""
+        if self.saved.state == State.TRIAL:
+            await self._local(self.device.finish, self.saved, True, "")
+        return self.saved.state
+
+    async def rollback(self, reason: str) -> State:
+        """The operator's rollback of a model on trial."""
+        if self.saved.state == State.TRIAL:
+            await self._local(self.device.finish, self.saved, False, reason)
+        return self.saved.state
+
+    # -- the child process ---------------------------------------------------------------
+
+    async def _run_worker(self, args: list[str]) -> State:
+        command = [
+            self.config.python, "-m", "agent.updater.worker",
+            "--state-dir", str(self.config.state_dir),
+            "--root", str(self.config.trusted_root),
+            "--engine", self.config.engine,
+            "--max-trial-boots", str(self.config.probation.max_trial_boots),
+            *args,
+        ]  # fmt: skip
+        child = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            async with asyncio.timeout(self.config.worker_timeout_s):
+                _, stderr = await asyncio.gather(self._relay(child), child.stderr.read())
+                await child.wait()
+        except TimeoutError:
+            stderr = b"worker timed out"
+        finally:
+            if child.returncode is None:  # timed out or cancelled: killing it is crash-safe
+                child.kill()
+                await child.wait()
+        await self._after_worker(child.returncode, stderr.decode(errors="replace"))
+        return self.saved.state
+
+    async def _relay(self, child: asyncio.subprocess.Process) -> None:
+        async for line in child.stdout:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue  # not a transition line
+            if "state" in data:
+                self.on_transition(
+                    transition(
+                        data["state"], data["event"], data["target"], data["reason"], data["boots"]
+                    )
+                )
+
+    async def _after_worker(self, returncode: int | None, stderr: str) -> None:
+        self.saved = await asyncio.to_thread(self.device.store.load)
+        crashed = returncode not in (0, EXIT_TEMPFAIL, EXIT_BUSY, EXIT_NOT_ALLOWED)
+        if returncode != 0:
+            log.warning("update_worker_failed", returncode=returncode, stderr=stderr[-2000:])
+        if crashed and self.interrupted:
+            self._crashes += 1
+            if self._crashes >= self.config.max_worker_crashes:
+                self._crashes = 0
+                why = f"update worker died {self.config.max_worker_crashes} times"
+                await self._local(self.device.abort, self.saved, why)
+        elif not self.interrupted:
+            self._crashes = 0
+        self._start_or_end_trial()

@@ -1,0 +1,159 @@
+"""Drives staged rollouts: offers the update to each stage's devices over MQTT, records their
+verdicts from events and retained status, and applies the pure decisions of ``rollout``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from gateway.rollout import (
+    Action,
+    DeviceFacts,
+    DeviceState,
+    Plan,
+    RolloutState,
+    assign_stages,
+    decide,
+    eligibility,
+)
+from gateway.rollout_store import Rollout, RolloutStore
+from protocol.model_meta import ModelMeta
+from protocol.topics import Command, Event, Status
+
+log = structlog.get_logger()
+
+Send = Callable[[str, Command], Awaitable[None]]
+FAILURE_EVENTS = ("update_rolled_back", "error", "command_rejected")
+REOFFER_S = 60.0
+
+
+class RolloutError(ValueError):
+    """A rollout command that cannot be carried out (unknown id, wrong state)."""
+
+
+class RolloutController:
+    def __init__(
+        self,
+        store: RolloutStore,
+        send: Send,
+        repository_url: str,
+        clock: Callable[[], float] = time.time,
+        reoffer_s: float = REOFFER_S,
+    ):
+        self.store = store
+        self.send = send
+        self.repository_url = repository_url
+        self.clock = clock
+        self.reoffer_s = reoffer_s
+
+    def start(self, plan: Plan, devices: Sequence[DeviceFacts], meta: ModelMeta) -> Rollout:
+        if self.store.get(plan.rollout_id):
+            raise RolloutError(f"rollout {plan.rollout_id!r} exists already")
+        busy = [r.plan.rollout_id for r in self.store.active() if r.plan.model == plan.model]
+        if busy:
+            raise RolloutError(f"model {plan.model!r} is already being rolled out by {busy[0]!r}")
+        skipped = {d.device: why for d in devices if (why := eligibility(d, meta))}
+        stages = assign_stages(plan, [d.device for d in devices if d.device not in skipped])
+        self.store.create(plan, stages, skipped, self.clock())
+        log.info(
+            "rollout_started", rollout=plan.rollout_id, devices=len(stages), skipped=len(skipped)
+        )
+        return self.store.get(plan.rollout_id)
+
+    def _command(self, plan: Plan, device: str, kind: str) -> Command:
+        return Command(
+            id=f"{plan.rollout_id}.{kind}.{device}",
+            kind=kind,
+            model=plan.model,
+            version=plan.version if kind == "update" else None,
+            rollout=plan.rollout_id,
+            repository=self.repository_url if kind == "update" else None,
+        )
+
+    async def tick(self) -> None:
+        """One pass over the running rollouts."""
+        for rollout in self.store.active():
+            if rollout.state == RolloutState.RUNNING:
+                await self._advance(rollout)
+
+    async def _advance(self, rollout: Rollout) -> None:
+        plan, stage, now = rollout.plan, rollout.stage, self.clock()
+        for p in self.store.progress(plan.rollout_id):
+            due = p.state == DeviceState.PENDING or (
+                p.state == DeviceState.OFFERED and self._offered_long_ago(plan, p.device, now)
+            )
+            if p.stage <= stage and due:
+                await self.send(p.device, self._command(plan, p.device, "update"))
+                self.store.mark(plan.rollout_id, p.device, DeviceState.OFFERED, now)
+        decision = decide(plan, stage, self.store.progress(plan.rollout_id), now)
+        if decision.action == Action.ADVANCE:
+            self.store.set_state(
+                plan.rollout_id, RolloutState.RUNNING, stage + 1, decision.reason, now
+            )
+            log.info("rollout_stage", rollout=plan.rollout_id, stage=stage + 1)
+        elif decision.action == Action.PAUSE:
+            self.store.set_state(plan.rollout_id, RolloutState.PAUSED, stage, decision.reason, now)
+            log.warning("rollout_paused", rollout=plan.rollout_id, reason=decision.reason)
+            for device in decision.rollback:
+                await self.send(device, self._command(plan, device, "rollback"))
+        elif decision.action == Action.COMPLETE:
+            self.store.set_state(
+                plan.rollout_id, RolloutState.COMPLETED, stage, decision.reason, now
+            )
+            log.info("rollout_completed", rollout=plan.rollout_id)
+
+    def _offered_long_ago(self, plan: Plan, device: str, now: float) -> bool:
+        offered_at = self.store.offered_at(plan.rollout_id, device)
+        return offered_at is not None and now - offered_at > self.reoffer_s
+
+    def on_event(self, event: Event) -> None:
+        rollout_id = event.detail.get("rollout")
+        if not isinstance(rollout_id, str) or self.store.get(rollout_id) is None:
+            return
+        if event.kind == "update_committed":
+            self.store.mark(rollout_id, event.device, DeviceState.COMMITTED, self.clock())
+        elif event.kind in FAILURE_EVENTS:
+            detail = str(event.detail.get("reason", event.kind))
+            self.store.mark(rollout_id, event.device, DeviceState.FAILED, self.clock(), detail)
+
+    def on_status(self, status: Status) -> None:
+        """A retained status that shows the target committed counts even if the event was
+        missed (the gateway was down when it was sent)."""
+        if status.model is None or status.update_state != "COMMITTED":
+            return
+        for rollout in self.store.active():
+            plan = rollout.plan
+            if (status.model.name, status.model.version) != (plan.model, plan.version):
+                continue
+            progress = {p.device: p for p in self.store.progress(plan.rollout_id)}
+            mine = progress.get(status.device)
+            if mine and mine.state == DeviceState.OFFERED:
+                self.store.mark(plan.rollout_id, status.device, DeviceState.COMMITTED, self.clock())
+
+    def _require(self, rollout_id: str, *states: RolloutState) -> Rollout:
+        rollout = self.store.get(rollout_id)
+        if rollout is None:
+            raise RolloutError(f"no rollout {rollout_id!r}")
+        if rollout.state not in states:
+            raise RolloutError(f"rollout {rollout_id!r} is {rollout.state}")
+        return rollout
+
+    def pause(self, rollout_id: str) -> None:
+        rollout = self._require(rollout_id, RolloutState.RUNNING)
+        self.store.set_state(
+            rollout_id, RolloutState.PAUSED, rollout.stage, "paused by operator", self.clock()
+        )
+
+    def resume(self, rollout_id: str) -> None:
+        rollout = self._require(rollout_id, RolloutState.PAUSED)
+        self.store.set_state(
+            rollout_id, RolloutState.RUNNING, rollout.stage, "resumed by operator", self.clock()
+        )
+
+    def abort(self, rollout_id: str) -> None:
+        rollout = self._require(rollout_id, RolloutState.RUNNING, RolloutState.PAUSED)
+        self.store.set_state(
+            rollout_id, RolloutState.ABORTED, rollout.stage, "aborted by operator", self.clock()
+        )

@@ -1,0 +1,406 @@
+"""MQTT topics between a device and its gateway, and the status, event and command payloads.
+
+Every payload is a JSON object with a ``schema`` version and a hard size limit. Decoders take
+untrusted bytes and either return a validated, frozen object or raise ``ProtocolError``; no other
+exception escapes them, so a receiver can count and skip bad messages without crashing.
+
+Topics (prefix default ``edgefleet/<site>``)::
+
+    <prefix>/dev/<device>/telemetry   device -> gateway  QoS 1            telemetry batch
+    <prefix>/dev/<device>/status      device -> gateway  QoS 1, retained  Status (will: offline)
+    <prefix>/dev/<device>/events      device -> gateway  QoS 1            Event
+    <prefix>/dev/<device>/cmd         gateway -> device  QoS 1            Command
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SITE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+KINDS = ("telemetry", "status", "events", "cmd")
+
+MAX_STATUS_BYTES = 16 * 1024
+MAX_EVENT_BYTES = 8 * 1024
+MAX_CMD_BYTES = 16 * 1024
+MAX_DETAIL_KEYS = 32
+MAX_TEXT = 1024
+
+STATES = ("online", "offline")
+EVENT_KINDS = (
+    "started",
+    "stopping",
+    "model_loaded",
+    "model_error",
+    "drift_alarm",
+    "drift_cleared",
+    "command_rejected",
+    "update_offered",
+    "update_downloaded",
+    "update_installed",
+    "update_trial",
+    "update_committed",
+    "update_rolled_back",
+    "error",
+)
+COMMAND_KINDS = ("update", "rollback", "config")
+
+
+class ProtocolError(ValueError):
+    """Bytes from the other side that do not follow the contract."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ProtocolError(message)
+
+
+# -- topics -------------------------------------------------------------------------------------
+
+
+def default_prefix(site: str) -> str:
+    return f"edgefleet/{site}"
+
+
+def device_topic(prefix: str, device: str, kind: str) -> str:
+    """``<prefix>/dev/<device>/<kind>``; refuses ids and kinds outside the contract."""
+    _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, f"bad device id {device!r}")
+    _require(kind in KINDS, f"unknown topic kind {kind!r}")
+    _require(bool(prefix) and not set(prefix) & set("#+"), f"bad topic prefix {prefix!r}")
+    return f"{prefix.rstrip('/')}/dev/{device}/{kind}"
+
+
+def parse_device_topic(topic: str) -> tuple[str, str, str]:
+    """``<prefix>/dev/<device>/<kind>`` -> ``(prefix, device, kind)``."""
+    parts = topic.split("/")
+    _require(len(parts) >= 4 and parts[-3] == "dev", f"not a device topic: {topic[:200]!r}")
+    prefix, device, kind = "/".join(parts[:-3]), parts[-2], parts[-1]
+    _require(bool(prefix), "topic has no prefix")
+    _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, f"bad device id {device[:80]!r}")
+    _require(kind in KINDS, f"unknown topic kind {kind[:40]!r}")
+    return prefix, device, kind
+
+
+# -- JSON helpers shared by the payload codecs ---------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"non-finite number {name} in payload")
+
+
+def load_object(payload: bytes, limit: int, what: str) -> dict:
+    """Untrusted bytes -> a JSON object of the current schema, or ``ProtocolError``."""
+    _require(isinstance(payload, bytes | bytearray), f"{what} payload is not bytes")
+    _require(len(payload) <= limit, f"{what} payload of {len(payload)} bytes exceeds {limit}")
+    try:
+        data = json.loads(payload, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"{what} payload is not JSON: {exc}") from None
+    _require(isinstance(data, dict), f"{what} payload is not a JSON object")
+    _require(
+        data.get("schema") == SCHEMA_VERSION, f"unsupported {what} schema {data.get('schema')!r}"
+    )
+    return data
+
+
+def dump_object(data: dict, limit: int, what: str) -> bytes:
+    raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    _require(len(raw) <= limit, f"{what} payload of {len(raw)} bytes exceeds {limit}")
+    return raw
+
+
+def get(data: dict, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """``data[key]`` checked to be of ``kind`` (bool is never an int here)."""
+    if key not in data:
+        _require(default is not ..., f"missing field {key!r}")
+        return default
+    value = data[key]
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _tuple(kind))
+    _require(ok, f"field {key!r} has the wrong type")
+    if isinstance(value, float):
+        _require(math.isfinite(value), f"field {key!r} is not finite")
+    if isinstance(value, str):
+        _require(len(value) <= MAX_TEXT, f"field {key!r} is too long")
+    return value
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _name(data: dict, key: str, default: Any = ...) -> str:
+    value = get(data, key, str, default)
+    if value is not None and value is not default:
+        _require(NAME_PATTERN.fullmatch(value) is not None, f"field {key!r} is not a name")
+    return value
+
+
+def _scalars(data: dict, key: str) -> dict[str, str | int | float | bool | None]:
+    """A small flat object of scalars (event details, config changes)."""
+    value = get(data, key, dict, {})
+    _require(len(value) <= MAX_DETAIL_KEYS, f"field {key!r} has too many keys")
+    for name, item in value.items():
+        _require(len(name) <= 64, f"field {key!r} has a key that is too long")
+        _require(
+            item is None or isinstance(item, str | int | float | bool),
+            f"field {key!r}.{name[:64]} is not a scalar",
+        )
+        if isinstance(item, float):
+            _require(math.isfinite(item), f"field {key!r}.{name[:64]} is not finite")
+        if isinstance(item, str):
+            _require(len(item) <= MAX_TEXT, f"field {key!r}.{name[:64]} is too long")
+    return dict(value)
+
+
+def _device(data: dict) -> str:
+    device = get(data, "device", str)
+    _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, "bad device id")
+    return device
+
+
+def _non_negative(data: dict, key: str, default: Any = ...) -> int:
+    value = get(data, key, int, default)
+    _require(value >= 0, f"field {key!r} is negative")
+    return value
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ModelInfo:
+        _require(isinstance(data, dict), "model is not an object")
+        sha = get(data, "sha256", str)
+        _require(re.fullmatch(r"[0-9a-f]{64}", sha) is not None, "bad model sha256")
+        return cls(_name(data, "name"), _non_negative(data, "version"), sha)
+
+
+@dataclass(frozen=True)
+class DriftInfo:
+    """The last drift window: samples in it, worst PSI, and whether it crossed the alarm."""
+
+    window: int
+    max_psi: float
+    alarm: bool
+    compared: bool
+
+    def to_json(self) -> dict:
+        return {
+            "window": self.window,
+            "max_psi": round(self.max_psi, 6),
+            "alarm": self.alarm,
+            "compared": self.compared,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> DriftInfo:
+        _require(isinstance(data, dict), "drift is not an object")
+        max_psi = float(get(data, "max_psi", (int, float)))
+        _require(max_psi >= 0, "negative psi")
+        return cls(
+            _non_negative(data, "window"),
+            max_psi,
+            get(data, "alarm", bool),
+            get(data, "compared", bool),
+        )
+
+
+@dataclass(frozen=True)
+class SpoolInfo:
+    depth: int
+    bytes: int
+    cap_bytes: int
+    dropped: int
+    produced: int
+
+    def to_json(self) -> dict:
+        return {
+            "depth": self.depth,
+            "bytes": self.bytes,
+            "cap_bytes": self.cap_bytes,
+            "dropped": self.dropped,
+            "produced": self.produced,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SpoolInfo:
+        _require(isinstance(data, dict), "spool is not an object")
+        keys = ("depth", "bytes", "cap_bytes", "dropped", "produced")
+        return cls(*(_non_negative(data, key) for key in keys))
+
+
+@dataclass(frozen=True)
+class Status:
+    """The device's retained state. The last will is ``Status.offline(device)``."""
+
+    device: str
+    state: str
+    ts_ms: int
+    agent_version: str = ""
+    boot: str = ""
+    model: ModelInfo | None = None
+    health: str = "unknown"
+    update_state: str = "IDLE"
+    slots: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    drift: DriftInfo | None = None
+    spool: SpoolInfo | None = None
+    counters: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+
+    @classmethod
+    def offline(cls, device: str) -> Status:
+        return cls(device=device, state="offline", ts_ms=0)
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "device": self.device,
+            "state": self.state,
+            "ts_ms": self.ts_ms,
+        }
+        if self.state == "online":
+            data |= {
+                "agent_version": self.agent_version,
+                "boot": self.boot,
+                "model": self.model.to_json() if self.model else None,
+                "health": self.health,
+                "update_state": self.update_state,
+                "slots": self.slots,
+                "drift": self.drift.to_json() if self.drift else None,
+                "spool": self.spool.to_json() if self.spool else None,
+                "counters": self.counters,
+            }
+        return dump_object(data, MAX_STATUS_BYTES, "status")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Status:
+        data = load_object(payload, MAX_STATUS_BYTES, "status")
+        state = get(data, "state", str)
+        _require(state in STATES, f"unknown state {state!r}")
+        model, drift, spool = (
+            get(data, key, (dict, type(None)), None) for key in ("model", "drift", "spool")
+        )
+        return cls(
+            device=_device(data),
+            state=state,
+            ts_ms=_non_negative(data, "ts_ms"),
+            agent_version=get(data, "agent_version", str, ""),
+            boot=get(data, "boot", str, ""),
+            model=ModelInfo.from_json(model) if model is not None else None,
+            health=get(data, "health", str, "unknown"),
+            update_state=get(data, "update_state", str, "IDLE"),
+            slots=_scalars(data, "slots"),
+            drift=DriftInfo.from_json(drift) if drift is not None else None,
+            spool=SpoolInfo.from_json(spool) if spool is not None else None,
+            counters=_scalars(data, "counters"),
+        )
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    device: str
+    ts_ms: int
+    kind: str
+    detail: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        _require(self.kind in EVENT_KINDS, f"unknown event kind {self.kind!r}")
+        data = {
+            "schema": SCHEMA_VERSION,
+            "device": self.device,
+            "ts_ms": self.ts_ms,
+            "kind": self.kind,
+            "detail": self.detail,
+        }
+        return dump_object(data, MAX_EVENT_BYTES, "event")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Event:
+        data = load_object(payload, MAX_EVENT_BYTES, "event")
+        kind = get(data, "kind", str)
+        _require(kind in EVENT_KINDS, f"unknown event kind {kind!r}")
+        return cls(_device(data), _non_negative(data, "ts_ms"), kind, _scalars(data, "detail"))
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """What the gateway asks of a device.
+
+    ``update``: model, version, rollout, repository (an http(s) URL); ``rollback``: model and
+    optionally the version to return to; ``config``: a flat object of settings to change.
+    """
+
+    id: str
+    kind: str
+    model: str | None = None
+    version: int | None = None
+    rollout: str | None = None
+    repository: str | None = None
+    settings: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {"schema": SCHEMA_VERSION, "id": self.id, "kind": self.kind}
+        for key in ("model", "version", "rollout", "repository"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.settings:
+            data["settings"] = self.settings
+        raw = dump_object(data, MAX_CMD_BYTES, "command")
+        Command.decode(raw)  # an encoder never emits what its decoder would refuse
+        return raw
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Command:
+        data = load_object(payload, MAX_CMD_BYTES, "command")
+        command_id = get(data, "id", str)
+        _require(re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", command_id) is not None, "bad command id")
+        kind = get(data, "kind", str)
+        _require(kind in COMMAND_KINDS, f"unknown command kind {kind!r}")
+        version = get(data, "version", (int, type(None)), None)
+        _require(version is None or version >= 1, "version must be >= 1")
+        command = cls(
+            id=command_id,
+            kind=kind,
+            model=_name(data, "model", None),
+            version=version,
+            rollout=get(data, "rollout", (str, type(None)), None),
+            repository=get(data, "repository", (str, type(None)), None),
+            settings=_scalars(data, "settings"),
+        )
+        if kind == "update":
+            _require(
+                command.model is not None and command.version is not None,
+                "update needs model and version",
+            )
+            _require(
+                command.repository is not None
+                and re.match(r"https?://", command.repository) is not None,
+                "update needs an http(s) repository URL",
+            )
+        if kind == "rollback":
+            _require(command.model is not None, "rollback needs model")
+        if kind == "config":
+            _require(bool(command.settings), "config needs settings")
+        return command

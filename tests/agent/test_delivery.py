@@ -1,0 +1,218 @@
+"""Telemetry delivery through a real mosquitto: nothing is lost that was not counted as dropped,
+across kill -9 of the agent, a broker restart, and an outage longer than the spool can hold."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.agent.agent_support import (
+    AgentProcess,
+    Collector,
+    FaultyLink,
+    SpoolFile,
+    agent_config,
+    assert_exact_delivery,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def collector(broker):
+    collector = Collector(broker.config.port)
+    yield collector
+    collector.close()
+
+
+def spool_depth(path) -> int:
+    state = SpoolFile.read(path)
+    return state.next_seq - state.dropped
+
+
+def test_kill9_mid_stream_then_restart(tmp_path, broker, collector, models):
+    config = write_config(
+        tmp_path / "agent.toml", agent_config(tmp_path, broker.url, models("kws_f32_v1"))
+    )
+    spool = tmp_path / "state-dev1" / "spool.db"
+    agent = AgentProcess(config)
+    agent.wait_logged("mqtt_connected")
+    wait_for(lambda: len(collector.data.records) >= 300, 20, "300 records delivered")
+    agent.kill()
+    killed_at = SpoolFile.read(spool)
+    assert killed_at.integrity == "ok"
+
+    agent = AgentProcess(config)
+    agent.wait_logged("mqtt_connected")
+    wait_for(
+        lambda: len(collector.seqs("dev1", killed_at.boot)) > killed_at.next_seq + 200,
+        20,
+        "records after the restart",
+    )
+    assert agent.terminate() == 0
+    state = assert_exact_delivery(collector, spool)
+    assert state.boot == killed_at.boot, "an agent restart keeps the boot id"
+    assert state.dropped == 0
+    assert state.next_seq > killed_at.next_seq
+
+
+def test_broker_stop_and_restart(tmp_path, broker, collector, models):
+    config = write_config(
+        tmp_path / "agent.toml", agent_config(tmp_path, broker.url, models("kws_int8_v1"))
+    )
+    spool = tmp_path / "state-dev1" / "spool.db"
+    agent = AgentProcess(config)
+    agent.wait_logged("mqtt_connected")
+    wait_for(lambda: len(collector.data.records) >= 200, 20, "records delivered")
+
+    broker.stop()
+    before = spool_depth(spool)
+    wait_for(lambda: spool_depth(spool) > before + 300, 20, "records spooled while offline")
+    broker.start()
+    wait_for(lambda: "mqtt_connect_failed" in agent.log(), 1, "a failed reconnect attempt")
+    wait_for(lambda: agent.log().count('"mqtt_connected"') >= 2, 20, "reconnection")
+    outage_end = SpoolFile.read(spool).next_seq
+    wait_for(
+        lambda: outage_end - 1 in collector.seqs("dev1", SpoolFile.read(spool).boot),
+        20,
+        "the records of the outage",
+    )
+    assert agent.terminate() == 0
+    state = assert_exact_delivery(collector, spool)
+    assert state.dropped == 0
+
+
+def test_outage_longer_than_the_spool_counts_drops_exactly(tmp_path, broker, collector, models):
+    tables = agent_config(
+        tmp_path,
+        broker.url,
+        models("kws_f32_v1"),
+        telemetry={"spool_bytes": 64 * 1024, "batch_records": 20},
+        inference={"rate_hz": 1000.0},
+    )
+    config = write_config(tmp_path / "agent.toml", tables)
+    spool = tmp_path / "state-dev1" / "spool.db"
+    agent = AgentProcess(config)
+    agent.wait_logged("mqtt_connected")
+    wait_for(lambda: len(collector.data.records) >= 100, 20, "records delivered")
+
+    broker.stop()
+    wait_for(lambda: SpoolFile.read(spool).dropped > 500, 30, "the spool cap to drop records")
+    offline = SpoolFile.read(spool)
+    assert offline.bytes <= 64 * 1024 + 128 * 1024, "cap exceeded by more than one batch"
+    broker.start()
+    wait_for(lambda: agent.log().count('"mqtt_connected"') >= 2, 20, "reconnection")
+    time.sleep(1.0)  # let it stream on a little after the outage
+    assert agent.terminate() == 0
+    state = assert_exact_delivery(collector, spool)
+    assert state.dropped >= offline.dropped > 0
+    status = wait_for(lambda: collector.status("dev1"), 5, "retained status")
+    assert status.state == "offline"
+
+
+@pytest.fixture
+def faulty(broker):
+    link = FaultyLink(broker.config.port)
+    yield link
+    link.close()
+
+
+def test_publish_lost_in_flight_is_sent_again(tmp_path, broker, faulty, collector, models):
+    tables = agent_config(tmp_path, faulty.url, models("kws_f32_v1"), mqtt={"timeout_s": 1.0})
+    config = write_config(tmp_path / "agent.toml", tables)
+    spool = tmp_path / "state-dev1" / "spool.db"
+    agent = AgentProcess(config)
+    agent.wait_logged("mqtt_connected")
+    wait_for(lambda: len(collector.data.records) >= 200, 20, "records delivered")
+
+    faulty.set_mode("blackhole")  # the next batch goes nowhere and is never acknowledged
+    wait_for(lambda: "mqtt_disconnected" in agent.log(), 20, "the publish to time out")
+    faulty.set_mode("pass")
+    wait_for(lambda: agent.log().count('"mqtt_connected"') >= 2, 20, "reconnection")
+    boot = SpoolFile.read(spool).boot
+    target = SpoolFile.read(spool).next_seq
+    wait_for(lambda: target - 1 in collector.seqs("dev1", boot), 20, "records after the fault")
+    assert agent.terminate() == 0
+    state = assert_exact_delivery(collector, spool)
+    assert state.dropped == 0
+
+
+def test_records_possibly_delivered_are_never_dropped(tmp_path, broker, faulty, collector, models):
+    tables = agent_config(
+        tmp_path,
+        faulty.url,
+        models("kws_f32_v1"),
+        mqtt={"timeout_s": 1.0},
+        telemetry={"spool_bytes": 32 * 1024, "batch_records": 20},
+        inference={"rate_hz": 1000.0},
+    )
+    config = write_config(tmp_path / "agent.toml", tables)
+    spool = tmp_path / "state-dev1" / "spool.db"
+    agent = AgentProcess(config)
+    agent.wait_logged("mqtt_connected")
+    wait_for(lambda: len(collector.data.records) >= 100, 20, "records delivered")
+
+    # The broker gets the next batches but the agent never hears their PUBACK; meanwhile the
+    # cap drops records. The batches that may have arrived must be sent again, not dropped.
+    delivered_before = collector.data.deliveries
+    faulty.set_mode("deaf")
+    wait_for(lambda: SpoolFile.read(spool).dropped > 300, 30, "the spool cap to drop records")
+    faulty.set_mode("pass")
+    wait_for(lambda: agent.log().count('"mqtt_connected"') >= 2, 20, "reconnection")
+    assert agent.terminate() == 0
+    state = assert_exact_delivery(collector, spool)
+    assert state.dropped > 300
+    duplicates = collector.data.deliveries - len(collector.data.records)
+    assert collector.data.deliveries > delivered_before
+    assert duplicates > 0, "the unacknowledged batch reached the broker and was sent again"
+
+
+def test_mqtts_with_client_certificate(tmp_path, make_broker, models):
+    broker = make_broker(tls=True)
+    ca = broker.ca
+    gateway = ca.issue("test-collector")
+    collector = Collector(broker.config.port, tls=(ca.ca.cert, gateway.cert, gateway.key))
+    device = ca.issue("dev1")
+    tables = agent_config(
+        tmp_path,
+        broker.url.replace("127.0.0.1", "localhost"),
+        models("kws_int8_v1"),
+        mqtt={"ca": ca.ca.cert, "cert": device.cert, "key": device.key},
+    )
+    agent = AgentProcess(write_config(tmp_path / "agent.toml", tables))
+    wait_for(lambda: len(collector.data.records) >= 100, 20, "records over TLS")
+    assert collector.status("dev1").state == "online"
+    assert agent.terminate() == 0
+    assert_exact_delivery(collector, tmp_path / "state-dev1" / "spool.db")
+    collector.close()
+
+
+def test_kill9_during_an_outage_that_overflows_the_spool(tmp_path, broker, collector, models):
+    tables = agent_config(
+        tmp_path,
+        broker.url,
+        models("kws_f32_v1"),
+        telemetry={"spool_bytes": 48 * 1024, "batch_records": 20},
+        inference={"rate_hz": 1000.0},
+    )
+    config = write_config(tmp_path / "agent.toml", tables)
+    spool = tmp_path / "state-dev1" / "spool.db"
+    agent = AgentProcess(config)
+    agent.wait_logged("mqtt_connected")
+    wait_for(lambda: len(collector.data.records) >= 100, 20, "records delivered")
+    broker.stop()
+    wait_for(lambda: SpoolFile.read(spool).dropped > 200, 30, "drops while offline")
+    agent.kill()
+    killed = SpoolFile.read(spool)
+    assert killed.integrity == "ok"
+
+    agent = AgentProcess(config)  # restarts while the broker is still down
+    wait_for(lambda: SpoolFile.read(spool).dropped > killed.dropped + 200, 30, "more drops")
+    broker.start()
+    wait_for(lambda: agent.log().count('"mqtt_connected"') >= 1, 20, "reconnection")
+    assert agent.terminate() == 0
+    state = assert_exact_delivery(collector, spool)
+    assert state.boot == killed.boot and state.dropped > killed.dropped

@@ -1,0 +1,153 @@
+"""The update path end to end over real HTTP: deltas, resumed downloads, and the attacks the
+device must refuse (downgrade, tampered delta, a gateway-signed delta that rebuilds a model the
+targets key never signed, a corrupt delta, a tampered model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.updater.cycle import Cycle, CycleConfig, downgrade_refusal
+from agent.updater.device import Device
+from agent.updater.download import DownloadError, DownloadLimits, fetch, target_url
+from agent.updater.slots import SlotRecord
+from agent.updater.states import State
+from agent.updater.store import Offer
+from gateway.deltas import DeltaService
+from protocol.delta import make_delta
+from tests.support.http_repo import RepositoryServer as SubvertibleServer
+from tests.updater.conftest import open_world
+from tests.updater.support import assert_consistent, final, model, worker
+
+DELTA = "kws/deltas/1-2.efdl"
+
+
+def update(state_dir, url, root, target):
+    return Cycle(Device(state_dir), CycleConfig(root)).start(Offer(url, target))
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A world of its own, for tests that sign deltas into the repository."""
+    with open_world(tmp_path / "world") as opened:
+        yield opened
+
+
+def test_a_delta_rebuilds_the_signed_model(fresh, tmp_path):
+    offer = DeltaService(fresh.repo).offer("kws", 2, from_version=1)
+    assert (offer.kind, offer.fetch) == ("delta", DELTA)
+    state_dir = fresh.device(tmp_path)
+    saved = update(state_dir, fresh.url, fresh.root, "kws/2.tflite")
+    assert (saved.state, saved.fetch) == (State.TRIAL, DELTA)
+    assert assert_consistent(state_dir, {fresh.v1, fresh.v2})[0] == fresh.v2
+
+
+def test_a_download_resumes_where_it_stopped(world, tmp_path):
+    release = next(r for r in world.repo.releases() if r.version == 2)
+    url = target_url(world.url, release.path, release.sha256)
+    partial = tmp_path / "model.partial"
+    partial.write_bytes(model("kws_f32_v2_head")[:40_000])
+    assert fetch(url, partial, release.length, DownloadLimits()) == 40_000
+    assert partial.read_bytes() == model("kws_f32_v2_head")
+
+
+def test_a_resumed_download_with_bad_bytes_starts_over(world, tmp_path):
+    state_dir = world.device(tmp_path)
+    run = ("run", "--repository", world.url, "--target", "kws/2.tflite")
+    assert worker(state_dir, world.root, *run, hook="download.partial").returncode == -9
+    (partial,) = (state_dir / "work").glob("*.partial")
+    partial.write_bytes(bytes(partial.stat().st_size))  # what a power cut can leave behind
+    assert final(worker(state_dir, world.root, *run))["state"] == "TRIAL"
+    assert assert_consistent(state_dir, {world.v1, world.v2})[0] == world.v2
+
+
+def test_a_server_sending_more_than_signed_is_cut_off(world, tmp_path):
+    release = next(r for r in world.repo.releases() if r.version == 2)
+    with SubvertibleServer(world.repo.dir) as server:
+        url_path = f"/targets/kws/{release.sha256}.2.tflite"
+        server.extra[url_path] = bytes(10_000_000)
+        with pytest.raises(DownloadError) as refused:
+            fetch(server.url + url_path, tmp_path / "p", release.length, DownloadLimits())
+    assert refused.value.reason == "too-long"
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_downgrade_is_refused(world, tmp_path):
+    state_dir = world.device(tmp_path)
+    assert update(state_dir, world.url, world.root, "kws/2.tflite").state == State.TRIAL
+    Device(state_dir).finish(Device(state_dir).store.load(), commit=True)
+    saved = update(state_dir, world.url, world.root, "kws/1.tflite")
+    assert saved.state == State.REFUSED and saved.reason.startswith("downgrade")
+    assert assert_consistent(state_dir, {world.v2})[0] == world.v2
+
+
+def test_only_a_signed_rollback_release_may_go_back():
+    running = SlotRecord("a", "kws/2.tflite", "kws", 2, "0" * 64, 1)
+    assert downgrade_refusal(running, "kws", 3, {}) is None
+    assert downgrade_refusal(running, "vision", 1, {}) is None
+    assert "not newer" in downgrade_refusal(running, "kws", 1, {})
+    assert "not newer" in downgrade_refusal(running, "kws", 2, {"rollback": True})
+    assert downgrade_refusal(running, "kws", 1, {"rollback": True}) is None
+
+
+def test_a_tampered_delta_is_refused(fresh, tmp_path):
+    DeltaService(fresh.repo).offer("kws", 2, from_version=1)
+    signed = fresh.repo.deltas.signed.targets[DELTA]
+    url_path = f"/targets/kws/deltas/{signed.hashes['sha256']}.1-2.efdl"
+    tampered = bytearray((fresh.repo.targets_dir / url_path.removeprefix("/targets/")).read_bytes())
+    tampered[len(tampered) // 2] ^= 0xFF
+    state_dir = fresh.device(tmp_path)
+    with SubvertibleServer(fresh.repo.dir) as server:
+        server.overrides[url_path] = bytes(tampered)
+        saved = update(state_dir, server.url, fresh.root, "kws/2.tflite")
+    assert saved.state == State.REFUSED and saved.reason.startswith("hash-mismatch")
+    assert assert_consistent(state_dir, {fresh.v1})[0] == fresh.v1
+
+
+def test_a_gateway_signed_delta_to_an_unsigned_model_is_refused(fresh, tmp_path):
+    """The gateway's online key signs deltas; only the offline targets key signs models."""
+    evil = bytearray(model("kws_f32_v2_head"))
+    evil[-100] ^= 0xFF
+    fresh.repo.add_delta(DELTA, make_delta(model("kws_f32_v1"), bytes(evil)), {})
+    state_dir = fresh.device(tmp_path)
+    saved = update(state_dir, fresh.url, fresh.root, "kws/2.tflite")
+    assert (saved.fetch, saved.state) == (DELTA, State.REFUSED)
+    assert saved.reason.startswith("hash-mismatch")
+    assert assert_consistent(state_dir, {fresh.v1})[0] == fresh.v1
+
+
+def test_a_corrupt_delta_is_refused(fresh, tmp_path):
+    delta = bytearray(make_delta(model("kws_f32_v1"), model("kws_f32_v2_head")))
+    delta[len(delta) // 2] ^= 0xFF
+    fresh.repo.add_delta(DELTA, bytes(delta), {})
+    state_dir = fresh.device(tmp_path)
+    saved = update(state_dir, fresh.url, fresh.root, "kws/2.tflite")
+    assert saved.state == State.REFUSED and saved.reason.startswith("bad delta")
+    assert assert_consistent(state_dir, {fresh.v1})[0] == fresh.v1
+
+
+def test_a_model_tampered_in_transit_is_refused(world, tmp_path):
+    release = next(r for r in world.repo.releases() if r.version == 2)
+    url_path = f"/targets/kws/{release.sha256}.2.tflite"
+    state_dir = world.device(tmp_path)
+    with SubvertibleServer(world.repo.dir) as server:
+        server.overrides[url_path] = model("kws_f32_v2_full")
+        saved = update(state_dir, server.url, world.root, "kws/2.tflite")
+    assert saved.state == State.REFUSED and saved.reason.startswith("hash-mismatch")
+    assert assert_consistent(state_dir, {world.v1})[0] == world.v1
+
+
+def test_an_update_from_a_local_copy_of_the_repository(world, tmp_path):
+    """A USB stick or a copied folder: the same checks, without HTTP."""
+    state_dir = world.device(tmp_path)
+    saved = update(state_dir, str(world.repo.dir), world.root, "kws/2.tflite")
+    assert saved.state == State.TRIAL
+    assert assert_consistent(state_dir, {world.v1, world.v2})[0] == world.v2
+
+
+def test_another_offer_during_an_update_is_busy(world, tmp_path):
+    state_dir = world.device(tmp_path)
+    run = ("run", "--repository", world.url, "--target")
+    killed = worker(state_dir, world.root, *run, "kws/2.tflite", hook="download.partial")
+    assert killed.returncode == -9
+    assert worker(state_dir, world.root, *run, "kws/3.tflite").returncode == 3
+    assert final(worker(state_dir, world.root, *run, "kws/2.tflite"))["state"] == "TRIAL"
