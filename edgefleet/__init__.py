@@ -1,8 +1,5 @@
 """edgefleet: shared plumbing for the command line (CLI, logging, atomic files)."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("edgefleet")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+# Static on purpose: reading it from the installed metadata costs a device daemon ~45 ms and
+# a few MB of imports (importlib.metadata pulls in email and zipfile).
+__version__ = "0.1.0"

@@ -5,11 +5,20 @@ from __future__ import annotations
 import logging
 import sys
 
-import structlog
+LEAN_BLOCKED_MODULES = ("rich",)
 
 
-def configure(level: str = "info", stream=None) -> None:
-    """Route every edgefleet log line to ``stream`` (stderr by default)."""
+def configure(level: str = "info", stream=None, lean: bool = False) -> None:
+    """Route every edgefleet log line to ``stream`` (stderr by default).
+
+    ``lean`` is for long-running device daemons: structlog imports rich when it is installed
+    (~6 MB of RSS) only to format tracebacks on a terminal, which a service never has.
+    """
+    if lean:
+        for name in LEAN_BLOCKED_MODULES:
+            sys.modules.setdefault(name, None)
+    import structlog
+
     stream = stream or sys.stderr
     renderer = (
         structlog.dev.ConsoleRenderer(colors=False)
