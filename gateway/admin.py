@@ -1,0 +1,98 @@
+"""The admin API: HTTP on a unix socket or a loopback port, every request with a bearer token.
+
+Parts contribute routes (``web.RouteDef``) when the daemon composes them, so a new part adds its
+commands without this module knowing it. The token lives in a file readable only by the
+gateway's user; the daemon creates it on first start and the CLI reads it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from edgefleet import __version__
+from edgefleet.fsio import atomic_write_bytes
+from gateway.config import AdminConfig
+from gateway.inventory import Inventory
+from gateway.spool import SpoolStats
+
+log = structlog.get_logger()
+
+
+def ensure_token(path: Path) -> str:
+    """The admin token, created (mode 0600) on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, secrets.token_urlsafe(32).encode() + b"\n", mode=0o600)
+    return path.read_text().strip()
+
+
+def authorized(header: str | None, token: str) -> bool:
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+
+
+def core_routes(site: str, inventory: Inventory, stats: SpoolStats) -> list[web.RouteDef]:
+    async def devices(request: web.Request) -> web.Response:
+        return web.json_response({"devices": [d.to_json() for d in inventory.snapshot()]})
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "site": site,
+                "version": __version__,
+                "devices": len(inventory.devices),
+                "devices_online": inventory.online(),
+                "spool": {
+                    "records": stats.records,
+                    "bytes": stats.bytes,
+                    "rows": stats.rows,
+                    "dropped": stats.dropped,
+                },
+            }
+        )
+
+    return [web.get("/v1/devices", devices), web.get("/v1/status", status)]
+
+
+class AdminServer:
+    def __init__(self, config: AdminConfig, routes: Iterable[web.RouteDef]):
+        self.config = config
+        self.routes = list(routes)
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> AdminServer:
+        token = ensure_token(self.config.token_file)
+
+        @web.middleware
+        async def auth(request: web.Request, handler):
+            if not authorized(request.headers.get("Authorization"), token):
+                return web.json_response({"error": "unauthorized"}, status=401)
+            return await handler(request)
+
+        app = web.Application(middlewares=[auth], client_max_size=1024 * 1024)
+        app.add_routes(self.routes)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        listen = self.config.listen
+        if listen.path is not None:
+            listen.path.parent.mkdir(parents=True, exist_ok=True)
+            listen.path.unlink(missing_ok=True)
+            site = web.UnixSite(self._runner, str(listen.path))
+            await site.start()
+            os.chmod(listen.path, 0o660)
+        else:
+            site = web.TCPSite(self._runner, listen.host, listen.port)
+            await site.start()
+        log.info("admin API listening", listen=str(listen))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()

@@ -1,0 +1,354 @@
+"""The gateway daemon's TOML configuration, parsed into frozen dataclasses with explicit limits.
+
+Every value that comes from the file is type- and range-checked here, and a bad one becomes a
+``UserError`` naming the file and the key (``gateway.toml: key uplink.url: ...``), so the daemon
+never starts half-configured. Relative paths are relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgefleet.errors import UserError
+from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
+from protocol.topics import SITE_PATTERN, default_prefix
+
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    port: int
+    tls: bool
+    client_id: str
+    prefix: str
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    share_group: str | None = None  # telemetry via $share/<group>/... when set
+    session_expiry_s: int = 7 * 24 * 3600
+    receive_maximum: int = 500
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    validation: str = "identity"  # "identity" or "full" (see docs/gateway.md)
+    max_messages_per_commit: int = 250
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    max_bytes: int = 1 * GiB
+
+
+@dataclass(frozen=True)
+class UplinkConfig:
+    sink: str  # "http" or "dir"
+    url: str | None = None
+    directory: Path | None = None
+    ca_file: Path | None = None
+    token_file: Path | None = None
+    batch_records: int = 10_000
+    batch_bytes: int = 4 * MiB
+    batch_age_s: float = 1.0
+    concurrency: int = 2
+    timeout_s: float = 30.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 60.0
+    gzip_level: int = 1
+
+
+@dataclass(frozen=True)
+class Listen:
+    """A TCP address on loopback (``host``, ``port``) or a unix socket ``path``."""
+
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: Listen
+    token_file: Path
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    site: str
+    data_dir: Path
+    mqtt: MqttConfig
+    ingest: IngestConfig
+    spool: SpoolConfig
+    uplink: UplinkConfig
+    admin: AdminConfig
+    metrics: Listen | None
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "gateway.db"
+
+
+class _Table:
+    """One TOML table with typed, range-checked lookups that name the key when they fail."""
+
+    def __init__(self, origin: str, path: str, data: Any, base: Path):
+        self.origin, self.path, self.base = origin, path, base
+        if not isinstance(data, dict):
+            self.fail("", "must be a table")
+        self.data = data
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> None:
+        name = f"{self.path}.{key}" if self.path and key else (self.path or key)
+        raise UserError(f"{self.origin}: key {name}: {message}")
+
+    def table(self, key: str) -> _Table:
+        self.used.add(key)
+        path = f"{self.path}.{key}" if self.path else key
+        return _Table(self.origin, path, self.data.get(key, {}), self.base)
+
+    def value(self, key: str, kind: type, default: Any = ..., lo=None, hi=None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                self.fail(key, "is required")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            self.fail(key, f"must be a {kind.__name__}, not {type(value).__name__}")
+        if lo is not None and value < lo:
+            self.fail(key, f"must be >= {lo}")
+        if hi is not None and value > hi:
+            self.fail(key, f"must be <= {hi}")
+        if isinstance(value, str) and len(value) > 4096:
+            self.fail(key, "is too long")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.value(key, str, default)
+        if value not in choices:
+            self.fail(key, f"must be one of {', '.join(choices)}")
+        return value
+
+    def path_value(self, key: str, default: Path | None = None) -> Path | None:
+        text = self.value(key, str, None)
+        if text is None:
+            return default
+        if not text:
+            self.fail(key, "must not be empty")
+        path = Path(text)
+        return path if path.is_absolute() else self.base / path
+
+    def file(self, key: str) -> Path | None:
+        path = self.path_value(key)
+        if path is not None and not path.is_file():
+            self.fail(key, f"no such file {path}")
+        return path
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            self.fail(unknown[0], "unknown key")
+
+
+def load(path: Path) -> GatewayConfig:
+    """Read and check ``path``."""
+    origin = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{origin}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{origin}: not valid TOML: {exc}") from None
+    return parse(data, origin, path.resolve().parent)
+
+
+def parse(data: dict, origin: str, base: Path) -> GatewayConfig:
+    root = _Table(origin, "", data, base)
+    gateway = root.table("gateway")
+    site = gateway.value("site", str)
+    if not SITE_PATTERN.fullmatch(site):
+        gateway.fail("site", "must match [A-Za-z0-9_-]{1,64}")
+    data_dir = gateway.path_value("data_dir")
+    if data_dir is None:
+        gateway.fail("data_dir", "is required")
+    gateway.done()
+    config = GatewayConfig(
+        site=site,
+        data_dir=data_dir,
+        mqtt=_mqtt(root.table("mqtt"), site),
+        ingest=_ingest(root.table("ingest")),
+        spool=_spool(root.table("spool")),
+        uplink=_uplink(root.table("uplink"), data_dir),
+        admin=_admin(root.table("admin"), data_dir),
+        metrics=_metrics(root.table("metrics")),
+    )
+    root.done()
+    return config
+
+
+def _mqtt(table: _Table, site: str) -> MqttConfig:
+    url = table.value("url", str, "mqtt://127.0.0.1:1883")
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/"):
+        table.fail("url", "must look like mqtt://host:port or mqtts://host:port")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        table.fail("url", "has a bad port")
+    client_id = table.value("client_id", str, f"edgefleet-gateway-{site}")
+    if not 1 <= len(client_id) <= 128 or not client_id.isascii():
+        table.fail("client_id", "must be 1..128 ASCII characters")
+    prefix = table.value("prefix", str, default_prefix(site))
+    if not prefix or set(prefix) & set("#+$") or prefix.endswith("/"):
+        table.fail("prefix", "must be a topic without wildcards, '$' or a trailing '/'")
+    share_group = table.value("share_group", str, None)
+    if share_group is not None and not SITE_PATTERN.fullmatch(share_group):
+        table.fail("share_group", "must match [A-Za-z0-9_-]{1,64}")
+    password = table.value("password", str, None)
+    password_file = table.file("password_file")
+    if password is not None and password_file is not None:
+        table.fail("password_file", "give password or password_file, not both")
+    if password_file is not None:
+        password = password_file.read_text().strip()
+    cert_file, key_file = table.file("cert_file"), table.file("key_file")
+    if (cert_file is None) != (key_file is None):
+        table.fail("cert_file", "cert_file and key_file go together")
+    config = MqttConfig(
+        host=parts.hostname,
+        port=port,
+        tls=parts.scheme == "mqtts",
+        client_id=client_id,
+        prefix=prefix,
+        username=table.value("username", str, None),
+        password=password,
+        ca_file=table.file("ca_file"),
+        cert_file=cert_file,
+        key_file=key_file,
+        share_group=share_group,
+        session_expiry_s=table.value("session_expiry_s", int, 7 * 24 * 3600, 60, 2**32 - 2),
+        receive_maximum=table.value("receive_maximum", int, 500, 1, 65535),
+        keepalive_s=table.value("keepalive_s", int, 30, 5, 3600),
+        connect_timeout_s=table.value("connect_timeout_s", float, 10.0, 0.5, 300),
+        reconnect_max_s=table.value("reconnect_max_s", float, 30.0, 1, 3600),
+    )
+    table.done()
+    return config
+
+
+def _ingest(table: _Table) -> IngestConfig:
+    config = IngestConfig(
+        validation=table.choice("validation", ("identity", "full"), "identity"),
+        max_messages_per_commit=table.value("max_messages_per_commit", int, 250, 1, 65535),
+    )
+    table.done()
+    return config
+
+
+def _spool(table: _Table) -> SpoolConfig:
+    config = SpoolConfig(
+        max_bytes=table.value("max_bytes", int, 1 * GiB, 4 * MAX_BATCH_BYTES, 1024 * GiB)
+    )
+    table.done()
+    return config
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _uplink(table: _Table, data_dir: Path) -> UplinkConfig:
+    sink = table.choice("sink", ("http", "dir"), "dir")
+    url = table.value("url", str, None)
+    directory = table.path_value("directory", data_dir / "outbox")
+    if sink == "http":
+        if url is None:
+            table.fail("url", "is required when sink = 'http'")
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            table.fail("url", "must be an https:// URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            table.fail("url", "plain http is allowed only on loopback; use https")
+    elif url is not None:
+        table.fail("url", "is only for sink = 'http'")
+    batch_records = table.value("batch_records", int, 10_000, 1, 1_000_000)
+    batch_bytes = table.value("batch_bytes", int, 4 * MiB, 1 * KiB, 256 * MiB)
+    if batch_records < MAX_BATCH_RECORDS:
+        table.fail("batch_records", f"must be >= {MAX_BATCH_RECORDS} (one device message)")
+    if batch_bytes < MAX_BATCH_BYTES:
+        table.fail("batch_bytes", f"must be >= {MAX_BATCH_BYTES} (one device message)")
+    base = table.value("backoff_base_s", float, 0.5, 0.001, 60)
+    config = UplinkConfig(
+        sink=sink,
+        url=url,
+        directory=directory,
+        ca_file=table.file("ca_file"),
+        token_file=table.file("token_file"),
+        batch_records=batch_records,
+        batch_bytes=batch_bytes,
+        batch_age_s=table.value("batch_age_s", float, 1.0, 0.0, 3600),
+        concurrency=table.value("concurrency", int, 2, 1, 16),
+        timeout_s=table.value("timeout_s", float, 30.0, 0.1, 600),
+        backoff_base_s=base,
+        backoff_cap_s=table.value("backoff_cap_s", float, 60.0, base, 3600),
+        gzip_level=table.value("gzip_level", int, 1, 1, 9),
+    )
+    table.done()
+    return config
+
+
+def _listen(table: _Table, key: str, default: str, loopback: bool) -> Listen | None:
+    text = table.value(key, str, default)
+    if text is None or text == "":
+        return None
+    if text.startswith("unix:"):
+        path = Path(text[5:])
+        return Listen(path=path if path.is_absolute() else table.base / path)
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        table.fail(key, "must be host:port or unix:/path")
+    if loopback and not _is_loopback(host):
+        table.fail(key, "must be a loopback address or a unix socket")
+    return Listen(host=host, port=int(port))
+
+
+def _admin(table: _Table, data_dir: Path) -> AdminConfig:
+    listen = _listen(table, "listen", f"unix:{data_dir / 'admin.sock'}", loopback=True)
+    if listen is None:
+        table.fail("listen", "must not be empty")
+    config = AdminConfig(listen, table.path_value("token_file", data_dir / "admin.token"))
+    table.done()
+    return config
+
+
+def _metrics(table: _Table) -> Listen | None:
+    listen = _listen(table, "listen", "127.0.0.1:9108", loopback=False)
+    if listen is not None and listen.path is not None:
+        table.fail("listen", "must be host:port (Prometheus scrapes over TCP); empty disables")
+    table.done()
+    return listen

@@ -1,0 +1,83 @@
+"""The gateway daemon: its parts composed as async context managers on one ``AsyncExitStack``.
+
+Start order is dependency order (database, spool and inventory, sink, uplink, ingest, metrics,
+admin API); the stack stops them in reverse, so the broker connection closes before the uplink
+and the database last. A part that adds itself later (the repository server, rollouts) is one
+more ``enter_async_context``. SIGTERM or SIGINT ends the daemon cleanly with exit code 0; a part
+that fails ends it with exit code 1, and nothing unacknowledged or unconfirmed is lost either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import AsyncExitStack
+
+import structlog
+
+from gateway.admin import AdminServer, core_routes
+from gateway.config import GatewayConfig
+from gateway.ingest import Ingest
+from gateway.inventory import Inventory
+from gateway.metrics import Metrics, MetricsServer
+from gateway.sinks import make_sink
+from gateway.spool import Spool
+from gateway.store import Store
+from gateway.uplink import Uplink
+
+log = structlog.get_logger()
+
+
+class Stopper:
+    """One place that ends the daemon: a signal or the first failed part."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.failure: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        log.error("gateway part failed", error=repr(exc), exc_info=exc)
+        self.failure = self.failure or exc
+        self.event.set()
+
+
+async def run(config: GatewayConfig) -> int:
+    stopper = Stopper()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopper.event.set)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(Store(config.database))
+        spool = await Spool(store, config.spool.max_bytes).open()
+        inventory = await Inventory(store).open()
+        metrics = Metrics(spool.stats, inventory)
+        sink = await stack.enter_async_context(make_sink(config.uplink, config.site))
+        uplink = await stack.enter_async_context(
+            Uplink(config.uplink, spool, sink, metrics, stopper.fail)
+        )
+        await stack.enter_async_context(
+            Ingest(
+                config.mqtt,
+                config.ingest,
+                store,
+                spool,
+                inventory,
+                metrics,
+                uplink.changed.set,
+                stopper.fail,
+            )
+        )
+        if config.metrics is not None:
+            await stack.enter_async_context(MetricsServer(config.metrics, metrics))
+        routes = core_routes(config.site, inventory, spool.stats)
+        await stack.enter_async_context(AdminServer(config.admin, routes))
+        log.info(
+            "gateway running",
+            site=config.site,
+            spool_records=spool.stats.records,
+            devices=len(inventory.devices),
+        )
+        await stopper.event.wait()
+        log.info("gateway stopping")
+    return 1 if stopper.failure else 0

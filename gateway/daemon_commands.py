@@ -1,0 +1,61 @@
+"""``edgefleet gateway run|devices|status``: the site daemon and what the operator asks it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("gateway", help="the site gateway daemon")
+    commands = parser.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
+
+    run_parser = commands.add_parser(
+        "run", help="run the gateway: MQTT ingest, spool, uplink, inventory, metrics, admin API"
+    )
+    run_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+    run_parser.set_defaults(handler=run)
+
+    devices_parser = commands.add_parser("devices", help="list the devices the gateway knows")
+    devices_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+    devices_parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    devices_parser.set_defaults(handler=devices)
+
+    status_parser = commands.add_parser("status", help="spool depth, drops and devices online")
+    status_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+    status_parser.set_defaults(handler=status)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway import config, daemon
+
+    return asyncio.run(daemon.run(config.load(args.config)))
+
+
+def devices(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import sys
+
+    from gateway import admin_client, config, device_table
+
+    answer = asyncio.run(admin_client.get(config.load(args.config).admin, "/v1/devices"))
+    if args.json:
+        json.dump(answer["devices"], sys.stdout, indent=2)
+        print()
+    else:
+        device_table.print_table(answer["devices"])
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from gateway import admin_client, config
+
+    answer = asyncio.run(admin_client.get(config.load(args.config).admin, "/v1/status"))
+    print(json.dumps(answer, indent=2))
+    return 0

@@ -1,0 +1,103 @@
+"""Prometheus metrics of the gateway and the HTTP endpoint that serves them.
+
+Counters that must survive a restart (records dropped by the spool) and levels that live in
+other parts (spool depth, devices online) are read at scrape time by a collector, so they are
+never a second copy that can disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.config import Listen
+from gateway.inventory import Inventory
+from gateway.spool import SpoolStats
+
+log = structlog.get_logger()
+NS = "edgefleet_gateway"
+
+
+class _StateCollector:
+    def __init__(self, stats: SpoolStats, online: Callable[[], int]):
+        self.stats, self.online = stats, online
+
+    def collect(self):
+        stats = self.stats
+        yield GaugeMetricFamily(
+            f"{NS}_spool_records", "Records waiting in the spool", stats.records
+        )
+        yield GaugeMetricFamily(f"{NS}_spool_bytes", "Record bytes in the spool", stats.bytes)
+        yield CounterMetricFamily(
+            f"{NS}_spool_dropped_records", "Records dropped by the spool cap, ever", stats.dropped
+        )
+        yield GaugeMetricFamily(
+            f"{NS}_devices_online", "Devices whose status is online", self.online()
+        )
+
+
+class Metrics:
+    def __init__(self, stats: SpoolStats, inventory: Inventory):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(f"{NS}_ingest_messages", "MQTT messages", ["kind"], registry=r)
+        self.records = Counter(f"{NS}_ingest_records", "Telemetry records spooled", registry=r)
+        self.malformed = Counter(
+            f"{NS}_ingest_malformed", "Messages refused as malformed", ["kind"], registry=r
+        )
+        self.commit_seconds = Histogram(
+            f"{NS}_ingest_commit_seconds",
+            "Time to make a message group durable",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.connected = Gauge(
+            f"{NS}_mqtt_connected", "1 while connected to the broker", registry=r
+        )
+        self.uploaded_batches = Counter(f"{NS}_uplink_batches", "Batches confirmed", registry=r)
+        self.uploaded_records = Counter(f"{NS}_uplink_records", "Records confirmed", registry=r)
+        self.upload_seconds = Histogram(
+            f"{NS}_uplink_seconds",
+            "Time from sending a batch to its 2xx",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.upload_failures = Counter(
+            f"{NS}_uplink_failures", "Failed upload attempts", ["reason"], registry=r
+        )
+        r.register(_StateCollector(stats, inventory.online))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """``GET /metrics`` on a TCP address."""
+
+    def __init__(self, listen: Listen, metrics: Metrics):
+        self.listen, self.metrics = listen, metrics
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def __aenter__(self) -> MetricsServer:
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.listen.host, self.listen.port)
+        await site.start()
+        log.info("metrics listening", listen=str(self.listen))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

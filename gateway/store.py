@@ -1,0 +1,103 @@
+"""The gateway's SQLite database: one connection, used from one thread, in WAL mode with
+``synchronous=FULL`` so a commit that returned survives a crash or a power cut.
+
+Every database call runs on the store's single worker thread (``await store.run(fn, ...)``), so
+the event loop never blocks on disk and no two calls ever interleave. Spool, inventory and
+counters share the database, so one message group is one transaction and one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids name batches
+    n INTEGER NOT NULL,                    -- records in this row
+    size INTEGER NOT NULL,                 -- bytes of data
+    data BLOB NOT NULL                     -- the records' original bytes, one per line
+);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE devices (device TEXT PRIMARY KEY, data TEXT NOT NULL);
+"""
+
+log = structlog.get_logger()
+
+
+class StoreError(RuntimeError):
+    """The database on disk is not one this gateway can use."""
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        conn.executescript(f"BEGIN;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+    elif version != SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(f"{path}: database schema {version}, this gateway knows {SCHEMA_VERSION}")
+    return conn
+
+
+class Store:
+    """``async with Store(path) as store``: ``await store.run(fn, *args)`` calls
+    ``fn(connection, *args)`` on the database thread."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._conn, *args)
+
+    async def __aenter__(self) -> Store:
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._executor, _open, self.path)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            await loop.run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
+    """Run ``fn`` inside ``BEGIN IMMEDIATE`` .. ``COMMIT``; roll back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def add_counter(conn: sqlite3.Connection, name: str, delta: int) -> None:
+    conn.execute(
+        "INSERT INTO counters(name, value) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+        (name, delta),
+    )
+
+
+def counter(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else 0
