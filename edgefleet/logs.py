@@ -37,5 +37,7 @@ def configure(level: str = "info", stream=None, lean: bool = False) -> None:
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
+        # Not cached: a module-level logger must follow a later configure() (a new stream), and
+        # edgefleet's daemons log on state changes, not per record.
+        cache_logger_on_first_use=False,
     )

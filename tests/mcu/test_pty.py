@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import structlog
 
 from agent.mcu.client import LinkConfig, McuClient
 from agent.mcu.host import McuPort, query
@@ -21,21 +20,13 @@ BAUD = 921600
 
 @pytest.fixture
 def run_cli(monkeypatch):
-    """``edgefleet`` with only the MCU commands, logging uncached so capsys can swap streams."""
+    """``edgefleet`` with only the MCU commands."""
     monkeypatch.setattr(cli, "COMMAND_MODULES", ("agent.mcu.commands", "firmware_sim.commands"))
-    configure = cli.logs.configure
-
-    def uncached(level, stream=None):
-        configure(level, stream)
-        structlog.configure(cache_logger_on_first_use=False)
-
-    monkeypatch.setattr(cli.logs, "configure", uncached)
 
     def run(*argv: str) -> int:
         return cli.main(list(argv))
 
-    yield run
-    structlog.reset_defaults()
+    return run
 
 
 @pytest.fixture
