@@ -72,17 +72,6 @@ def _interpreter(data: bytes, path: Path):
     return interpreter
 
 
-def _spec(detail: dict) -> TensorSpec:
-    scale, zero_point = detail["quantization"]
-    return TensorSpec(
-        name=detail["name"],
-        shape=tuple(int(d) for d in detail["shape"]),
-        dtype=np.dtype(detail["dtype"]).name,
-        scale=float(scale),
-        zero_point=int(zero_point),
-    )
-
-
 def _reference_inputs(specs, options: ReleaseOptions, path: Path) -> list[np.ndarray]:
     """Float reference inputs, ``[N, *tensor shape]`` per input tensor."""
     if options.reference_inputs is None:
@@ -114,8 +103,8 @@ def build_model_meta(
     if not 1 <= options.gate_samples <= options.samples:
         raise ReleaseError(f"gate samples must be between 1 and {options.samples}")
     interpreter = _interpreter(data, path)
-    inputs = [_spec(d) for d in interpreter.get_input_details()]
-    outputs = [_spec(d) for d in interpreter.get_output_details()]
+    inputs = [TensorSpec.from_details(d) for d in interpreter.get_input_details()]
+    outputs = [TensorSpec.from_details(d) for d in interpreter.get_output_details()]
     float_inputs = _reference_inputs(inputs, options, path)
     raw_inputs = [spec.quantize(batch) for spec, batch in zip(inputs, float_inputs, strict=True)]
     count = len(raw_inputs[0])

@@ -44,6 +44,18 @@ class TensorSpec:
     scale: float = 0.0
     zero_point: int = 0
 
+    @classmethod
+    def from_details(cls, details: dict) -> TensorSpec:
+        """From a LiteRT / tflite-runtime interpreter's tensor details."""
+        scale, zero_point = details["quantization"]
+        return cls(
+            name=details["name"],
+            shape=tuple(int(d) for d in details["shape"]),
+            dtype=np.dtype(details["dtype"]).name,
+            scale=float(scale),
+            zero_point=int(zero_point),
+        )
+
     @property
     def quantized(self) -> bool:
         return self.scale != 0.0
