@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="run the agent daemon: inference, telemetry spool, MQTT link, drift"
     )
     run_parser.add_argument("--config", type=Path, required=True, help="agent TOML file")
-    run_parser.set_defaults(handler=run)
+    # A device daemon: logging leaves out what only a terminal needs (see edgefleet.logs).
+    run_parser.set_defaults(handler=run, lean=True)
 
 
 def run(args: argparse.Namespace) -> int:

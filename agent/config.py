@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from agent.updater.probation import ProbationLimits
 from edgefleet.errors import UserError
 from protocol.model_meta import ModelMeta
 from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
@@ -88,6 +89,17 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class UpdateSettings:
+    """Model updates: the TUF root the operator provisioned, and how a trial is judged. The
+    updater keeps its metadata and A/B slots under ``state.dir/update``."""
+
+    trusted_root: Path
+    worker_timeout_s: float = 900.0
+    max_worker_crashes: int = 3
+    probation: ProbationLimits = field(default_factory=ProbationLimits)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     device_id: str
     site: str
@@ -98,6 +110,7 @@ class AgentConfig:
     inference: InferenceConfig
     telemetry: TelemetryConfig
     drift: DriftConfig
+    update: UpdateSettings | None = None  # None: update commands are rejected
 
 
 class _Table:
@@ -207,6 +220,7 @@ def parse(data: dict, origin: str, base: Path) -> AgentConfig:
         inference=_inference(root.table("inference")),
         telemetry=_telemetry(root.table("telemetry")),
         drift=_drift(root.table("drift")),
+        update=_update(root.table("update")) if "update" in data else None,
     )
     root.done()
     return config
@@ -331,6 +345,42 @@ def _drift(table: _Table) -> DriftConfig:
         window=table.value("window", int, 500, 10, 10_000_000),
         psi_alarm=table.value("psi_alarm", float, 0.25, 0.0, 100.0),
         bins=table.value("bins", int, 10, 2, 64),
+    )
+    table.done()
+    return config
+
+
+def _update(table: _Table) -> UpdateSettings:
+    root = table.existing_file("trusted_root", required=True)
+    try:
+        json.loads(root.read_bytes())
+    except (OSError, ValueError) as exc:
+        table.fail("trusted_root", f"{root}: not a readable JSON root: {exc}")
+    config = UpdateSettings(
+        trusted_root=root,
+        worker_timeout_s=table.value("worker_timeout_s", float, 900.0, 10.0, 86400),
+        max_worker_crashes=table.value("max_worker_crashes", int, 3, 1, 100),
+        probation=_probation(table.table("probation")),
+    )
+    table.done()
+    return config
+
+
+def _probation(table: _Table) -> ProbationLimits:
+    d = ProbationLimits()
+    config = ProbationLimits(
+        min_samples=table.value("min_samples", int, d.min_samples, 1, 10_000_000),
+        window_s=table.value("window_s", float, d.window_s, 0.0, 30 * 86400),
+        shadow_every=table.value("shadow_every", int, d.shadow_every, 1, 1_000_000),
+        min_agreement=table.value("min_agreement", float, d.min_agreement, 0.0, 1.0),
+        max_psi=table.value("max_psi", float, d.max_psi, 0.0, 100.0),
+        max_error_rate=table.value("max_error_rate", float, d.max_error_rate, 0.0, 1.0),
+        max_latency_p95_ms=table.value("max_latency_p95_ms", float, d.max_latency_p95_ms, 0.0),
+        max_latency_p95_ratio=table.value(
+            "max_latency_p95_ratio", float, d.max_latency_p95_ratio, 1.0
+        ),
+        latency_floor_ms=table.value("latency_floor_ms", float, d.latency_floor_ms, 0.0),
+        max_trial_boots=table.value("max_trial_boots", int, d.max_trial_boots, 0, 1000),
     )
     table.done()
     return config

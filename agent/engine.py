@@ -1,18 +1,16 @@
 """The inference engine: a TFLite interpreter (LiteRT, else tflite-runtime) behind one call that
 takes float samples and returns float scores, quantizing and dequantizing int8 tensors.
 
-``infer`` is blocking and meant to run in the engine's own thread (``Engine.run``), so the event
-loop keeps serving MQTT while a model computes. One thread owns the interpreter: TFLite
+``infer`` is blocking and meant to run in the pipeline's engine thread, so the event loop keeps
+serving MQTT while a model computes. One thread at a time uses an interpreter: TFLite
 interpreters are not thread-safe.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +92,6 @@ class Engine:
         self._in_index, self._out_index = inputs[0]["index"], outputs[0]["index"]
         self.sample_shape = self.input.shape[1:]
         self.classes = int(np.prod(self.output.shape[1:]))
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
 
     def infer(self, samples: np.ndarray) -> Result:
         """Run each float sample of ``[n, *sample_shape]`` through the model (blocking)."""
@@ -116,9 +113,7 @@ class Engine:
             raw[i] = get_tensor(self._out_index).reshape(-1)
         return Result(self.output.dequantize(raw), latency // 1000)
 
-    async def call(self, fn, *args):
-        """``fn(*args)`` in the engine thread (where ``infer`` must run), off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Free the interpreter now rather than whenever the collector gets to it (a model
+        replaced by an update should not hold its memory)."""
+        self._interpreter = None

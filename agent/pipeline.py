@@ -2,6 +2,12 @@
 
 Sequence numbers continue from the spool's; a record gets its number here and exists once the
 spool committed it (a chunk in flight when the agent stops was never a record).
+
+The model can be replaced while the pipeline runs (``serve``): the switch travels through the
+same queues as the chunks, so every chunk is inferred, recorded and accounted for drift under the
+model that was serving when it reached the engine, and no chunk is lost at the switch. During an
+update's trial the serving model is the candidate, and the incumbent runs in shadow on the inputs
+the updater picks; the results go to ``on_observe`` as probation evidence.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from agent.drift import LiveDrift, Verdict
 from agent.engine import Engine, Result
 from agent.sources import Chunk
 from agent.spool import Spool
+from agent.updater.probation import Observation
 from protocol.drift import feature_summary
 from protocol.telemetry import (
     MAX_RAW_BYTES,
@@ -40,6 +47,74 @@ class ModelIdentity:
     name: str
     version: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What runs: the engine, the identity its records carry, its drift statistics, and during
+    a trial the incumbent to shadow on the inputs ``pick`` selects (called once per input)."""
+
+    engine: Engine
+    model: ModelIdentity
+    drift: LiveDrift
+    shadow: Engine | None = None
+    pick: Callable[[], bool] | None = None
+
+
+def retire(old: Serving, new: Serving) -> None:
+    """Close the engines of ``old`` that ``new`` does not use (in the thread that ran them)."""
+    for engine in (old.engine, old.shadow):
+        if engine is not None and engine is not new.engine and engine is not new.shadow:
+            engine.close()
+
+
+@dataclass(frozen=True)
+class Shadowed:
+    """The incumbent's results on the inputs ``mask`` selects."""
+
+    mask: np.ndarray
+    result: Result | None
+
+
+def observations(result: Result, valid: np.ndarray, shadow: Shadowed | None) -> list[Observation]:
+    """Probation evidence from one chunk: the candidate against the incumbent on the shadowed
+    inputs, the candidate alone on the others. An input that is fine but that the candidate
+    scores as not finite is its error; inputs that are not finite say nothing about a model."""
+    scores, ms = result.scores, result.latency_us / 1000
+    ours = valid & np.isfinite(scores).all(axis=1)
+    errors = int((valid & ~ours).sum())
+    compared = np.zeros(len(scores), dtype=bool)
+    found = []
+    if shadow is not None and shadow.result is not None:
+        rows = np.flatnonzero(shadow.mask)
+        theirs = shadow.result
+        usable = ours[rows] & np.isfinite(theirs.scores).all(axis=1)
+        rows = rows[usable]
+        compared[rows] = True
+        if len(rows):
+            found.append(
+                Observation(
+                    scores[rows],
+                    tuple(ms[rows]),
+                    theirs.scores[usable],
+                    tuple(theirs.latency_us[usable] / 1000),
+                )
+            )
+    alone = ours & ~compared
+    if alone.any() or errors:
+        found.append(Observation(scores[alone], tuple(ms[alone]), errors=errors))
+    return found
+
+
+async def in_thread(executor: ThreadPoolExecutor, fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
+@dataclass(frozen=True)
+class Inferred:
+    chunk: Chunk
+    result: Result
+    shadow: Shadowed | None
 
 
 @dataclass
@@ -99,31 +174,63 @@ class Pipeline:
         config: InferenceConfig,
         on_verdict: Callable[[Verdict], None],
         on_unfit: Callable[[int], None],
+        on_observe: Callable[[list[Observation]], None] = lambda found: None,
     ):
-        self._device, self._engine, self._spool, self._drift = device, engine, spool, drift
-        self._model, self._config = model, config
+        self._device, self._spool, self._config = device, spool, config
+        self.serving = Serving(engine, model, drift)  # what the engine thread is told to run
+        self._recording = self.serving  # what the chunks being recorded were inferred with
         self._raw_every = config.raw_every
         raw_bytes = int(np.prod(engine.input.shape)) * np.dtype(engine.input.dtype).itemsize
         if self._raw_every and raw_bytes > MAX_RAW_BYTES:
             log.warning("raw_sampling_off", input_bytes=raw_bytes, limit=MAX_RAW_BYTES)
             self._raw_every = 0
-        self._on_verdict, self._on_unfit = on_verdict, on_unfit
+        self._on_verdict, self._on_unfit, self._on_observe = on_verdict, on_unfit, on_observe
+        self._inbox: queue.SimpleQueue | None = None
         self.stats = PipelineStats()
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.serving.engine.sample_shape
+
+    def serve(self, serving: Serving) -> None:
+        """Run ``serving`` from the next chunk on (same input shape). Chunks already handed to
+        the engine finish, and are recorded, under the model that took them."""
+        if serving.engine.sample_shape != self.sample_shape:
+            raise ValueError("a model with another input shape needs a new pipeline")
+        old, self.serving = self.serving, serving
+        if self._inbox is not None:
+            self._inbox.put(serving)
+        else:
+            self._recording = serving
+            retire(old, serving)
+
+    def close(self) -> None:
+        """Free the engines once the pipeline no longer runs."""
+        for engine in (self.serving.engine, self.serving.shadow):
+            if engine is not None:
+                engine.close()
 
     async def run(self, source: AsyncIterator[Chunk]) -> None:
         loop = asyncio.get_running_loop()
-        inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
-        inferred: asyncio.Queue[tuple[Chunk, Result] | None] = asyncio.Queue()
+        inbox: queue.SimpleQueue[Chunk | Serving | None] = queue.SimpleQueue()
+        inferred: asyncio.Queue[Inferred | Serving | None] = asyncio.Queue()
         in_flight = asyncio.Semaphore(IN_FLIGHT)
+        engine = ThreadPoolExecutor(1, thread_name_prefix="engine")
         records = ThreadPoolExecutor(1, thread_name_prefix="records")
+        self._inbox = inbox
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(source, inbox, in_flight))
-                group.create_task(self._engine.call(self._work, inbox, loop, inferred))
+                group.create_task(
+                    in_thread(engine, self._work, self.serving, inbox, loop, inferred)
+                )
                 group.create_task(self._record(inferred, records, in_flight))
         finally:
+            self._inbox = None
             inbox.put(None)  # ends the engine's loop if the pipeline was cancelled
+            engine.shutdown(wait=True)
             records.shutdown(wait=True)
+            self._recording = self.serving
 
     async def _read(
         self, source: AsyncIterator[Chunk], inbox: queue.SimpleQueue, in_flight: asyncio.Semaphore
@@ -134,18 +241,35 @@ class Pipeline:
             inbox.put(chunk)
         inbox.put(None)
 
-    def _work(self, inbox: queue.SimpleQueue, loop, out: asyncio.Queue) -> None:
+    def _work(self, serving: Serving, inbox: queue.SimpleQueue, loop, out: asyncio.Queue) -> None:
         """In the engine thread: take chunks straight from the inbox, without a round trip
-        through the event loop between them."""
+        through the event loop between them. A ``Serving`` in the inbox switches models here,
+        in order with the chunks, and is passed on so the records follow the same order."""
         while True:
-            chunk = inbox.get()
-            item = None if chunk is None else (chunk, self._engine.infer(chunk.samples))
+            item = inbox.get()
+            if isinstance(item, Serving):
+                retire(serving, item)
+                serving = item
+            elif item is not None:
+                item = Inferred(
+                    item, serving.engine.infer(item.samples), self._shadow(serving, item)
+                )
             try:
                 loop.call_soon_threadsafe(out.put_nowait, item)
             except RuntimeError:  # the loop is gone: the agent is exiting
                 return
-            if chunk is None:
+            if item is None:
                 return
+
+    @staticmethod
+    def _shadow(serving: Serving, chunk: Chunk) -> Shadowed | None:
+        """During a trial, the incumbent on the inputs the updater picks."""
+        if serving.shadow is None:
+            return None
+        count = len(chunk.samples)
+        mask = np.fromiter((serving.pick() for _ in range(count)), dtype=bool, count=count)
+        result = serving.shadow.infer(chunk.samples[mask]) if mask.any() else None
+        return Shadowed(mask, result)
 
     async def _record(
         self, inferred: asyncio.Queue, executor: ThreadPoolExecutor, in_flight: asyncio.Semaphore
@@ -154,7 +278,10 @@ class Pipeline:
         boot = self._spool.stats.boot
         seq = self._spool.stats.next_seq
         while (item := await inferred.get()) is not None:
-            chunk, result = item
+            if isinstance(item, Serving):
+                self._recording = item
+                continue
+            chunk, result = item.chunk, item.result
             bodies, verdicts, unfit = await loop.run_in_executor(
                 executor, self._build, chunk, result, boot, seq
             )
@@ -163,12 +290,20 @@ class Pipeline:
                 await self._spool.append(bodies, seq)
             if unfit:
                 self._on_unfit(unfit)
+            if item.shadow is not None:
+                self._on_observe(await loop.run_in_executor(executor, self._evidence, item))
             stats = self.stats
             stats.inferences += len(chunk.samples)
             stats.latency_us_ewma += 0.1 * (float(result.latency_us.mean()) - stats.latency_us_ewma)
             for verdict in verdicts:
                 self._on_verdict(verdict)
             in_flight.release()
+
+    @staticmethod
+    def _evidence(item: Inferred) -> list[Observation]:
+        samples = item.chunk.samples
+        valid = np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+        return observations(item.result, valid, item.shadow)
 
     def _build(
         self, chunk: Chunk, result: Result, boot: str, seq: int
@@ -188,7 +323,8 @@ class Pipeline:
             latency, ts_ms = result.latency_us[fit], chunk.ts_ms[fit]
         else:
             latency, ts_ms = result.latency_us, chunk.ts_ms
-        verdicts = self._drift.update(features, scores) if len(samples) else []
+        serving = self._recording
+        verdicts = serving.drift.update(features, scores) if len(samples) else []
         classes, best = top_k(scores, self._config.top_k)
         top = [
             list(zip(c, s, strict=True))
@@ -199,7 +335,7 @@ class Pipeline:
             self._raw(samples[i]) if raw_every and (seq + i) % raw_every == 0 else None
             for i in range(len(samples))
         ]
-        model = self._model
+        model = serving.model
         bodies = encode_inferences(
             self._device,
             boot,
@@ -221,6 +357,6 @@ class Pipeline:
 
     def _raw(self, sample: np.ndarray) -> RawInput:
         """The sample as the model's input tensor takes it (quantized for integer models)."""
-        tensor = self._engine.input.quantize(sample)
+        tensor = self._recording.engine.input.quantize(sample)
         data = tensor.astype(tensor.dtype.newbyteorder("<")).tobytes()
         return RawInput(tensor.dtype.name, tensor.shape, data)

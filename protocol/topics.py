@@ -47,6 +47,7 @@ EVENT_KINDS = (
     "update_trial",
     "update_committed",
     "update_rolled_back",
+    "update_refused",
     "error",
 )
 COMMAND_KINDS = ("update", "rollback", "config")

@@ -37,7 +37,7 @@ from agent.updater.worker import EXIT_BUSY, EXIT_NOT_ALLOWED, EXIT_TEMPFAIL
 
 log = structlog.get_logger()
 
-# protocol.topics event kind for each state entered; a refusal is reported as an "error".
+# protocol.topics event kind for each state entered (others only change the status).
 EVENT_KINDS = {
     State.OFFERED: "update_offered",
     State.VERIFIED: "update_downloaded",
@@ -45,7 +45,7 @@ EVENT_KINDS = {
     State.TRIAL: "update_trial",
     State.COMMITTED: "update_committed",
     State.ROLLED_BACK: "update_rolled_back",
-    State.REFUSED: "error",
+    State.REFUSED: "update_refused",
 }
 
 
@@ -69,14 +69,25 @@ class Transition:
     detail: dict[str, str | int | None] = field(default_factory=dict)
 
 
-def transition(state: str, event: str | None, target: str | None, reason: str, boots: int):
+def transition(
+    state: str, event: str | None, target: str | None, reason: str, boots: int, rollout: str
+):
+    """The gateway's rollout controller keys on ``rollout``, so every transition carries it."""
     state = State(state)
-    detail = {"update_state": state.value, "event": event, "target": target, "boots": boots}
+    detail = {
+        "update_state": state.value,
+        "event": event,
+        "target": target,
+        "rollout": rollout,
+        "boots": boots,
+    }
     if reason:
         detail["reason"] = reason[:512]
-    if state == State.REFUSED:
-        detail["error"] = "update_refused"
     return Transition(state, EVENT_KINDS.get(state), detail)
+
+
+def rollout_of(saved: Saved) -> str:
+    return saved.offer.rollout if saved.offer else ""
 
 
 class UpdateManager:
@@ -100,7 +111,14 @@ class UpdateManager:
     def _collect(self, saved: Saved, event: Event | None) -> None:
         target = saved.offer.target if saved.offer else None
         self._pending.append(
-            transition(saved.state, event and event.value, target, saved.reason, saved.boots)
+            transition(
+                saved.state,
+                event and event.value,
+                target,
+                saved.reason,
+                saved.boots,
+                rollout_of(saved),
+            )
         )
 
     def _flush(self) -> None:
@@ -150,6 +168,20 @@ class UpdateManager:
         active = self.device.active()
         return (active[0], active[1].to_json()) if active else None
 
+    def signed_meta(self, target: str, sha256: str) -> dict | None:
+        """The ML metadata the targets key signed for ``target`` (drift reference, signature),
+        read as plain JSON from the metadata the update worker verified and stored; None when
+        that metadata no longer names these bytes."""
+        try:
+            signed = json.loads((self.device.layout.tuf / "targets.json").read_bytes())["signed"]
+            info = signed["targets"][target]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(info, dict) or info.get("hashes", {}).get("sha256") != sha256:
+            return None
+        custom = info.get("custom")
+        return custom if isinstance(custom, dict) else None
+
     def trial_models(self) -> tuple[Path, Path] | None:
         """(candidate, incumbent) model paths while on trial: run the first, shadow the second."""
         if self.saved.state != State.TRIAL:
@@ -181,11 +213,11 @@ class UpdateManager:
         """Take an update offer (the same offer again is the same update) and run it as far
         as the trial; returns the state it stopped in."""
         args = ["run", "--repository", repository, "--target", target, "--rollout", rollout]
-        return await self._run_worker(args)
+        return await self._run_worker(args, rollout)
 
     async def resume(self) -> State:
         """Continue an interrupted update."""
-        return await self._run_worker(["run"])
+        return await self._run_worker(["run"], rollout_of(self.saved))
 
     async def observe(self, observation: Observation) -> Verdict | None:
         """Count live results during the trial; commits or rolls back when ``judge`` decides.
@@ -193,7 +225,7 @@ class UpdateManager:
         if self._trial_started_s is None:
             return None
         if self._counts is None:
-            classes = observation.candidate_scores.reshape(observation.inputs, -1).shape[1]
+            classes = observation.candidate_scores.shape[-1]  # also with no input scored
             self._counts = Counts(classes=int(classes), started_s=self._trial_started_s)
         record(self._counts, self.config.probation, observation)
         verdict = judge(self._counts, self.config.probation, self.clock())
@@ -217,7 +249,7 @@ class UpdateManager:
 
     # -- the child process ---------------------------------------------------------------
 
-    async def _run_worker(self, args: list[str]) -> State:
+    async def _run_worker(self, args: list[str], rollout: str) -> State:
         command = [
             self.config.python, "-m", "agent.updater.worker",
             "--state-dir", str(self.config.state_dir),
@@ -231,7 +263,7 @@ class UpdateManager:
         )
         try:
             async with asyncio.timeout(self.config.worker_timeout_s):
-                _, stderr = await asyncio.gather(self._relay(child), child.stderr.read())
+                _, stderr = await asyncio.gather(self._relay(child, rollout), child.stderr.read())
                 await child.wait()
         except TimeoutError:
             stderr = b"worker timed out"
@@ -242,7 +274,7 @@ class UpdateManager:
         await self._after_worker(child.returncode, stderr.decode(errors="replace"))
         return self.saved.state
 
-    async def _relay(self, child: asyncio.subprocess.Process) -> None:
+    async def _relay(self, child: asyncio.subprocess.Process, rollout: str) -> None:
         async for line in child.stdout:
             try:
                 data = json.loads(line)
@@ -251,7 +283,12 @@ class UpdateManager:
             if "state" in data:
                 self.on_transition(
                     transition(
-                        data["state"], data["event"], data["target"], data["reason"], data["boots"]
+                        data["state"],
+                        data["event"],
+                        data["target"],
+                        data["reason"],
+                        data["boots"],
+                        rollout,
                     )
                 )
 

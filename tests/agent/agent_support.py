@@ -196,6 +196,10 @@ class Collector:
         with self._lock:
             return [e for e in self.data.events if e.kind == kind]
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish as the gateway (QoS 1), returning once the broker acknowledged it."""
+        self._client.publish(topic, payload, qos=1).wait_for_publish(5)
+
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
