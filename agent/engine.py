@@ -48,17 +48,6 @@ def check_tflite(data: bytes) -> None:
         raise EngineError("not a TFLite model (no TFL3 file identifier)")
 
 
-def spec_from_details(details: dict) -> TensorSpec:
-    scale, zero_point = details["quantization"]
-    return TensorSpec(
-        name=details["name"],
-        shape=tuple(int(d) for d in details["shape"]),
-        dtype=np.dtype(details["dtype"]).name,
-        scale=float(scale),
-        zero_point=int(zero_point),
-    )
-
-
 @dataclass(frozen=True)
 class Result:
     """Scores ``[n, classes]`` (float) and per-sample invoke latency in microseconds."""
@@ -86,7 +75,10 @@ class Engine:
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise EngineError("model must have exactly one input and one output tensor")
-        self.input, self.output = spec_from_details(inputs[0]), spec_from_details(outputs[0])
+        self.input, self.output = (
+            TensorSpec.from_details(inputs[0]),
+            TensorSpec.from_details(outputs[0]),
+        )
         if not self.input.shape or self.input.shape[0] != 1:
             raise EngineError(f"input batch dimension must be 1, got shape {self.input.shape}")
         self._in_index, self._out_index = inputs[0]["index"], outputs[0]["index"]
