@@ -17,6 +17,7 @@ from edgefleet.errors import UserError
 COMMAND_MODULES = (
     "gateway.commands",
     "gateway.daemon_commands",
+    "gateway.rollout_commands",
     "agent.commands",
     "agent.trust_commands",
     "agent.updater.commands",

@@ -10,8 +10,28 @@ from gateway.config import AdminConfig
 TIMEOUT_S = 10.0
 
 
+class Unreachable(UserError):
+    """No gateway answered (not running, restarting, or too slow)."""
+
+
 async def get(config: AdminConfig, path: str) -> dict:
     """``GET path`` -> the JSON answer, or ``UserError`` saying why the gateway did not answer."""
+    return await request(config, "GET", path)
+
+
+async def post(config: AdminConfig, path: str, body: dict, timeout_s: float = TIMEOUT_S) -> dict:
+    """``POST path`` with a JSON body; a refusal by the gateway is a ``UserError`` with its
+    reason (an import or a rollout start signs files, hence the longer timeouts callers pass)."""
+    return await request(config, "POST", path, body, timeout_s)
+
+
+async def request(
+    config: AdminConfig,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    timeout_s: float = TIMEOUT_S,
+) -> dict:
     try:
         token = config.token_file.read_text().strip()
     except OSError as exc:
@@ -25,16 +45,22 @@ async def get(config: AdminConfig, path: str) -> dict:
     else:
         connector = aiohttp.TCPConnector()
         url = f"http://{listen.host}:{listen.port}{path}"
-    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    headers = {"Authorization": f"Bearer {token}"}
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
+            session.request(method, url, headers=headers, json=body) as response,
         ):
             if response.status == 401:
                 raise UserError(f"the gateway at {listen} refused the admin token")
-            if response.status != 200:
+            if 400 <= response.status < 500 and response.content_type == "application/json":
+                answer = await response.json()
+                raise UserError(str(answer.get("error", f"HTTP {response.status}")))
+            if response.status == 404:
+                raise UserError(f"the gateway at {listen} has no {path} (no [repository]?)")
+            if response.status not in (200, 201):
                 raise UserError(f"the gateway at {listen} answered HTTP {response.status}")
             return await response.json()
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise UserError(f"no gateway answering at {listen} (is it running?): {exc}") from None
+        raise Unreachable(f"no gateway answering at {listen} (is it running?): {exc}") from None

@@ -88,6 +88,27 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class RepositoryConfig:
+    """The served TUF repository; the gateway holds only its online keys."""
+
+    dir: Path
+    keys: Path  # snapshot.key, timestamp.key, deltas.key
+    listen: Listen
+    public_url: str  # what devices are told in update commands
+    import_dir: Path | None = None  # watched: a newer release there is imported
+    import_poll_s: float = 10.0
+    timestamp_check_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class RolloutsConfig:
+    database: Path
+    tick_s: float = 2.0
+    reoffer_s: float = 60.0  # an offer without a verdict is sent again after this
+    send_timeout_s: float = 10.0  # wait for the broker's PUBACK of a command
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     site: str
     data_dir: Path
@@ -97,6 +118,8 @@ class GatewayConfig:
     uplink: UplinkConfig
     admin: AdminConfig
     metrics: Listen | None
+    repository: RepositoryConfig | None  # rollouts run only with a repository to offer from
+    rollouts: RolloutsConfig
 
     @property
     def database(self) -> Path:
@@ -201,6 +224,8 @@ def parse(data: dict, origin: str, base: Path) -> GatewayConfig:
         uplink=_uplink(root.table("uplink"), data_dir),
         admin=_admin(root.table("admin"), data_dir),
         metrics=_metrics(root.table("metrics")),
+        repository=_repository(root, "repository"),
+        rollouts=_rollouts(root.table("rollouts"), data_dir),
     )
     root.done()
     return config
@@ -352,3 +377,52 @@ def _metrics(table: _Table) -> Listen | None:
         table.fail("listen", "must be host:port (Prometheus scrapes over TCP); empty disables")
     table.done()
     return listen
+
+
+ONLINE_KEY_FILES = ("snapshot.key", "timestamp.key", "deltas.key")
+
+
+def _repository(root: _Table, key: str) -> RepositoryConfig | None:
+    present = key in root.data
+    table = root.table(key)
+    if not present:
+        return None
+    served = table.path_value("dir")
+    if served is None:
+        table.fail("dir", "is required")
+    keys = table.path_value("keys")
+    if keys is None:
+        table.fail("keys", "is required (the folder of the online keys)")
+    for name in ONLINE_KEY_FILES:
+        if not (keys / name).is_file():
+            table.fail("keys", f"no {name} in {keys}")
+    listen = _listen(table, "listen", "127.0.0.1:8790", loopback=False)
+    if listen is None or listen.path is not None or listen.port == 0:
+        table.fail("listen", "must be host:port with a port (devices fetch over HTTP)")
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    public_url = table.value("public_url", str, f"http://{host}:{listen.port}")
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        table.fail("public_url", "must be an http:// or https:// URL")
+    config = RepositoryConfig(
+        dir=served,
+        keys=keys,
+        listen=listen,
+        public_url=public_url.rstrip("/"),
+        import_dir=table.path_value("import_dir"),
+        import_poll_s=table.value("import_poll_s", float, 10.0, 0.1, 86400),
+        timestamp_check_s=table.value("timestamp_check_s", float, 600.0, 1, 86400),
+    )
+    table.done()
+    return config
+
+
+def _rollouts(table: _Table, data_dir: Path) -> RolloutsConfig:
+    config = RolloutsConfig(
+        database=table.path_value("database", data_dir / "rollouts.db"),
+        tick_s=table.value("tick_s", float, 2.0, 0.05, 3600),
+        reoffer_s=table.value("reoffer_s", float, 60.0, 1, 86400),
+        send_timeout_s=table.value("send_timeout_s", float, 10.0, 0.5, 300),
+    )
+    table.done()
+    return config

@@ -1,10 +1,11 @@
 """The gateway daemon: its parts composed as async context managers on one ``AsyncExitStack``.
 
-Start order is dependency order (database, spool and inventory, sink, uplink, ingest, metrics,
-admin API); the stack stops them in reverse, so the broker connection closes before the uplink
-and the database last. A part that adds itself later (the repository server, rollouts) is one
-more ``enter_async_context``. SIGTERM or SIGINT ends the daemon cleanly with exit code 0; a part
-that fails ends it with exit code 1, and nothing unacknowledged or unconfirmed is lost either way.
+Start order is dependency order (database, spool and inventory, sink, uplink, then with a
+``[repository]`` section the command publisher, the served repository and the rollouts, then
+ingest, metrics, admin API); the stack stops them in reverse, so the broker connection closes
+before the uplink and the database last. SIGTERM or SIGINT ends the daemon cleanly with exit
+code 0; a part that fails ends it with exit code 1, and nothing unacknowledged or unconfirmed is
+lost either way.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from contextlib import AsyncExitStack
 import structlog
 
 from gateway.admin import AdminServer, core_routes
+from gateway.command_publisher import CommandPublisher
 from gateway.config import GatewayConfig
 from gateway.ingest import Ingest
 from gateway.inventory import Inventory
 from gateway.metrics import Metrics, MetricsServer
+from gateway.repo_service import RepositoryService
+from gateway.rollout_service import RolloutService
 from gateway.sinks import make_sink
 from gateway.spool import Spool
 from gateway.store import Store
@@ -56,6 +60,17 @@ async def run(config: GatewayConfig) -> int:
         uplink = await stack.enter_async_context(
             Uplink(config.uplink, spool, sink, metrics, stopper.fail)
         )
+        routes = core_routes(config.site, inventory, spool.stats)
+        rollouts = None
+        if config.repository is not None:
+            publisher = await stack.enter_async_context(
+                CommandPublisher(config.mqtt, config.rollouts.send_timeout_s)
+            )
+            repository = await stack.enter_async_context(RepositoryService(config.repository))
+            rollouts = await stack.enter_async_context(
+                RolloutService(config.rollouts, repository, publisher.send, inventory, stopper.fail)
+            )
+            routes += repository.routes() + rollouts.routes()
         await stack.enter_async_context(
             Ingest(
                 config.mqtt,
@@ -66,11 +81,11 @@ async def run(config: GatewayConfig) -> int:
                 metrics,
                 uplink.changed.set,
                 stopper.fail,
+                rollouts.feed if rollouts else None,
             )
         )
         if config.metrics is not None:
             await stack.enter_async_context(MetricsServer(config.metrics, metrics))
-        routes = core_routes(config.site, inventory, spool.stats)
         await stack.enter_async_context(AdminServer(config.admin, routes))
         log.info(
             "gateway running",

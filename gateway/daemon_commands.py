@@ -1,4 +1,5 @@
-"""``edgefleet gateway run|devices|status``: the site daemon and what the operator asks it."""
+"""``edgefleet gateway run|devices|status|import-release``: the site daemon and what the
+operator asks it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status_parser = commands.add_parser("status", help="spool depth, drops and devices online")
     status_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
     status_parser.set_defaults(handler=status)
+
+    import_parser = commands.add_parser(
+        "import-release",
+        help="have the running gateway take in a release signed offline (a repository folder)",
+    )
+    import_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+    import_parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        required=True,
+        help="the operator's repository folder (readable by the gateway's user)",
+    )
+    import_parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    import_parser.set_defaults(handler=import_release)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,4 +74,36 @@ def status(args: argparse.Namespace) -> int:
 
     answer = asyncio.run(admin_client.get(config.load(args.config).admin, "/v1/status"))
     print(json.dumps(answer, indent=2))
+    return 0
+
+
+IMPORT_TIMEOUT_S = 300.0
+
+
+def import_release(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from edgefleet.errors import UserError
+    from gateway import admin_client, config
+
+    source = args.source.resolve()
+    if not (source / "metadata").is_dir():
+        raise UserError(f"{source}: not a repository (no metadata/ folder)")
+    answer = asyncio.run(
+        admin_client.post(
+            config.load(args.config).admin,
+            "/v1/repository/import",
+            {"source": str(source)},
+            IMPORT_TIMEOUT_S,
+        )
+    )
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif answer["created"]:
+        print(f"imported {answer['new_targets']} targets; serving at {answer['url']}")
+    else:
+        print(
+            f"imported {answer['new_targets']} new targets (targets v{answer['targets_version']})"
+        )
     return 0

@@ -107,6 +107,7 @@ class GroupResult:
     changed: dict[str, Device] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
     malformed: list[tuple[str, str, str]] = field(default_factory=list)  # kind, topic, reason
+    device_messages: list[Status | Event] = field(default_factory=list)
 
 
 class Ingest:
@@ -122,10 +123,14 @@ class Ingest:
         metrics: Metrics,
         on_spooled: Callable[[], None],
         on_failure: Callable[[BaseException], None],
+        on_device_messages: Callable[[list[Status | Event]], None] | None = None,
     ):
+        """``on_device_messages`` gets each group's status and event messages after their
+        commit; it must not block (the rollout service only queues them)."""
         self.config, self.ingest = config, ingest
         self.store, self.spool, self.inventory, self.metrics = store, spool, inventory, metrics
         self.on_spooled, self.on_failure = on_spooled, on_failure
+        self.on_device_messages = on_device_messages
         self._inbox: deque[Inbound] = deque()
         self._wake = asyncio.Event()
         self._signalled = False
@@ -204,8 +209,10 @@ class Ingest:
                 changed[message.device] = touch(row, message.device, len(message.records), now)
             elif isinstance(message, Status):
                 changed[message.device] = apply_status(row, message, now)
+                result.device_messages.append(message)
             else:
                 changed[message.device] = apply_event(row, message, now)
+                result.device_messages.append(message)
 
         def write() -> int:
             dropped = self.spool.append_sync(conn, rows) if rows else 0
@@ -234,6 +241,8 @@ class Ingest:
                 self._ack(group)
                 if result.records:
                     self.on_spooled()
+                if result.device_messages and self.on_device_messages is not None:
+                    self.on_device_messages(result.device_messages)
                 self._account(result)
 
     def _account(self, result: GroupResult) -> None:

@@ -4,7 +4,7 @@ verdicts from events and retained status, and applies the pure decisions of ``ro
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
 
@@ -25,7 +25,7 @@ from protocol.topics import Command, Event, Status
 log = structlog.get_logger()
 
 Send = Callable[[str, Command], Awaitable[None]]
-FAILURE_EVENTS = ("update_rolled_back", "error", "command_rejected")
+FAILURE_EVENTS = ("update_rolled_back", "update_refused", "error", "command_rejected")
 REOFFER_S = 60.0
 
 
@@ -48,13 +48,22 @@ class RolloutController:
         self.clock = clock
         self.reoffer_s = reoffer_s
 
-    def start(self, plan: Plan, devices: Sequence[DeviceFacts], meta: ModelMeta) -> Rollout:
+    def start(
+        self,
+        plan: Plan,
+        devices: Sequence[DeviceFacts],
+        meta: ModelMeta,
+        skipped: Mapping[str, str] | None = None,
+    ) -> Rollout:
+        """``skipped``: devices left out before eligibility (offline, another model...) and why."""
         if self.store.get(plan.rollout_id):
             raise RolloutError(f"rollout {plan.rollout_id!r} exists already")
         busy = [r.plan.rollout_id for r in self.store.active() if r.plan.model == plan.model]
         if busy:
             raise RolloutError(f"model {plan.model!r} is already being rolled out by {busy[0]!r}")
-        skipped = {d.device: why for d in devices if (why := eligibility(d, meta))}
+        skipped = dict(skipped or {}) | {
+            d.device: why for d in devices if (why := eligibility(d, meta))
+        }
         stages = assign_stages(plan, [d.device for d in devices if d.device not in skipped])
         self.store.create(plan, stages, skipped, self.clock())
         log.info(
@@ -123,14 +132,18 @@ class RolloutController:
         missed (the gateway was down when it was sent)."""
         if status.model is None or status.update_state != "COMMITTED":
             return
+        self.on_committed(status.device, status.model.name, status.model.version)
+
+    def on_committed(self, device: str, model: str, version: int) -> None:
+        """The device runs ``model`` ``version`` committed: an offer of it has succeeded."""
         for rollout in self.store.active():
             plan = rollout.plan
-            if (status.model.name, status.model.version) != (plan.model, plan.version):
+            if (model, version) != (plan.model, plan.version):
                 continue
             progress = {p.device: p for p in self.store.progress(plan.rollout_id)}
-            mine = progress.get(status.device)
+            mine = progress.get(device)
             if mine and mine.state == DeviceState.OFFERED:
-                self.store.mark(plan.rollout_id, status.device, DeviceState.COMMITTED, self.clock())
+                self.store.mark(plan.rollout_id, device, DeviceState.COMMITTED, self.clock())
 
     def _require(self, rollout_id: str, *states: RolloutState) -> Rollout:
         rollout = self.store.get(rollout_id)
