@@ -7,14 +7,12 @@ Every problem is reported as one ``UserError`` line naming the file and the key,
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from agent.updater.probation import ProbationLimits
-from edgefleet.errors import UserError
+from edgefleet import tomlconfig
 from protocol.model_meta import ModelMeta
 from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
 from protocol.topics import DEVICE_ID_PATTERN, SITE_PATTERN, default_prefix
@@ -113,90 +111,15 @@ class AgentConfig:
     update: UpdateSettings | None = None  # None: update commands are rejected
 
 
-class _Table:
-    """One TOML table with typed, range-checked lookups that name the key when they fail."""
-
-    def __init__(self, origin: str, path: str, data: Any, base: Path):
-        self.origin, self.path, self.base = origin, path, base
-        if not isinstance(data, dict):
-            self.fail("", "must be a table")
-        self.data = data
-        self.used: set[str] = set()
-
-    def fail(self, key: str, message: str) -> None:
-        name = f"{self.path}.{key}" if self.path and key else (self.path or key)
-        raise UserError(f"config {self.origin}: key {name}: {message}")
-
-    def table(self, key: str) -> _Table:
-        self.used.add(key)
-        return _Table(
-            self.origin,
-            f"{self.path}.{key}" if self.path else key,
-            self.data.get(key, {}),
-            self.base,
-        )
-
-    def value(
-        self,
-        key: str,
-        kind: type,
-        default: Any = ...,
-        lo: float | None = None,
-        hi: float | None = None,
-    ) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is ...:
-                self.fail(key, "is required")
-            return default
-        value = self.data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            self.fail(key, f"must be a {kind.__name__}, not {type(value).__name__}")
-        if lo is not None and value < lo:
-            self.fail(key, f"must be >= {lo}")
-        if hi is not None and value > hi:
-            self.fail(key, f"must be <= {hi}")
-        return value
-
-    def path_value(self, key: str, required: bool = False) -> Path | None:
-        text = self.value(key, str, ... if required else None)
-        if text is None:
-            return None
-        if not text:
-            self.fail(key, "must not be empty")
-        path = Path(text)
-        return path if path.is_absolute() else self.base / path
-
-    def existing_file(self, key: str, required: bool = False) -> Path | None:
-        path = self.path_value(key, required)
-        if path is not None and not path.is_file():
-            self.fail(key, f"no such file {path}")
-        return path
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            self.fail(unknown[0], "unknown key")
-
-
 def load(path: Path) -> AgentConfig:
     """Read and check ``path``; relative paths in it are relative to its directory."""
     origin = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"config {origin}: cannot read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"config {origin}: not valid TOML: {exc}") from None
+    data = tomlconfig.read(path, f"config {origin}")
     return parse(data, origin, path.resolve().parent)
 
 
 def parse(data: dict, origin: str, base: Path) -> AgentConfig:
-    root = _Table(origin, "", data, base)
+    root = tomlconfig.Table(f"config {origin}", "", data, base)
     device = root.table("device")
     device_id = device.value("id", str)
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
@@ -226,7 +149,7 @@ def parse(data: dict, origin: str, base: Path) -> AgentConfig:
     return config
 
 
-def _mqtt(table: _Table, site: str) -> MqttConfig:
+def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
     url = table.value("url", str)
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
@@ -274,7 +197,7 @@ def _mqtt(table: _Table, site: str) -> MqttConfig:
     return config
 
 
-def _model(table: _Table) -> ModelConfig:
+def _model(table: tomlconfig.Table) -> ModelConfig:
     engine = table.value("engine", str, "auto")
     if engine not in ENGINES:
         table.fail("engine", f"must be one of {', '.join(ENGINES)}")
@@ -298,7 +221,7 @@ def _model(table: _Table) -> ModelConfig:
     return config
 
 
-def _source(table: _Table) -> SourceConfig:
+def _source(table: tomlconfig.Table) -> SourceConfig:
     kind = table.value("kind", str, "synthetic")
     if kind not in SOURCE_KINDS:
         table.fail("kind", f"must be one of {', '.join(SOURCE_KINDS)}")
@@ -317,7 +240,7 @@ def _source(table: _Table) -> SourceConfig:
     return config
 
 
-def _inference(table: _Table) -> InferenceConfig:
+def _inference(table: tomlconfig.Table) -> InferenceConfig:
     config = InferenceConfig(
         rate_hz=table.value("rate_hz", float, 10.0, 0.0, 100_000),
         top_k=table.value("top_k", int, 3, 1, 32),
@@ -328,7 +251,7 @@ def _inference(table: _Table) -> InferenceConfig:
     return config
 
 
-def _telemetry(table: _Table) -> TelemetryConfig:
+def _telemetry(table: tomlconfig.Table) -> TelemetryConfig:
     config = TelemetryConfig(
         batch_records=table.value("batch_records", int, 100, 1, MAX_BATCH_RECORDS),
         batch_age_s=table.value("batch_age_s", float, 1.0, 0.0, 3600),
@@ -340,7 +263,7 @@ def _telemetry(table: _Table) -> TelemetryConfig:
     return config
 
 
-def _drift(table: _Table) -> DriftConfig:
+def _drift(table: tomlconfig.Table) -> DriftConfig:
     config = DriftConfig(
         window=table.value("window", int, 500, 10, 10_000_000),
         psi_alarm=table.value("psi_alarm", float, 0.25, 0.0, 100.0),
@@ -350,7 +273,7 @@ def _drift(table: _Table) -> DriftConfig:
     return config
 
 
-def _update(table: _Table) -> UpdateSettings:
+def _update(table: tomlconfig.Table) -> UpdateSettings:
     root = table.existing_file("trusted_root", required=True)
     try:
         json.loads(root.read_bytes())
@@ -366,7 +289,7 @@ def _update(table: _Table) -> UpdateSettings:
     return config
 
 
-def _probation(table: _Table) -> ProbationLimits:
+def _probation(table: tomlconfig.Table) -> ProbationLimits:
     d = ProbationLimits()
     config = ProbationLimits(
         min_samples=table.value("min_samples", int, d.min_samples, 1, 10_000_000),

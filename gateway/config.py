@@ -8,13 +8,11 @@ never starts half-configured. Relative paths are relative to the file's director
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-from edgefleet.errors import UserError
+from edgefleet import tomlconfig
 from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
 from protocol.topics import SITE_PATTERN, default_prefix
 
@@ -126,87 +124,15 @@ class GatewayConfig:
         return self.data_dir / "gateway.db"
 
 
-class _Table:
-    """One TOML table with typed, range-checked lookups that name the key when they fail."""
-
-    def __init__(self, origin: str, path: str, data: Any, base: Path):
-        self.origin, self.path, self.base = origin, path, base
-        if not isinstance(data, dict):
-            self.fail("", "must be a table")
-        self.data = data
-        self.used: set[str] = set()
-
-    def fail(self, key: str, message: str) -> None:
-        name = f"{self.path}.{key}" if self.path and key else (self.path or key)
-        raise UserError(f"{self.origin}: key {name}: {message}")
-
-    def table(self, key: str) -> _Table:
-        self.used.add(key)
-        path = f"{self.path}.{key}" if self.path else key
-        return _Table(self.origin, path, self.data.get(key, {}), self.base)
-
-    def value(self, key: str, kind: type, default: Any = ..., lo=None, hi=None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is ...:
-                self.fail(key, "is required")
-            return default
-        value = self.data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            self.fail(key, f"must be a {kind.__name__}, not {type(value).__name__}")
-        if lo is not None and value < lo:
-            self.fail(key, f"must be >= {lo}")
-        if hi is not None and value > hi:
-            self.fail(key, f"must be <= {hi}")
-        if isinstance(value, str) and len(value) > 4096:
-            self.fail(key, "is too long")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.value(key, str, default)
-        if value not in choices:
-            self.fail(key, f"must be one of {', '.join(choices)}")
-        return value
-
-    def path_value(self, key: str, default: Path | None = None) -> Path | None:
-        text = self.value(key, str, None)
-        if text is None:
-            return default
-        if not text:
-            self.fail(key, "must not be empty")
-        path = Path(text)
-        return path if path.is_absolute() else self.base / path
-
-    def file(self, key: str) -> Path | None:
-        path = self.path_value(key)
-        if path is not None and not path.is_file():
-            self.fail(key, f"no such file {path}")
-        return path
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            self.fail(unknown[0], "unknown key")
-
-
 def load(path: Path) -> GatewayConfig:
     """Read and check ``path``."""
     origin = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{origin}: cannot read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{origin}: not valid TOML: {exc}") from None
+    data = tomlconfig.read(path, origin)
     return parse(data, origin, path.resolve().parent)
 
 
 def parse(data: dict, origin: str, base: Path) -> GatewayConfig:
-    root = _Table(origin, "", data, base)
+    root = tomlconfig.Table(origin, "", data, base)
     gateway = root.table("gateway")
     site = gateway.value("site", str)
     if not SITE_PATTERN.fullmatch(site):
@@ -231,7 +157,7 @@ def parse(data: dict, origin: str, base: Path) -> GatewayConfig:
     return config
 
 
-def _mqtt(table: _Table, site: str) -> MqttConfig:
+def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
     url = table.value("url", str, "mqtt://127.0.0.1:1883")
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/"):
@@ -250,12 +176,12 @@ def _mqtt(table: _Table, site: str) -> MqttConfig:
     if share_group is not None and not SITE_PATTERN.fullmatch(share_group):
         table.fail("share_group", "must match [A-Za-z0-9_-]{1,64}")
     password = table.value("password", str, None)
-    password_file = table.file("password_file")
+    password_file = table.existing_file("password_file")
     if password is not None and password_file is not None:
         table.fail("password_file", "give password or password_file, not both")
     if password_file is not None:
         password = password_file.read_text().strip()
-    cert_file, key_file = table.file("cert_file"), table.file("key_file")
+    cert_file, key_file = table.existing_file("cert_file"), table.existing_file("key_file")
     if (cert_file is None) != (key_file is None):
         table.fail("cert_file", "cert_file and key_file go together")
     config = MqttConfig(
@@ -266,7 +192,7 @@ def _mqtt(table: _Table, site: str) -> MqttConfig:
         prefix=prefix,
         username=table.value("username", str, None),
         password=password,
-        ca_file=table.file("ca_file"),
+        ca_file=table.existing_file("ca_file"),
         cert_file=cert_file,
         key_file=key_file,
         share_group=share_group,
@@ -280,7 +206,7 @@ def _mqtt(table: _Table, site: str) -> MqttConfig:
     return config
 
 
-def _ingest(table: _Table) -> IngestConfig:
+def _ingest(table: tomlconfig.Table) -> IngestConfig:
     config = IngestConfig(
         validation=table.choice("validation", ("identity", "full"), "identity"),
         max_messages_per_commit=table.value("max_messages_per_commit", int, 250, 1, 65535),
@@ -289,7 +215,7 @@ def _ingest(table: _Table) -> IngestConfig:
     return config
 
 
-def _spool(table: _Table) -> SpoolConfig:
+def _spool(table: tomlconfig.Table) -> SpoolConfig:
     config = SpoolConfig(
         max_bytes=table.value("max_bytes", int, 1 * GiB, 4 * MAX_BATCH_BYTES, 1024 * GiB)
     )
@@ -306,7 +232,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _uplink(table: _Table, data_dir: Path) -> UplinkConfig:
+def _uplink(table: tomlconfig.Table, data_dir: Path) -> UplinkConfig:
     sink = table.choice("sink", ("http", "dir"), "dir")
     url = table.value("url", str, None)
     directory = table.path_value("directory", data_dir / "outbox")
@@ -331,8 +257,8 @@ def _uplink(table: _Table, data_dir: Path) -> UplinkConfig:
         sink=sink,
         url=url,
         directory=directory,
-        ca_file=table.file("ca_file"),
-        token_file=table.file("token_file"),
+        ca_file=table.existing_file("ca_file"),
+        token_file=table.existing_file("token_file"),
         batch_records=batch_records,
         batch_bytes=batch_bytes,
         batch_age_s=table.value("batch_age_s", float, 1.0, 0.0, 3600),
@@ -346,7 +272,7 @@ def _uplink(table: _Table, data_dir: Path) -> UplinkConfig:
     return config
 
 
-def _listen(table: _Table, key: str, default: str, loopback: bool) -> Listen | None:
+def _listen(table: tomlconfig.Table, key: str, default: str, loopback: bool) -> Listen | None:
     text = table.value(key, str, default)
     if text is None or text == "":
         return None
@@ -362,7 +288,7 @@ def _listen(table: _Table, key: str, default: str, loopback: bool) -> Listen | N
     return Listen(host=host, port=int(port))
 
 
-def _admin(table: _Table, data_dir: Path) -> AdminConfig:
+def _admin(table: tomlconfig.Table, data_dir: Path) -> AdminConfig:
     listen = _listen(table, "listen", f"unix:{data_dir / 'admin.sock'}", loopback=True)
     if listen is None:
         table.fail("listen", "must not be empty")
@@ -371,7 +297,7 @@ def _admin(table: _Table, data_dir: Path) -> AdminConfig:
     return config
 
 
-def _metrics(table: _Table) -> Listen | None:
+def _metrics(table: tomlconfig.Table) -> Listen | None:
     listen = _listen(table, "listen", "127.0.0.1:9108", loopback=False)
     if listen is not None and listen.path is not None:
         table.fail("listen", "must be host:port (Prometheus scrapes over TCP); empty disables")
@@ -382,7 +308,7 @@ def _metrics(table: _Table) -> Listen | None:
 ONLINE_KEY_FILES = ("snapshot.key", "timestamp.key", "deltas.key")
 
 
-def _repository(root: _Table, key: str) -> RepositoryConfig | None:
+def _repository(root: tomlconfig.Table, key: str) -> RepositoryConfig | None:
     present = key in root.data
     table = root.table(key)
     if not present:
@@ -417,7 +343,7 @@ def _repository(root: _Table, key: str) -> RepositoryConfig | None:
     return config
 
 
-def _rollouts(table: _Table, data_dir: Path) -> RolloutsConfig:
+def _rollouts(table: tomlconfig.Table, data_dir: Path) -> RolloutsConfig:
     config = RolloutsConfig(
         database=table.path_value("database", data_dir / "rollouts.db"),
         tick_s=table.value("tick_s", float, 2.0, 0.05, 3600),

@@ -1,0 +1,92 @@
+"""Reading a daemon's TOML configuration: typed, range-checked lookups that name the file and
+the key when they fail, and a refusal of keys nobody reads (a typo is an error, not a default).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from edgefleet.errors import UserError
+
+MAX_TEXT = 4096
+
+
+def read(path: Path, label: str) -> dict:
+    """The parsed file, or a one-line ``UserError`` starting with ``label``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{label}: cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{label}: not valid TOML: {exc}") from None
+
+
+class Table:
+    """One TOML table. Relative paths in it are relative to ``base`` (the file's folder)."""
+
+    def __init__(self, label: str, path: str, data: Any, base: Path):
+        self.label, self.path, self.base = label, path, base
+        if not isinstance(data, dict):
+            self.fail("", "must be a table")
+        self.data = data
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> None:
+        name = f"{self.path}.{key}" if self.path and key else (self.path or key)
+        raise UserError(f"{self.label}: key {name}: {message}")
+
+    def table(self, key: str) -> Table:
+        self.used.add(key)
+        path = f"{self.path}.{key}" if self.path else key
+        return Table(self.label, path, self.data.get(key, {}), self.base)
+
+    def value(self, key: str, kind: type, default: Any = ..., lo=None, hi=None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                self.fail(key, "is required")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            self.fail(key, f"must be a {kind.__name__}, not {type(value).__name__}")
+        if lo is not None and value < lo:
+            self.fail(key, f"must be >= {lo}")
+        if hi is not None and value > hi:
+            self.fail(key, f"must be <= {hi}")
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            self.fail(key, "is too long")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.value(key, str, default)
+        if value not in choices:
+            self.fail(key, f"must be one of {', '.join(choices)}")
+        return value
+
+    def path_value(
+        self, key: str, default: Path | None = None, required: bool = False
+    ) -> Path | None:
+        text = self.value(key, str, ... if required else None)
+        if text is None:
+            return default
+        if not text:
+            self.fail(key, "must not be empty")
+        path = Path(text)
+        return path if path.is_absolute() else self.base / path
+
+    def existing_file(self, key: str, required: bool = False) -> Path | None:
+        path = self.path_value(key, required=required)
+        if path is not None and not path.is_file():
+            self.fail(key, f"no such file {path}")
+        return path
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            self.fail(unknown[0], "unknown key")
