@@ -27,6 +27,7 @@ BENCHES = [
     ("Inference", "agent_inference.py", ["--seconds", "10"]),
     ("Telemetry", "gateway_throughput.py", ["--records", "200000", "--outage-seconds", "60"]),
     ("Serial", "serial_throughput.py", []),
+    ("Updates", "update_rollout.py", ["--runs", "3"]),
 ]
 LIBRARIES = (
     "numpy",
