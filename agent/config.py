@@ -198,9 +198,7 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
 
 
 def _model(table: tomlconfig.Table) -> ModelConfig:
-    engine = table.value("engine", str, "auto")
-    if engine not in ENGINES:
-        table.fail("engine", f"must be one of {', '.join(ENGINES)}")
+    engine = table.choice("engine", ENGINES, "auto")
     meta_path = table.existing_file("meta")
     meta = None
     if meta_path is not None:
@@ -222,9 +220,7 @@ def _model(table: tomlconfig.Table) -> ModelConfig:
 
 
 def _source(table: tomlconfig.Table) -> SourceConfig:
-    kind = table.value("kind", str, "synthetic")
-    if kind not in SOURCE_KINDS:
-        table.fail("kind", f"must be one of {', '.join(SOURCE_KINDS)}")
+    kind = table.choice("kind", SOURCE_KINDS, "synthetic")
     config = SourceConfig(
         kind=kind,
         seed=table.value("seed", int, 0),
