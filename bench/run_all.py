@@ -100,7 +100,6 @@ def run(script: str, args: list[str], timeout: float) -> dict:
         return {
             "results": json.loads(Path(out.name).read_text() or "null"),
             "seconds": elapsed,
-            "stdout": result.stdout,
         }
 
 
@@ -111,24 +110,34 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def flatten(value, prefix: str = "") -> list[dict]:
+def tables(value) -> list[tuple[str, list[dict]]]:
+    """A part's results as titled tables: each list of rows its own table, the scalars (with
+    nested objects spelled ``a.b``) one figure/value table."""
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return value
+        return [("", value)]
+    found: list[tuple[str, list[dict]]] = []
+    scalars: list[dict] = []
+
+    def walk(item, name: str) -> None:
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                walk(sub, f"{name}.{key}" if name else key)
+        elif isinstance(item, list) and item and all(isinstance(v, dict) for v in item):
+            found.append((name, [{k: _cell(v) for k, v in row.items()} for row in item]))
+        else:
+            scalars.append({"figure": name or "value", "value": _cell(item)})
+
+    walk(value, "")
+    return ([("", scalars)] if scalars else []) + found
+
+
+def _cell(value) -> str:
     if isinstance(value, dict):
-        rows = []
-        for key, item in value.items():
-            name = f"{prefix}{key}"
-            if isinstance(item, dict):
-                rows += flatten(item, f"{name}.")
-            elif isinstance(item, list) and item and all(isinstance(v, dict) for v in item):
-                rows += [{"figure": f"{name}[{i}]", **v} for i, v in enumerate(item)]
-            else:
-                rows.append({"figure": name, "value": item})
-        return rows
-    return [{"figure": prefix or "value", "value": value}]
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
-def plot_deltas(rows: list[dict], path: Path) -> bool:
+def plot_deltas(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,32 +166,43 @@ def plot_deltas(rows: list[dict], path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return True
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE)
-    parser.add_argument("--only", nargs="*", help="run only these parts (e.g. Deltas Serial)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per part")
-    args = parser.parse_args()
-    report = {"machine": machine(), "parts": {}}
-    for title, script, extra in BENCHES:
-        if args.only and title not in args.only:
-            continue
-        if not (HERE / script).exists():
-            report["parts"][title] = {"error": [f"{script} is missing"]}
-            continue
-        print(f"running {title} ({script}) ...", flush=True)
-        try:
-            report["parts"][title] = run(script, extra, args.timeout)
-        except subprocess.TimeoutExpired:
-            report["parts"][title] = {"error": [f"timed out after {args.timeout:g} s"]}
-    plots = []
-    deltas = report["parts"].get("Deltas", {}).get("results")
-    if deltas and plot_deltas(deltas, args.out / "deltas.png"):
-        plots.append(("Deltas", "deltas.png"))
+def plot_serial(rows: list[dict], path: Path) -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bauds = [str(r["baud"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(bauds, [100 * r["efficiency"] for r in rows], color="tab:blue")
+    ax.axhline(90, color="tab:red", linestyle="--", label="target at 115200: 90%")
+    ax.set_xlabel("baud")
+    ax.set_ylabel("payload / line rate (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Serial upload throughput")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def draw_plots(report: dict, out: Path) -> dict[str, str]:
+    """Plot file per part, where a picture reads faster than the table."""
+    plots = {}
+    results = {t: p.get("results") for t, p in report["parts"].items()}
+    if results.get("Deltas"):
+        plot_deltas(results["Deltas"], out / "deltas.png")
+        plots["Deltas"] = "deltas.png"
+    serial = (results.get("Serial") or {}).get("serial_throughput")
+    if serial:
+        plot_serial(serial, out / "serial.png")
+        plots["Serial"] = "serial.png"
+    return plots
+
+
+def render(report: dict, plots: dict[str, str]) -> str:
     m = report["machine"]
     lines = [
         "# edgefleet performance report",
@@ -201,12 +221,49 @@ def main() -> None:
         if "error" in part:
             lines += [f"Not measured: {' '.join(part['error'])}", ""]
             continue
-        lines += [markdown_table(flatten(part["results"])), "", f"({part['seconds']} s)", ""]
-        lines += [f"![{t}]({p})" for t, p in plots if t == title] + [""]
-    for part in report["parts"].values():
-        part.pop("stdout", None)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "REPORT.md").write_text("\n".join(lines))
+        for name, rows in tables(part["results"]):
+            lines += ([f"### {name}", ""] if name else []) + [markdown_table(rows), ""]
+        lines += [f"({part['seconds']} s)", ""]
+        if title in plots:
+            lines += [f"![{title}]({plots[title]})", ""]
+    return "\n".join(lines)
+
+
+def measure(only: list[str] | None, timeout: float) -> dict:
+    report = {"machine": machine(), "parts": {}}
+    for title, script, extra in BENCHES:
+        if only and title not in only:
+            continue
+        if not (HERE / script).exists():
+            report["parts"][title] = {"error": [f"{script} is missing"]}
+            continue
+        print(f"running {title} ({script}) ...", flush=True)
+        try:
+            part = run(script, extra, timeout)
+        except subprocess.TimeoutExpired:
+            part = {"error": [f"timed out after {timeout:g} s"]}
+        report["parts"][title] = part
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--only", nargs="*", help="run only these parts (e.g. Deltas Serial)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per part")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="REPORT.json",
+        help="only redraw REPORT.md and the plots from an earlier report.json",
+    )
+    args = parser.parse_args()
+    if args.render:
+        report = json.loads(args.render.read_text())
+    else:
+        report = measure(args.only, args.timeout)
+        (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "REPORT.md").write_text(render(report, draw_plots(report, args.out)))
     print(f"wrote {args.out / 'REPORT.md'} and {args.out / 'report.json'}")
 
 

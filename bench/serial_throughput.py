@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from firmware_sim.layout import Layout, Slot
 from firmware_sim.mcu import McuConfig, SimulatedMcu
 from firmware_sim.mcuboot_image import load_public_key
 from firmware_sim.uart import UartServer
+from tests.mcu.mcu_support import imgtool, sign
 
 LAYOUT = Layout()
 
@@ -42,34 +42,12 @@ class Interrupted(Exception):
 
 
 def make_images(work: Path) -> tuple[bytes, bytes, Verifier]:
-    imgtool = str(Path(sys.executable).with_name("imgtool"))
     key = work / "key.pem"
-    subprocess.run([imgtool, "keygen", "-k", str(key), "-t", "ed25519"], check=True)
-    signed = []
-    for name, version in (("kws_int8_v1", "1.0.0"), ("kws_int8_v2_full", "2.0.0")):
-        out = work / f"{name}.bin"
-        subprocess.run(
-            [
-                imgtool,
-                "sign",
-                "--key",
-                str(key),
-                "--header-size",
-                "0x200",
-                "--align",
-                "8",
-                "--version",
-                version,
-                "--slot-size",
-                str(LAYOUT.slot_size),
-                "--pad-header",
-                str(model_path(name)),
-                str(out),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        signed.append(out.read_bytes())
+    imgtool("keygen", "-k", str(key), "-t", "ed25519")
+    signed = [
+        sign(key, model_path(name), work / f"{name}.bin", version, LAYOUT.slot_size)
+        for name, version in (("kws_int8_v1", "1.0.0"), ("kws_int8_v2_full", "2.0.0"))
+    ]
     return signed[0], signed[1], Verifier((load_public_key(key.read_bytes()),))
 
 
