@@ -15,7 +15,13 @@ from agent.updater.probation import ProbationLimits
 from edgefleet import tomlconfig
 from protocol.model_meta import ModelMeta
 from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
-from protocol.topics import DEVICE_ID_PATTERN, SITE_PATTERN, default_prefix
+from protocol.topics import (
+    DEVICE_ID_PATTERN,
+    MAX_HARDWARE_TAGS,
+    NAME_PATTERN,
+    SITE_PATTERN,
+    default_prefix,
+)
 
 SOURCE_KINDS = ("synthetic", "replay", "serial")
 ENGINES = ("auto", "litert", "tflite-runtime")
@@ -109,6 +115,8 @@ class AgentConfig:
     telemetry: TelemetryConfig
     drift: DriftConfig
     update: UpdateSettings | None = None  # None: update commands are rejected
+    hardware_tags: tuple[str, ...] = ()  # reported in status; a rollout skips misfits
+    arena_bytes: int | None = None
 
 
 def load(path: Path) -> AgentConfig:
@@ -127,6 +135,12 @@ def parse(data: dict, origin: str, base: Path) -> AgentConfig:
     site = device.value("site", str)
     if not SITE_PATTERN.fullmatch(site):
         device.fail("site", "must match [A-Za-z0-9_-]{1,64}")
+    hardware_tags = tuple(device.value("hardware_tags", list, []))
+    if len(hardware_tags) > MAX_HARDWARE_TAGS or not all(
+        isinstance(t, str) and NAME_PATTERN.fullmatch(t) for t in hardware_tags
+    ):
+        device.fail("hardware_tags", f"must be at most {MAX_HARDWARE_TAGS} names")
+    arena_bytes = device.value("arena_bytes", int, None, 0)
     device.done()
 
     state = root.table("state")
@@ -136,6 +150,8 @@ def parse(data: dict, origin: str, base: Path) -> AgentConfig:
     config = AgentConfig(
         device_id=device_id,
         site=site,
+        hardware_tags=hardware_tags,
+        arena_bytes=arena_bytes,
         mqtt=_mqtt(root.table("mqtt"), site),
         state_dir=state_dir,
         model=_model(root.table("model")),

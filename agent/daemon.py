@@ -328,6 +328,8 @@ class Agent:
                 spool.depth, spool.bytes, spool.cap_bytes, spool.dropped, spool.produced
             ),
             counters=counters,
+            hardware_tags=self.config.hardware_tags,
+            arena_bytes=self.config.arena_bytes,
         )
 
     def _on_verdict(self, verdict: Verdict) -> None:

@@ -46,6 +46,8 @@ class Device:
     records: int = 0  # telemetry records received by this gateway
     last_event: str = ""
     last_event_at: float | None = None
+    hardware_tags: tuple[str, ...] = ()
+    arena_bytes: int | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,6 +72,8 @@ def apply_status(row: Device | None, status: Status, now: float) -> Device:
         max_psi=status.drift.max_psi if status.drift else None,
         spool_depth=status.spool.depth if status.spool else None,
         spool_dropped=status.spool.dropped if status.spool else None,
+        hardware_tags=status.hardware_tags,
+        arena_bytes=status.arena_bytes,
     )
 
 

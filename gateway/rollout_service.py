@@ -34,8 +34,8 @@ def candidates(
     devices: Iterable[Device], model: str, version: int
 ) -> tuple[list[DeviceFacts], dict[str, str], set[int]]:
     """Devices that could take ``model`` ``version``, those left out and why, and the versions
-    the candidates run now (the sources of the deltas to build). The status carries no hardware
-    tags or arena size, so facts hold the device id only."""
+    the candidates run now (the sources of the deltas to build). Hardware tags and arena size
+    are what the device reported in its status."""
     facts: list[DeviceFacts] = []
     skipped: dict[str, str] = {}
     sources: set[int] = set()
@@ -47,7 +47,7 @@ def candidates(
         elif row.model_version is not None and row.model_version >= version:
             skipped[row.device] = f"already runs version {row.model_version}"
         else:
-            facts.append(DeviceFacts(row.device))
+            facts.append(DeviceFacts(row.device, frozenset(row.hardware_tags), row.arena_bytes))
             if row.model_version:
                 sources.add(row.model_version)
     return facts, skipped, sources

@@ -31,6 +31,7 @@ MAX_EVENT_BYTES = 8 * 1024
 MAX_CMD_BYTES = 16 * 1024
 MAX_DETAIL_KEYS = 32
 MAX_TEXT = 1024
+MAX_HARDWARE_TAGS = 32
 
 STATES = ("online", "offline")
 EVENT_KINDS = (
@@ -263,6 +264,8 @@ class Status:
     drift: DriftInfo | None = None
     spool: SpoolInfo | None = None
     counters: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    hardware_tags: tuple[str, ...] = ()  # what the device offers, matched by a release's tags
+    arena_bytes: int | None = None  # tensor arena a model may use on this device
 
     @classmethod
     def offline(cls, device: str) -> Status:
@@ -286,6 +289,7 @@ class Status:
                 "drift": self.drift.to_json() if self.drift else None,
                 "spool": self.spool.to_json() if self.spool else None,
                 "counters": self.counters,
+                "hardware": {"tags": list(self.hardware_tags), "arena_bytes": self.arena_bytes},
             }
         return dump_object(data, MAX_STATUS_BYTES, "status")
 
@@ -310,7 +314,19 @@ class Status:
             drift=DriftInfo.from_json(drift) if drift is not None else None,
             spool=SpoolInfo.from_json(spool) if spool is not None else None,
             counters=_scalars(data, "counters"),
+            **_hardware(get(data, "hardware", dict, {})),
         )
+
+
+def _hardware(data: dict) -> dict:
+    tags = get(data, "tags", list, [])
+    _require(len(tags) <= MAX_HARDWARE_TAGS, "too many hardware tags")
+    _require(
+        all(isinstance(t, str) and NAME_PATTERN.fullmatch(t) for t in tags), "bad hardware tag"
+    )
+    arena = get(data, "arena_bytes", (int, type(None)), None)
+    _require(arena is None or arena >= 0, "field 'arena_bytes' is negative")
+    return {"hardware_tags": tuple(tags), "arena_bytes": arena}
 
 
 # -- events ---------------------------------------------------------------------------------------

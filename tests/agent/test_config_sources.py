@@ -49,6 +49,11 @@ def test_good_config(tmp_path):
         ({"mqtt": 'url = "mqtt://x"\nca = "ca.pem"'}, "key mqtt.ca: no such file"),
         ({"device": 'id = "a/b"\nsite = "s"'}, "key device.id: must match"),
         ({"device": 'site = "s"'}, "key device.id: is required"),
+        (
+            {"device": 'id = "a"\nsite = "s"\nhardware_tags = ["npu", "../x"]'},
+            "key device.hardware_tags: must be at most 32 names",
+        ),
+        ({"device": 'id = "a"\nsite = "s"\narena_bytes = -1'}, "key device.arena_bytes: must be"),
         ({"state": None}, "key state.dir: is required"),
         ({"telemetry": "spool_bytes = 10"}, "key telemetry.spool_bytes: must be >= 4096"),
         ({"telemetry": 'batch_records = "many"'}, "key telemetry.batch_records: must be a int"),

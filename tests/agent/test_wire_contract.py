@@ -251,6 +251,8 @@ statuses = st.builds(
     | st.builds(DriftInfo, counts, rounded().map(abs), st.booleans(), st.booleans()),
     spool=st.none() | st.builds(SpoolInfo, counts, counts, counts, counts, counts),
     counters=st.dictionaries(st.text(max_size=10), st.integers() | rounded(), max_size=5),
+    hardware_tags=st.lists(names, max_size=4).map(tuple),
+    arena_bytes=st.none() | counts,
 )
 events = st.builds(
     Event,

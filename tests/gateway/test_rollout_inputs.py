@@ -39,6 +39,44 @@ def test_candidates_are_online_devices_on_an_older_version_of_the_model():
     }
 
 
+def test_hardware_the_device_reported_decides_eligibility():
+    from gateway.inventory import apply_status
+    from gateway.rollout import eligibility
+    from protocol.topics import ModelInfo, Status
+
+    class NeedsNpu:
+        hardware_tags = ("npu",)
+        arena_bytes = 40_000
+
+    reported = {
+        "big": Status(
+            "big",
+            "online",
+            1,
+            model=ModelInfo("kws", 1, "0" * 64),
+            hardware_tags=("npu", "pi5"),
+            arena_bytes=64_000,
+        ),
+        "small": Status(
+            "small",
+            "online",
+            1,
+            model=ModelInfo("kws", 1, "0" * 64),
+            hardware_tags=("npu",),
+            arena_bytes=16_000,
+        ),
+        "plain": Status("plain", "online", 1, model=ModelInfo("kws", 1, "0" * 64)),
+    }
+    rows = [apply_status(None, Status.decode(s.encode()), now=1.0) for s in reported.values()]
+    facts, _, _ = candidates(rows, "kws", 2)
+    verdicts = {f.device: eligibility(f, NeedsNpu) for f in facts}
+    assert verdicts == {
+        "big": None,
+        "small": "arena 16000 < 40000 bytes",
+        "plain": "lacks hardware tags ['npu']",
+    }
+
+
 def test_a_plan_from_the_admin_api():
     plan = plan_from({"model": "kws", "version": 2, "stages": [1, 100], "soak_s": 30})
     assert (plan.model, plan.version, plan.stages, plan.soak_s) == ("kws", 2, (1, 100), 30.0)
