@@ -142,20 +142,8 @@ def input_summaries(samples: np.ndarray) -> np.ndarray:
 
 
 def drift_body(model: ModelIdentity, verdict: Verdict) -> DriftWindow:
-    return DriftWindow(
-        model=model.name,
-        version=model.version,
-        window=verdict.window,
-        compared=verdict.compared,
-        alarm=verdict.alarm,
-        max_psi=verdict.max_psi,
-        inputs_psi=verdict.inputs_psi,
-        outputs_psi=verdict.outputs_psi,
-        top1_psi=verdict.top1_psi,
-        inputs=verdict.inputs,
-        outputs=verdict.outputs,
-        top1=verdict.top1,
-    )
+    """The wire record of a drift window: the verdict's fields under the model that made it."""
+    return DriftWindow(model=model.name, version=model.version, **vars(verdict))
 
 
 class Pipeline:

@@ -61,7 +61,7 @@ from gateway.repository import Repository
 from protocol.delta import apply_delta, delta_target_path, make_delta, read_header
 from tests.agent.agent_support import AgentProcess, agent_config, write_config
 from tests.conftest import GATEWAY_USER
-from tests.gateway.rollout_support import Fleet, cli, import_release
+from tests.gateway.rollout_support import FAST_PROBATION, Fleet, cli, import_release
 from tests.gateway.support import Gateway, gateway_config, wait_for
 from tests.release.conftest import sign
 from tests.support.http_repo import RepositoryServer
@@ -69,15 +69,6 @@ from tests.updater.conftest import provision
 
 STAGES = "1,10,50,100"
 APPLY_RUNS = 5
-# The limits tests/gateway/test_rollouts_agents.py uses, so real agents commit in seconds.
-PROBATION = {
-    "min_samples": 40,
-    "window_s": 2.0,
-    "shadow_every": 1,
-    "min_agreement": 0.5,
-    "max_psi": 2.0,
-    "latency_floor_ms": 10_000.0,
-}
 
 
 # -- 1. bytes on the wire ------------------------------------------------------------------------
@@ -275,7 +266,7 @@ def start_real_agents(
         tables = agent_config(work, broker.url, model_path("kws_f32_v1"), device=device)
         tables["inference"] = {"rate_hz": 25.0}
         tables["update"] = {"trusted_root": root}
-        tables["update.probation"] = PROBATION
+        tables["update.probation"] = FAST_PROBATION
         agent = AgentProcess(write_config(work / f"{device}.toml", tables))
         stack.callback(agent.kill)
 

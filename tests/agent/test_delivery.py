@@ -85,19 +85,23 @@ def test_broker_stop_and_restart(tmp_path, broker, collector, models):
     assert state.dropped == 0
 
 
-def test_outage_longer_than_the_spool_counts_drops_exactly(tmp_path, broker, collector, models):
+def start_fast_agent(tmp_path, broker, collector, models, spool_bytes):
+    """An agent inferring at 1 kHz into a small spool, once its first records are delivered."""
     tables = agent_config(
         tmp_path,
         broker.url,
         models("kws_f32_v1"),
-        telemetry={"spool_bytes": 64 * 1024, "batch_records": 20},
+        telemetry={"spool_bytes": spool_bytes, "batch_records": 20},
         inference={"rate_hz": 1000.0},
     )
-    config = write_config(tmp_path / "agent.toml", tables)
-    spool = tmp_path / "state-dev1" / "spool.db"
-    agent = AgentProcess(config)
+    agent = AgentProcess(write_config(tmp_path / "agent.toml", tables))
     agent.wait_logged("mqtt_connected")
     wait_for(lambda: len(collector.data.records) >= 100, 20, "records delivered")
+    return agent, tmp_path / "state-dev1" / "spool.db"
+
+
+def test_outage_longer_than_the_spool_counts_drops_exactly(tmp_path, broker, collector, models):
+    agent, spool = start_fast_agent(tmp_path, broker, collector, models, spool_bytes=64 * 1024)
 
     broker.stop()
     wait_for(lambda: SpoolFile.read(spool).dropped > 500, 30, "the spool cap to drop records")
@@ -191,25 +195,14 @@ def test_mqtts_with_client_certificate(tmp_path, make_broker, models):
 
 
 def test_kill9_during_an_outage_that_overflows_the_spool(tmp_path, broker, collector, models):
-    tables = agent_config(
-        tmp_path,
-        broker.url,
-        models("kws_f32_v1"),
-        telemetry={"spool_bytes": 48 * 1024, "batch_records": 20},
-        inference={"rate_hz": 1000.0},
-    )
-    config = write_config(tmp_path / "agent.toml", tables)
-    spool = tmp_path / "state-dev1" / "spool.db"
-    agent = AgentProcess(config)
-    agent.wait_logged("mqtt_connected")
-    wait_for(lambda: len(collector.data.records) >= 100, 20, "records delivered")
+    agent, spool = start_fast_agent(tmp_path, broker, collector, models, spool_bytes=48 * 1024)
     broker.stop()
     wait_for(lambda: SpoolFile.read(spool).dropped > 200, 30, "drops while offline")
     agent.kill()
     killed = SpoolFile.read(spool)
     assert killed.integrity == "ok"
 
-    agent = AgentProcess(config)  # restarts while the broker is still down
+    agent = AgentProcess(agent.config_path)  # restarts while the broker is still down
     wait_for(lambda: SpoolFile.read(spool).dropped > killed.dropped + 200, 30, "more drops")
     broker.start()
     wait_for(lambda: agent.log().count('"mqtt_connected"') >= 1, 20, "reconnection")

@@ -18,6 +18,18 @@ from tests.gateway.support import EDGEFLEET, PREFIX, wait_for
 from tests.release.conftest import sign
 
 SHA = {1: "1" * 64, 2: "2" * 64, 3: "3" * 64}
+# Probation limits for real agents in a rollout: v2 (head retrained) agrees with v1 on ~90 % of
+# synthetic inputs, the one-class v3 on none, so the limits sit between them and the verdicts do
+# not hang on sampling noise. Latency is not judged: many agents on a busy machine make a p95 of
+# a few inputs meaningless.
+FAST_PROBATION = {
+    "min_samples": 40,
+    "window_s": 2.0,
+    "shadow_every": 1,
+    "min_agreement": 0.5,
+    "max_psi": 2.0,
+    "latency_floor_ms": 10_000.0,
+}
 
 
 def operator_repository(path: Path, versions=(1, 2)) -> Repository:

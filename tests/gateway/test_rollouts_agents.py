@@ -12,22 +12,17 @@ from edgefleet.models import model_path
 from gateway.broker import free_port
 from gateway.repository import Repository
 from tests.agent.agent_support import AgentProcess, agent_config, write_config
-from tests.gateway.rollout_support import cli, cli_json, import_release, wait_inventory
+from tests.gateway.rollout_support import (
+    FAST_PROBATION,
+    cli,
+    cli_json,
+    import_release,
+    wait_inventory,
+)
 from tests.updater.conftest import provision
 from tests.updater.support import model, one_class, release
 
 AGENTS = 20
-# v2 (head retrained) agrees with v1 on ~90 % of synthetic inputs, the one-class v3 on none: the
-# limits sit between them, so the verdicts do not hang on sampling noise. Latency is not judged:
-# 20 agents on a busy test machine make a p95 of a few inputs meaningless.
-PROBATION = {
-    "min_samples": 40,
-    "window_s": 2.0,
-    "shadow_every": 1,
-    "min_agreement": 0.5,
-    "max_psi": 2.0,
-    "latency_floor_ms": 10_000.0,
-}
 
 
 @pytest.fixture
@@ -63,7 +58,7 @@ def test_twenty_agents_bad_model_stops_at_the_canary_good_model_reaches_all(
         tables = agent_config(tmp_path, broker.url, model_path("kws_f32_v1"), device=device)
         tables["inference"] = {"rate_hz": 25.0}
         tables["update"] = {"trusted_root": root}
-        tables["update.probation"] = PROBATION
+        tables["update.probation"] = FAST_PROBATION
         agents.append(AgentProcess(write_config(tmp_path / f"{device}.toml", tables)))
     wait_inventory(config, AGENTS)
 

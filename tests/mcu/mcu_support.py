@@ -124,3 +124,21 @@ def direct_client(mcu: SimulatedMcu, tamper=None, **link) -> McuClient:
     config = {"timeout": 0.05, "max_chunk": 1024, "window": 4}
     config.update(link)
     return McuClient(DirectLink(mcu, tamper), LinkConfig(**config))
+
+
+class Unplugged(Exception):
+    """The cable pulled in the middle of an upload."""
+
+
+def interrupt_upload(client: McuClient, image: bytes, after: int) -> None:
+    """Start uploading ``image`` and pull the cable once ``after`` bytes were acknowledged."""
+
+    def unplug(done: int) -> None:
+        if done > after:
+            raise Unplugged
+
+    try:
+        client.send_data(image, client.resume_point(image), unplug)
+    except Unplugged:
+        return
+    raise AssertionError("the upload finished before the cable was pulled")

@@ -13,7 +13,7 @@ from edgefleet import cli
 from firmware_sim.mcu import SimulatedMcu
 from firmware_sim.uart import UartServer
 from protocol.serial.messages import SlotFlag
-from tests.mcu.mcu_support import factory_flash, mcu_config
+from tests.mcu.mcu_support import factory_flash, interrupt_upload, mcu_config
 
 BAUD = 921600
 
@@ -72,16 +72,7 @@ def test_interrupted_upload_resumes_after_power_cycle(server, images):
     transport = open_transport(server.port, BAUD)
     client = McuClient(transport, LinkConfig(line_rate=BAUD / 10))
     client.hello()
-
-    class Unplugged(Exception):
-        pass
-
-    def unplug(done):
-        if done > 18000:
-            raise Unplugged
-
-    with pytest.raises(Unplugged):
-        client.send_data(images.v2, client.resume_point(images.v2), unplug)
+    interrupt_upload(client, images.v2, after=18000)
     transport.close()
     server.power_cycle()
     from agent.mcu.flasher import flash_image

@@ -20,7 +20,7 @@ from firmware_sim.mcu import SimulatedMcu
 from firmware_sim.uart import UartServer
 from protocol.serial import messages as msg
 from protocol.serial.messages import ErrorCode, SlotFlag
-from tests.mcu.mcu_support import factory_flash, mcu_config
+from tests.mcu.mcu_support import factory_flash, interrupt_upload, mcu_config
 
 QEMU_LAYOUT = Layout(sector_size=4096, slot_sectors=qemu_harness.SLOT_SECTORS, write_align=8)
 
@@ -118,16 +118,7 @@ def test_upload_test_confirm_and_survive_power_cycle(target, connect, images):
 def test_resume_after_interrupt_and_power_cut(target, connect, images):
     client = connect()
     client.hello()
-
-    class Unplugged(Exception):
-        pass
-
-    def unplug(done):
-        if done > 18000:
-            raise Unplugged
-
-    with pytest.raises(Unplugged):
-        client.send_data(images.v2, client.resume_point(images.v2), unplug)
+    interrupt_upload(client, images.v2, after=18000)
     target.power_cycle()
     result = flash_image(connect(), images.v2, confirm=True)
     assert result.resumed_from >= 16384
