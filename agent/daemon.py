@@ -562,10 +562,12 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.link.stop()
-        try:
-            await asyncio.wait_for(link_task, STOP_TIMEOUT_S)
-        except TimeoutError:
+        # Not wait_for: on timeout it waits for the cancelled task, which a wedged MQTT socket
+        # can keep from ever ending.
+        done, _ = await asyncio.wait({link_task}, timeout=STOP_TIMEOUT_S)
+        if not done:
             log.warning("mqtt_stop_timed_out")
+            link_task.cancel()
 
 
 async def run(config: AgentConfig) -> int:
