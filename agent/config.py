@@ -83,6 +83,9 @@ class TelemetryConfig:
     batch_bytes: int = 128 * 1024
     spool_bytes: int = 16 * 1024 * 1024
     status_interval_s: float = 30.0
+    # On SIGTERM, inference stops and the link keeps sending for up to this long, so a planned
+    # stop hands the spool to the broker instead of leaving it for the next start.
+    drain_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ def _telemetry(table: tomlconfig.Table) -> TelemetryConfig:
         batch_bytes=table.value("batch_bytes", int, 128 * 1024, 1024, MAX_BATCH_BYTES),
         spool_bytes=table.value("spool_bytes", int, 16 * 1024 * 1024, 4096, 2**40),
         status_interval_s=table.value("status_interval_s", float, 30.0, 0.1, 86400),
+        drain_s=table.value("drain_s", float, 0.0, 0.0, 3600),
     )
     table.done()
     return config

@@ -561,6 +561,7 @@ class Agent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self._drain(link_task)
         self.link.stop()
         # Not wait_for: on timeout it waits for the cancelled task, which a wedged MQTT socket
         # can keep from ever ending.
@@ -568,6 +569,16 @@ class Agent:
         if not done:
             log.warning("mqtt_stop_timed_out")
             link_task.cancel()
+
+
+    async def _drain(self, link_task: asyncio.Task) -> None:
+        """Give the link up to ``telemetry.drain_s`` to empty the spool."""
+        deadline = time.monotonic() + self.config.telemetry.drain_s
+        self.link.flush()
+        while self.spool.stats.depth and not link_task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.spool.stats.depth and self.config.telemetry.drain_s:
+            log.warning("drain_incomplete", depth=self.spool.stats.depth)
 
 
 async def run(config: AgentConfig) -> int:

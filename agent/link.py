@@ -81,6 +81,7 @@ class Link:
             for kind in ("telemetry", "status", "events", "cmd")
         }
         self._stop = asyncio.Event()
+        self._flushing = False
         self._status_wanted = asyncio.Event()
         self._outbox: deque[Event] = deque()
         self._outbox_changed = asyncio.Event()
@@ -89,6 +90,11 @@ class Link:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def flush(self) -> None:
+        """Send what the spool holds now, without waiting for a full or old batch."""
+        self._flushing = True
+        self._spool.changed.set()
 
     def notify_status(self) -> None:
         self._status_wanted.set()
@@ -229,7 +235,8 @@ class Link:
             stats = spool.stats
             since = spool.pending_since
             age = None if since is None else time.monotonic() - since
-            if not batch_due(stats.depth, tel.batch_records, age, tel.batch_age_s):
+            flush = self._flushing and stats.depth > 0
+            if not flush and not batch_due(stats.depth, tel.batch_records, age, tel.batch_age_s):
                 spool.changed.clear()
                 wait = None if age is None else max(tel.batch_age_s - age, 0.0)
                 with contextlib.suppress(TimeoutError):

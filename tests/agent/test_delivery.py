@@ -209,3 +209,19 @@ def test_kill9_during_an_outage_that_overflows_the_spool(tmp_path, broker, colle
     assert agent.terminate() == 0
     state = assert_exact_delivery(collector, spool)
     assert state.boot == killed.boot and state.dropped > killed.dropped
+
+
+def test_sigterm_with_drain_sends_the_whole_spool(tmp_path, broker, collector, models):
+    """Batches wait for a full minute, so only the drain on stop can send them."""
+    tables = agent_config(tmp_path, broker.url, models("kws_f32_v1"))
+    tables["telemetry"].update(batch_records=10_000, batch_age_s=60.0, drain_s=10.0)
+    config = write_config(tmp_path / "agent.toml", tables)
+    spool = tmp_path / "state-dev1" / "spool.db"
+    agent = AgentProcess(config)
+    agent.wait_logged("mqtt_connected")
+    wait_for(lambda: SpoolFile.read(spool).next_seq >= 300, 20, "300 records spooled")
+    assert not collector.data.records, "nothing is due before the stop"
+    assert agent.terminate() == 0
+    state = SpoolFile.read(spool)
+    assert state.left == frozenset() and state.dropped == 0
+    assert_exact_delivery(collector, spool)
