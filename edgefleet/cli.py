@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "agent.updater.commands",
     "agent.mcu.commands",
     "firmware_sim.commands",
+    "firmware_sim.fleet.commands",
 )
 
 

@@ -4,6 +4,7 @@ the key when they fail, and a refusal of keys nobody reads (a typo is an error, 
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ class Table:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            self.fail(key, f"must be a {kind.__name__}, not {type(value).__name__}")
+            wanted = getattr(kind, "__name__", str(kind).replace(" | ", " or "))
+            self.fail(key, f"must be a {wanted}, not {type(value).__name__}")
         if lo is not None and value < lo:
             self.fail(key, f"must be >= {lo}")
         if hi is not None and value > hi:
@@ -90,3 +92,28 @@ class Table:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             self.fail(unknown[0], "unknown key")
+
+
+def dumps(tables: dict[str, dict | list[dict]]) -> str:
+    """Write the configs edgefleet generates (simulated devices, a site's gateway) as TOML:
+    ``{"table": {...}}`` or ``{"table": [{...}, ...]}`` for an array of tables; values are
+    strings, paths, numbers, booleans or flat lists of them."""
+    out: list[str] = []
+    for name, body in tables.items():
+        for values in body if isinstance(body, list) else [body]:
+            out.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
+            out += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+            out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

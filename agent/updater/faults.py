@@ -5,6 +5,10 @@ When the environment variable ``EDGEFLEET_FAULT_HOOK`` names the hook, the proce
 itself there, exactly as a power cut or an OOM kill would stop it. ``EDGEFLEET_FAULT_TRACE``
 names a file to which every hook passed is appended, so a test can prove that a clean run
 crosses every registered hook. Unset, a hook costs one dictionary lookup.
+
+``EDGEFLEET_FAULT_CUT_FILE`` arms a hook while the process runs: when that file names the hook,
+it is removed and the whole process group (the agent and its update worker) is SIGKILLed, which
+is how the fleet simulator cuts power to a device in a chosen update state.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from agent.updater.states import BEFORE_SWITCH, State
 
 HOOK_ENV = "EDGEFLEET_FAULT_HOOK"
 TRACE_ENV = "EDGEFLEET_FAULT_TRACE"
+CUT_FILE_ENV = "EDGEFLEET_FAULT_CUT_FILE"
 
 # The steps of one atomic file replacement (temp file, rename, directory fsync).
 ATOMIC_STEPS = ("tmp_written", "renamed", "dir_synced")
@@ -50,3 +55,17 @@ def hook(name: str) -> None:
             handle.write(name + "\n")
     if os.environ.get(HOOK_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    cut_file = os.environ.get(CUT_FILE_ENV)
+    if cut_file and _armed(cut_file, name):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _armed(path: str, name: str) -> bool:
+    try:
+        with open(path) as handle:
+            if handle.read().strip() != name:
+                return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True

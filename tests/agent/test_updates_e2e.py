@@ -13,6 +13,7 @@ import pytest
 
 from agent.updater.device import Device
 from edgefleet.models import model_path
+from firmware_sim.fleet.releases import one_class
 from protocol.telemetry import Record
 from protocol.topics import Command, Event, Status, device_topic
 from tests.agent.agent_support import (
@@ -24,7 +25,7 @@ from tests.agent.agent_support import (
     write_config,
 )
 from tests.updater.conftest import World, open_world
-from tests.updater.support import assert_runs_gated, model, one_class, release
+from tests.updater.support import assert_runs_gated, model, release
 
 PROBATION = {"min_samples": 100, "window_s": 3.0, "shadow_every": 2}
 UPDATE_KINDS = ("update_offered", "update_downloaded", "update_installed", "update_trial")

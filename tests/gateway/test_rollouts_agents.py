@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from edgefleet.models import model_path
+from firmware_sim.fleet.releases import one_class
 from gateway.broker import free_port
 from gateway.repository import Repository
 from tests.agent.agent_support import AgentProcess, agent_config, write_config
@@ -20,7 +21,7 @@ from tests.gateway.rollout_support import (
     wait_inventory,
 )
 from tests.updater.conftest import provision
-from tests.updater.support import model, one_class, release
+from tests.updater.support import model, release
 
 AGENTS = 20
 

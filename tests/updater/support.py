@@ -12,18 +12,15 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from agent.updater.device import Device
 from agent.updater.states import State
 from edgefleet.models import model_path
-from gateway.model_inspect import ReleaseOptions, build_model_meta
+from firmware_sim.fleet.releases import sign_model
+from gateway.model_inspect import ReleaseOptions
 from gateway.repo_server import RepositoryServer
 from gateway.repository import Repository
-from protocol.model_meta import GateVectors
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ReleaseOptions(samples=8, gate_samples=4)
@@ -45,16 +42,8 @@ def release(
     signed_as: bytes | None = None,
     edit_outputs=None,
 ):
-    """Sign ``data`` as kws ``version``. ``signed_as``: describe another model's signature
-    instead; ``edit_outputs``: change the reference outputs (then re-hashed and signed)."""
-    inspected = build_model_meta(signed_as or data, "kws", version, options)
-    meta, gate_bytes = inspected.meta, inspected.gate_bytes
-    if edit_outputs is not None:
-        vectors = GateVectors.from_json(json.loads(gate_bytes))
-        vectors = GateVectors(vectors.inputs, tuple(edit_outputs(o) for o in vectors.outputs))
-        gate_bytes = json.dumps(vectors.to_json()).encode()
-        meta = replace(meta, gate=replace(meta.gate, sha256=sha(gate_bytes)))
-    return repo.add_release(meta, data, gate_bytes)
+    """Sign ``data`` as kws ``version`` (see ``sign_model``)."""
+    return sign_model(repo, data, "kws", version, options, signed_as, edit_outputs)
 
 
 @contextmanager
@@ -129,39 +118,3 @@ def assert_consistent(state_dir: Path, passed: set[str]) -> tuple[str, State]:
     if saved.state in (State.ROLLED_BACK, State.REFUSED) and saved.incumbent:
         assert pointer.active == saved.incumbent
     return pointer.active.sha256, saved.state
-
-
-def one_class(data: bytes) -> bytes:
-    """The float kws model with its classifier head replaced: zero weights and a bias that
-    favours one class, so it predicts that class for every input. Edited in the flatbuffer's
-    constant buffers (found by their exact bytes), so no TensorFlow is needed."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=data)
-    interpreter.allocate_tensors()
-    output = interpreter.get_output_details()[0]
-    classes = int(output["shape"][-1])
-    edited = bytearray(data)
-    found = {"bias": 0, "weights": 0}
-    for detail in interpreter.get_tensor_details():
-        shape = tuple(detail["shape"])
-        if detail["dtype"] != np.float32 or not shape or shape[0] != classes:
-            continue
-        try:
-            values = interpreter.get_tensor(detail["index"])
-        except ValueError:
-            continue
-        raw = values.astype("<f4").tobytes()
-        if edited.count(raw) != 1 or not raw.strip(b"\0"):
-            continue
-        at = edited.index(raw)
-        if len(shape) == 1:
-            bias = np.full(classes, -10.0, dtype="<f4")
-            bias[classes // 2] = 10.0
-            edited[at : at + len(raw)] = bias.tobytes()
-            found["bias"] += 1
-        elif len(shape) == 2:
-            edited[at : at + len(raw)] = bytes(len(raw))
-            found["weights"] += 1
-    assert found == {"bias": 1, "weights": 1}, found
-    return bytes(edited)

@@ -13,8 +13,9 @@ from agent.updater.device import Device
 from agent.updater.manager import UpdateConfig, UpdateManager
 from agent.updater.probation import Counts, Decision, Observation, ProbationLimits, judge, record
 from agent.updater.states import State
+from firmware_sim.fleet.releases import one_class
 from tests.updater.conftest import open_world
-from tests.updater.support import assert_consistent, model, one_class, release, sha
+from tests.updater.support import assert_consistent, model, release, sha
 
 LIMITS = ProbationLimits(min_samples=100, window_s=60.0, shadow_every=2)
 

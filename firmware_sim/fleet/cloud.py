@@ -1,0 +1,60 @@
+"""The cloud end of a simulated site: an HTTP ingest on loopback that takes the gateway's gzip
+NDJSON uploads, counts records and keeps each record id once, and fails on command (down for a
+while, or a share of requests answered with 500) so the gateway's retries are exercised."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from aiohttp import web
+
+
+class Cloud:
+    """``async with Cloud() as cloud:`` serves ``cloud.url`` until the block ends."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.ids: set[tuple[str, str, int]] = set()
+        self.received = 0  # records in accepted requests, duplicates included
+        self.refused_requests = 0
+        self.bad_lines = 0
+        self.down = False
+        self.error_rate = 0.0
+        self._random = random.Random(seed)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _ingest(self, request: web.Request) -> web.Response:
+        if self.down or (self.error_rate and self._random.random() < self.error_rate):
+            self.refused_requests += 1
+            return web.Response(status=503 if self.down else 500, text="injected failure")
+        body = await request.read()  # aiohttp undoes Content-Encoding: gzip
+        count = 0
+        for line in body.splitlines():
+            try:
+                record = json.loads(line)
+                self.ids.add((record["dev"], record["boot"], int(record["seq"])))
+                count += 1
+            except (ValueError, KeyError, TypeError):
+                self.bad_lines += 1
+        self.received += count
+        return web.json_response({"accepted": count})
+
+    async def __aenter__(self) -> Cloud:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_post("/ingest", self._ingest)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/ingest"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()
+
+    def unique_by_device(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for device, _, _ in self.ids:
+            counts[device] = counts.get(device, 0) + 1
+        return counts

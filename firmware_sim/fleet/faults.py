@@ -1,0 +1,169 @@
+"""Faults a scenario injects into a running world. Each returns once the fault is in place; one
+that lasts (``for``) heals itself from a background task so the timeline goes on meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import timedelta
+
+import structlog
+
+from edgefleet.fsio import atomic_write_bytes
+from firmware_sim.fleet.devices import SimDevice
+from firmware_sim.fleet.scenario import Fault
+from firmware_sim.fleet.world import World
+from gateway.repository import Repository
+
+log = structlog.get_logger()
+
+
+class FaultError(Exception):
+    """The fault cannot be injected in this world (the message says why)."""
+
+
+async def inject(world: World, fault: Fault, rng: random.Random, healing: list) -> None:
+    """Put ``fault`` in place; a lasting one adds ``(task, heal)`` to ``healing``."""
+    heal = await HANDLERS[fault.kind](world, fault, rng)
+    if heal is not None:
+        task = asyncio.create_task(_after(fault.for_s, heal), name=f"heal {fault.kind}")
+        healing.append((task, heal))
+
+
+async def _after(delay: float, action) -> None:
+    await asyncio.sleep(delay)
+    await action()
+
+
+def _chosen(world: World, fault: Fault, rng: random.Random) -> list[SimDevice]:
+    if isinstance(fault.devices, tuple):
+        return [d for d in world.devices if d.name in fault.devices]
+    return rng.sample(world.devices, fault.devices or 1)
+
+
+def _broker(world: World):
+    if not world.broker.controllable():
+        raise FaultError("the broker was given with --broker; the simulator cannot stop it")
+    return world.broker
+
+
+async def broker_restart(world: World, fault: Fault, rng: random.Random):
+    broker = _broker(world)
+    await asyncio.to_thread(broker.stop)
+    await asyncio.to_thread(broker.start)
+
+
+async def broker_down(world: World, fault: Fault, rng: random.Random):
+    broker = _broker(world)
+    await asyncio.to_thread(broker.stop)
+    return lambda: asyncio.to_thread(broker.start)
+
+
+async def cloud_down(world: World, fault: Fault, rng: random.Random):
+    world.cloud.down = True
+
+    async def heal() -> None:
+        world.cloud.down = False
+
+    return heal
+
+
+async def cloud_errors(world: World, fault: Fault, rng: random.Random):
+    world.cloud.error_rate = fault.rate
+
+    async def heal() -> None:
+        world.cloud.error_rate = 0.0
+
+    return heal
+
+
+async def partition(world: World, fault: Fault, rng: random.Random):
+    if not world.relays:
+        raise FaultError("no relays: partitions need the scenario to be read before start")
+    chosen = _chosen(world, fault, rng)
+    for device in chosen:
+        world.relays[device.name].set_cut(True)
+
+    async def heal() -> None:
+        for device in chosen:
+            world.relays[device.name].set_cut(False)
+
+    return heal
+
+
+async def power_cut(world: World, fault: Fault, rng: random.Random):
+    """Now, or (with ``state``) at the moment each chosen device has saved that update state;
+    the agent is started again half a second after the cut, like a device whose power returns."""
+    chosen = _chosen(world, fault, rng)
+    if fault.state is None:
+        await asyncio.gather(*(world.power_cut(device) for device in chosen))
+        return None
+    for device in chosen:
+        device.arm_power_cut(fault.state)
+    return None
+
+
+async def mcu_power_cut(world: World, fault: Fault, rng: random.Random):
+    if not world.mcus:
+        raise FaultError("no MCUs in this fleet")
+    for mcu in world.mcus:
+        mcu.arm_power_cut(fault.op, rng)
+
+
+async def corrupt_delta(world: World, fault: Fault, rng: random.Random):
+    """Flip a byte in every delta the gateway serves now and in those it makes later."""
+    seen: set = set()
+
+    async def corrupt_new() -> None:
+        deltas = world.gateway.config.repository.dir / "targets"
+        while True:
+            for path in deltas.rglob("*.efdl"):
+                if path in seen:
+                    continue
+                seen.add(path)
+                data = bytearray(path.read_bytes())
+                data[len(data) // 2] ^= 0xFF
+                atomic_write_bytes(path, bytes(data))
+                log.info("delta_corrupted", path=str(path))
+            await asyncio.sleep(0.05)
+
+    world.background.append(asyncio.create_task(corrupt_new(), name="corrupt deltas"))
+
+
+async def replay_metadata(world: World, fault: Fault, rng: random.Random):
+    """Serve the timestamp the fleet saw at the start again (a replay of stale metadata)."""
+    current = world.served_timestamp.read_bytes()
+    atomic_write_bytes(world.served_timestamp, world.old_timestamp)
+
+    async def heal() -> None:
+        if world.served_timestamp.read_bytes() == world.old_timestamp:
+            atomic_write_bytes(world.served_timestamp, current)
+
+    return heal
+
+
+async def expire_metadata(world: World, fault: Fault, rng: random.Random):
+    """Sign a timestamp that expired an hour ago with the online key; the gateway's keeper
+    notices and renews it within its check interval."""
+    served = Repository(world.gateway.config.repository.dir, world.operator.keys)
+    await asyncio.to_thread(served.refresh_timestamp, timedelta(hours=-1))
+
+
+async def gateway_restart(world: World, fault: Fault, rng: random.Random):
+    world.gateway.kill()
+    await world.gateway.start()
+
+
+HANDLERS = {
+    "broker-restart": broker_restart,
+    "broker-down": broker_down,
+    "cloud-down": cloud_down,
+    "cloud-errors": cloud_errors,
+    "partition": partition,
+    "power-cut": power_cut,
+    "mcu-power-cut": mcu_power_cut,
+    "corrupt-delta": corrupt_delta,
+    "replay-metadata": replay_metadata,
+    "expire-metadata": expire_metadata,
+    "gateway-restart": gateway_restart,
+}

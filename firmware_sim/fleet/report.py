@@ -1,0 +1,123 @@
+"""The scenario report: what the fleet ended up running and what happened to its telemetry,
+measured (never assumed) at the end of a run, and judged against the scenario's ``[expect]``.
+
+Telemetry: every agent counts in its spool the records it produced and those its byte cap
+dropped; the gateway counts what its spool dropped; the cloud keeps each record id once. So
+``telemetry_lost = sent - delivered_unique - dropped_counted`` is what vanished uncounted, and a
+healthy site reports 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from firmware_sim.fleet.scenario import Scenario
+from firmware_sim.fleet.world import World
+
+SETTLE_S = 30.0
+DRAIN_S = 60.0
+
+
+@dataclass
+class Outcome:
+    """What the runner observed on the way."""
+
+    startup_s: float = 0.0
+    duration_s: float = 0.0
+    steps: list[dict] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+
+def target_version(world: World, mcu: bool) -> int:
+    """The version the last rollout aimed at (the fleet's first version when none ran)."""
+    for rollout in reversed(world.rollouts):
+        if rollout.mcu == mcu:
+            return rollout.version
+    return world.fleet.mcu_version if mcu else world.fleet.version
+
+
+def devices_on_target(world: World) -> int:
+    version = target_version(world, mcu=False)
+    count = 0
+    for device in world.devices:
+        status = world.monitor.status(device.name)
+        model = status.model if status is not None and status.state == "online" else None
+        count += model is not None and model.name == world.fleet.name and model.version == version
+    return count
+
+
+def mcus_on_target(world: World) -> int:
+    version = target_version(world, mcu=True)
+    return sum(1 for mcu in world.mcus if mcu.reported_version(world.monitor) == version)
+
+
+def bricked(world: World) -> list[str]:
+    """Devices not online with a model: an agent that cannot start or has nothing to run."""
+    found = []
+    for device in world.devices:
+        status = world.monitor.status(device.name)
+        if status is None or status.state != "online" or status.model is None:
+            found.append(device.name)
+    return found
+
+
+async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
+    deadline = time.monotonic() + SETTLE_S
+    while bricked(world) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    view = await world.rollout_view()
+    fleet_state = {
+        "devices_total": len(world.devices),
+        "devices_on_target": devices_on_target(world),
+        "devices_rolled_back": len(world.monitor.event_devices("update_rolled_back")),
+        "bricked": len(bricked(world)),
+        "rollout_state": view["state"] if view else "none",
+        "mcus_total": len(world.mcus),
+        "mcus_on_target": mcus_on_target(world),
+        "attacks_refused": world.monitor.attacks_refused(),
+    }
+    await world.stop_devices()
+    delivery = await _telemetry(world)
+    report = {
+        "scenario": scenario.name,
+        "passed": False,
+        "duration_s": round(outcome.duration_s, 2),
+        "startup_s": round(outcome.startup_s, 2),
+        **fleet_state,
+        **delivery,
+        "agent_restarts": world.counters.agent_restarts,
+        "events": dict(sorted(world.monitor.event_counts().items())),
+        "steps": outcome.steps,
+    }
+    violations = outcome.violations + world.counters.crashes
+    violations += [v for e in scenario.expect if (v := e.check(report)) is not None]
+    report["violations"] = violations
+    report["passed"] = not violations
+    return report
+
+
+async def _telemetry(world: World) -> dict:
+    """After the agents drained: wait for the gateway to hand everything to the cloud."""
+    deadline = time.monotonic() + DRAIN_S
+    last = -1
+    while time.monotonic() < deadline:
+        status = await world.gateway.get("/v1/status")
+        delivered = len(world.cloud.ids)
+        if status["spool"]["records"] == 0 and delivered == last:
+            break
+        last = delivered
+        await asyncio.sleep(1.0)
+    spools = [device.spool() for device in world.devices]
+    sent = sum(s.produced for s in spools)
+    dropped = sum(s.dropped for s in spools) + status["spool"]["dropped"]
+    delivered = len(world.cloud.ids)
+    return {
+        "telemetry_sent": sent,
+        "telemetry_delivered_unique": delivered,
+        "telemetry_dropped_counted": dropped,
+        "telemetry_lost": sent - delivered - dropped,
+        "telemetry_left_on_devices": sum(s.left for s in spools),
+        "cloud_refused_requests": world.cloud.refused_requests,
+    }

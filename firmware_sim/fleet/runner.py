@@ -1,0 +1,169 @@
+"""Run a scenario: bring the world up, play the timeline, let it settle, and report.
+
+Steps run in order, each no earlier than its ``at`` (seconds after the fleet is up); a ``wait``
+holds the timeline until its condition or its timeout. Faults that last heal from background
+tasks; whatever has not healed when the timeline ends is healed then, so the report measures a
+site that had every chance to deliver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from edgefleet.errors import UserError
+from firmware_sim.fleet import faults
+from firmware_sim.fleet.report import Outcome, collect
+from firmware_sim.fleet.scenario import Fault, Release, Rollout, Scenario, Step, Wait
+from firmware_sim.fleet.world import World
+from gateway.admin_client import Unreachable
+
+ONLINE_TIMEOUT_S = 120.0
+TERMINAL = ("completed", "paused", "aborted")
+
+
+class Runner:
+    def __init__(
+        self,
+        scenario: Scenario,
+        workdir: Path,
+        broker_url: str | None = None,
+        say: Callable[[str], None] = lambda text: None,
+    ) -> None:
+        self.scenario, self.workdir, self.broker_url, self.say = (
+            scenario,
+            workdir,
+            broker_url,
+            say,
+        )
+        self.outcome = Outcome()
+        self.rng = random.Random(scenario.seed)
+        self.healing: list[tuple[asyncio.Task, Callable[[], Awaitable]]] = []
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    async def run(self) -> dict:
+        begun = time.monotonic()
+        self.say(f"starting {self.scenario.fleet.devices} devices, gateway, broker, cloud")
+        async with World(self.scenario, self.workdir, self.broker_url) as world:
+            await self._until(lambda: _online(world) == len(world.devices), ONLINE_TIMEOUT_S)
+            if _online(world) < len(world.devices):
+                raise UserError(f"only {_online(world)} of {len(world.devices)} devices came up")
+            self.outcome.startup_s = time.monotonic() - begun
+            self.started = time.monotonic()
+            self.say(f"fleet up in {self.outcome.startup_s:.1f} s")
+            try:
+                async with asyncio.timeout(self.scenario.time_limit_s):
+                    await self._timeline(world)
+            except TimeoutError:
+                self.outcome.violations.append(
+                    f"time limit {self.scenario.time_limit_s:g} s reached before the last step"
+                )
+            await self._heal_all()
+            self.outcome.duration_s = self.elapsed()
+            self.say("timeline done; settling, stopping devices, draining telemetry")
+            return await collect(world, self.scenario, self.outcome)
+
+    async def _timeline(self, world: World) -> None:
+        for step in sorted(self.scenario.steps, key=lambda s: (s.at_s, s.index)):
+            delay = step.at_s - self.elapsed()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.say(f"[{self.elapsed():6.1f}s] step {step.index}: {step.describe()}")
+            try:
+                result = await self._do(world, step)
+            except (UserError, faults.FaultError, ValueError) as exc:
+                result = f"failed: {exc}"
+                self.outcome.violations.append(f"step {step.index} ({step.describe()}): {exc}")
+            self.outcome.steps.append(
+                {"index": step.index, "at_s": round(self.elapsed(), 2), "do": step.describe(),
+                 "result": result}
+            )  # fmt: skip
+
+    async def _do(self, world: World, step: Step) -> str:
+        action = step.action
+        if isinstance(action, Release):
+            return await self._release(world, action)
+        if isinstance(action, Rollout):
+            body = {
+                "stages": list(action.stages),
+                "soak_s": action.soak_s,
+                "max_failure_rate": action.max_failure_rate,
+                "auto_rollback": action.auto_rollback,
+            }
+            name = world.mcu_image_name if action.mcu else world.fleet.name
+            rollout = await world.start_rollout(name, action.version, body, action.mcu)
+            return f"rollout {rollout} started"
+        if isinstance(action, Fault):
+            await faults.inject(world, action, self.rng, self.healing)
+            return "injected"
+        return await self._wait(world, action)
+
+    async def _release(self, world: World, release: Release) -> str:
+        if release.model is None:
+            await world.sign_mcu_image(release.version)
+        else:
+            await world.sign(release.model.read_bytes(), release.version, release.gate)
+        answer = await world.import_releases()
+        return f"signed and imported ({answer['new_targets']} new targets)"
+
+    async def _wait(self, world: World, wait: Wait) -> str:
+        if wait.until.startswith("rollout:"):
+            wanted = wait.until.removeprefix("rollout:")
+            state = await self._until_rollout(world, wait.timeout_s)
+            if state != wanted:
+                raise ValueError(f"rollout is {state}, not {wanted}")
+            return state
+        count, total = _on_target_counter(world, wait.until)
+        await self._until(lambda: count() == total, wait.timeout_s)
+        if count() != total:
+            raise ValueError(f"{count()} of {total} on target after {wait.timeout_s:g} s")
+        return f"{total} on target"
+
+    async def _until_rollout(self, world: World, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            try:
+                view = await world.rollout_view()
+            except Unreachable:  # the gateway is restarting
+                view = {"state": state}
+            if view is None:
+                raise ValueError("no rollout was started")
+            state = view["state"]
+            if state in TERMINAL:
+                return state
+            await asyncio.sleep(0.2)
+        return state
+
+    async def _until(self, condition: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+    async def _heal_all(self) -> None:
+        for task, heal in self.healing:
+            if not task.done():
+                task.cancel()
+                await heal()
+
+
+def _online(world: World) -> int:
+    return sum(
+        1
+        for d in world.devices
+        if (s := world.monitor.status(d.name)) is not None and s.state == "online" and s.model
+    )
+
+
+def _on_target_counter(world: World, until: str) -> tuple[Callable[[], int], int]:
+    from firmware_sim.fleet.report import devices_on_target, mcus_on_target
+
+    if until == "mcus_on_target:all":
+        return (lambda: mcus_on_target(world)), len(world.mcus)
+    return (lambda: devices_on_target(world)), len(world.devices)

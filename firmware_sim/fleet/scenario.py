@@ -1,0 +1,330 @@
+"""A fleet scenario read from TOML: the fleet, a timeline of steps, and what the report must show.
+
+Every key is checked when the file is read, before anything starts, so a typo costs a second and
+not a three-minute run; errors name the file and the key (``step[2].kind: must be one of ...``).
+Paths are relative to the scenario file; ``fixture:NAME`` names a model bundled with edgefleet.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet import tomlconfig
+from edgefleet.errors import UserError
+from edgefleet.models import model_path
+
+GATES = ("pass", "fail-gate", "fail-probation")
+FAULTS = (
+    "broker-restart",
+    "broker-down",
+    "cloud-down",
+    "cloud-errors",
+    "partition",
+    "power-cut",
+    "mcu-power-cut",
+    "corrupt-delta",
+    "replay-metadata",
+    "expire-metadata",
+    "gateway-restart",
+)
+WAITS = ("rollout:completed", "rollout:paused", "devices_on_target:all", "mcus_on_target:all")
+REPORT_KEYS = (
+    "scenario",
+    "passed",
+    "duration_s",
+    "devices_total",
+    "devices_on_target",
+    "devices_rolled_back",
+    "bricked",
+    "rollout_state",
+    "telemetry_sent",
+    "telemetry_delivered_unique",
+    "telemetry_lost",
+    "telemetry_dropped_counted",
+    "attacks_refused",
+    "mcus_total",
+    "mcus_on_target",
+    "agent_restarts",
+)
+# "all" in [expect] means: equal to this other report key.
+ALL_OF = {"devices_on_target": "devices_total", "mcus_on_target": "mcus_total"}
+COMPARISON = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*(-?[0-9]+(?:\.[0-9]+)?)\s*")
+DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    devices: int
+    model: Path
+    version: int
+    name: str = "model"
+    mcus: int = 0
+    mcu_version: int = 1
+    rate_hz: float = 5.0
+
+
+@dataclass(frozen=True)
+class Release:
+    version: int
+    model: Path | None = None  # None: an MCU image (``image = true``)
+    gate: str | None = None  # None: published exactly as given
+
+
+@dataclass(frozen=True)
+class Rollout:
+    version: int
+    stages: tuple[int, ...] = (10, 50, 100)
+    soak_s: float = 0.0
+    max_failure_rate: float = 0.0
+    auto_rollback: bool = False
+    mcu: bool = False  # roll out the MCU image of this version instead of the model
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    for_s: float | None = None
+    rate: float = 0.0
+    devices: int | tuple[str, ...] | None = None
+    state: str | None = None
+    op: int | str | None = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    until: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Step:
+    at_s: float
+    action: Release | Rollout | Fault | Wait
+    index: int
+
+    def describe(self) -> str:
+        action = self.action
+        if isinstance(action, Fault):
+            return f"fault {action.kind}"
+        if isinstance(action, Wait):
+            return f"wait {action.until}"
+        if isinstance(action, Release):
+            what = "model" if action.model else "mcu image"
+            gate = f" ({action.gate})" if action.gate else ""
+            return f"release {what} v{action.version}{gate}"
+        return f"rollout {'mcu image ' if action.mcu else ''}v{action.version}"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    key: str
+    want: Any  # a value, ("op", number) or "all"
+
+    def check(self, report: dict) -> str | None:
+        """None when ``report`` meets this expectation, else the violation in words."""
+        got = report.get(self.key)
+        if self.want == "all":
+            want = report.get(ALL_OF[self.key])
+            return None if got == want else f"{self.key} = {got}, expected all ({want})"
+        if isinstance(self.want, tuple):
+            op, number = self.want
+            ok = isinstance(got, int | float) and not isinstance(got, bool)
+            ok = (
+                ok
+                and {
+                    ">=": got >= number,
+                    "<=": got <= number,
+                    ">": got > number,
+                    "<": got < number,
+                    "==": got == number,
+                    "!=": got != number,
+                }[op]
+            )
+            return None if ok else f"{self.key} = {got}, expected {op}{number:g}"
+        return None if got == self.want else f"{self.key} = {got!r}, expected {self.want!r}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    seed: int
+    time_limit_s: float
+    fleet: Fleet
+    steps: tuple[Step, ...]
+    expect: tuple[Expectation, ...]
+    source: Path = field(default=Path("."))
+
+    @property
+    def needs_partitions(self) -> bool:
+        return any(isinstance(s.action, Fault) and s.action.kind == "partition" for s in self.steps)
+
+
+def parse_duration(text: Any, where: str) -> float:
+    """``"5s"``, ``"1.5m"``, ``"500ms"``, ``"2h"`` or a number of seconds -> seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool) and text >= 0:
+        return float(text)
+    match = DURATION.fullmatch(text) if isinstance(text, str) else None
+    if not match:
+        raise UserError(f"{where}: bad duration {text!r}: use a number with ms, s, m or h")
+    scale = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def resolve_model(text: str, base: Path, where: str) -> Path:
+    if text.startswith("fixture:"):
+        try:
+            return model_path(text.removeprefix("fixture:"))
+        except FileNotFoundError as exc:
+            raise UserError(f"{where}: {exc.args[0]}") from None
+    path = Path(text) if Path(text).is_absolute() else base / text
+    if not path.is_file():
+        raise UserError(f"{where}: no such model file {path}")
+    return path
+
+
+def load(path: Path) -> Scenario:
+    label = str(path)
+    return parse(tomlconfig.read(path, label), label, path.resolve().parent)
+
+
+def parse(data: dict, label: str, base: Path) -> Scenario:
+    root = tomlconfig.Table(label, "", data, base)
+    name = root.value("name", str)
+    seed = root.value("seed", int, 0)
+    time_limit = parse_duration(root.value("time_limit", str | int | float, "180s"), label)
+    fleet = _fleet(root.table("fleet"), base)
+    raw_steps = root.value("step", list, [])
+    steps = tuple(
+        _step(tomlconfig.Table(label, f"step[{i}]", raw, base), base, i, fleet)
+        for i, raw in enumerate(raw_steps)
+    )
+    expect = _expect(root.table("expect"))
+    root.done()
+    return Scenario(name, seed, time_limit, fleet, steps, expect, base)
+
+
+def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
+    fleet = Fleet(
+        devices=table.value("devices", int, lo=1, hi=10_000),
+        model=resolve_model(table.value("model", str), base, f"{table.label}: fleet.model"),
+        version=table.value("version", int, 1, 1, 2**31),
+        name=table.value("name", str, "model"),
+        mcus=table.value("mcus", int, 0, 0, 10_000),
+        mcu_version=table.value("mcu_version", int, 1, 1, 255),
+        rate_hz=table.value("rate_hz", float, 5.0, 0.1, 1000.0),
+    )
+    if fleet.mcus > fleet.devices:
+        table.fail("mcus", "must not exceed devices (each MCU hangs off one agent)")
+    table.done()
+    return fleet
+
+
+def _step(table: tomlconfig.Table, base: Path, index: int, fleet: Fleet) -> Step:
+    at = parse_duration(table.value("at", str | int | float), f"{table.label}: {table.path}.at")
+    kind = table.choice("do", ("release", "rollout", "fault", "wait"), ...)
+    action = {"release": _release, "rollout": _rollout, "fault": _fault, "wait": _wait}[kind](
+        table, base, fleet
+    )
+    table.done()
+    return Step(at, action, index)
+
+
+def _release(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Release:
+    version = table.value("version", int, lo=1, hi=2**31)
+    if table.value("image", bool, False):
+        if not fleet.mcus:
+            table.fail("image", "an MCU image release needs fleet.mcus > 0")
+        return Release(version)
+    model = resolve_model(table.value("model", str), base, f"{table.label}: {table.path}.model")
+    gate = table.value("gate", str, None)
+    if gate is not None and gate not in GATES:
+        table.fail("gate", f"must be one of {', '.join(GATES)}")
+    return Release(version, model, gate)
+
+
+def _rollout(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Rollout:
+    stages = table.value("stages", list, [10, 50, 100])
+    if not stages or not all(isinstance(s, int) and 0 < s <= 100 for s in stages):
+        table.fail("stages", "must be a list of percentages between 1 and 100")
+    if stages != sorted(set(stages)) or stages[-1] != 100:
+        table.fail("stages", "must rise and end at 100")
+    soak = table.value("soak", str | int | float, 0)
+    return Rollout(
+        version=table.value("version", int, lo=1, hi=2**31),
+        stages=tuple(stages),
+        soak_s=parse_duration(soak, f"{table.label}: {table.path}.soak"),
+        max_failure_rate=table.value("max_failure_rate", float, 0.0, 0.0, 1.0),
+        auto_rollback=table.value("auto_rollback", bool, False),
+        mcu=table.value("mcu", bool, False),
+    )
+
+
+def _fault(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Fault:
+    kind = table.choice("kind", FAULTS, ...)
+    where = f"{table.label}: {table.path}"
+    lasting = kind in ("broker-down", "cloud-down", "cloud-errors", "partition", "replay-metadata")
+    for_s = None
+    if lasting:
+        default = "10s" if kind == "replay-metadata" else ...
+        for_s = parse_duration(table.value("for", str | int | float, default), f"{where}.for")
+    rate = table.value("rate", float, 0.5, 0.0, 1.0) if kind == "cloud-errors" else 0.0
+    devices = _devices(table, fleet) if kind in ("partition", "power-cut") else None
+    state = table.value("state", str, None) if kind == "power-cut" else None
+    if state is not None and state.upper() not in STATES:
+        table.fail("state", f"must be one of {', '.join(s.lower() for s in STATES)}")
+    op = None
+    if kind == "mcu-power-cut":
+        if not fleet.mcus:
+            table.fail("kind", "mcu-power-cut needs fleet.mcus > 0")
+        op = table.value("op", int | str, "random")
+        if op != "random" and not (isinstance(op, int) and op >= 1):
+            table.fail("op", 'must be a flash operation index >= 1 or "random"')
+    return Fault(kind, for_s, rate, devices, state.upper() if state else None, op)
+
+
+# Update states a power cut can wait for (the updater saves each before it acts on it).
+STATES = ("OFFERED", "DOWNLOADING", "VERIFIED", "INSTALLED", "TRIAL", "COMMITTED")
+
+
+def _devices(table: tomlconfig.Table, fleet: Fleet) -> int | tuple[str, ...]:
+    devices = table.value("devices", int | list, 1)
+    if isinstance(devices, int):
+        if not 1 <= devices <= fleet.devices:
+            table.fail("devices", f"must be between 1 and {fleet.devices}")
+        return devices
+    known = {device_name(i) for i in range(fleet.devices)}
+    if not devices or not all(isinstance(d, str) and d in known for d in devices):
+        table.fail("devices", f"must be a count or a list of device ids ({device_name(0)}, ...)")
+    return tuple(devices)
+
+
+def _wait(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Wait:
+    until = table.choice("until", WAITS, ...)
+    timeout = table.value("timeout", str | int | float, "60s")
+    return Wait(until, parse_duration(timeout, f"{table.label}: {table.path}.timeout"))
+
+
+def _expect(table: tomlconfig.Table) -> tuple[Expectation, ...]:
+    expectations = []
+    for key in list(table.data):
+        if key not in REPORT_KEYS:
+            table.fail(key, f"not a report key (one of {', '.join(REPORT_KEYS)})")
+        want = table.value(key, str | int | float | bool)
+        if want == "all":
+            if key not in ALL_OF:
+                table.fail(key, f'"all" only applies to {", ".join(ALL_OF)}')
+        elif isinstance(want, str) and key not in ("scenario", "rollout_state"):
+            match = COMPARISON.fullmatch(want)
+            if not match:
+                table.fail(key, 'must be a value, a comparison like ">=1" or "<=0.01", or "all"')
+            want = (match.group(1), float(match.group(2)))
+        expectations.append(Expectation(key, want))
+    table.done()
+    return tuple(expectations)
+
+
+def device_name(index: int) -> str:
+    return f"dev{index:03d}"

@@ -1,0 +1,56 @@
+"""How a scenario run looks to a person: progress lines while it runs (a live status line on a
+terminal) and a short summary at the end."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+
+class Progress:
+    def __init__(self, stream: TextIO) -> None:
+        self._status = None
+        if stream.isatty():
+            from rich.console import Console
+
+            self._console = Console(file=stream)
+            self._status = self._console.status("starting")
+            self._status.start()
+        self._stream = stream
+
+    def say(self, text: str) -> None:
+        if self._status is not None:
+            self._console.log(text)
+            self._status.update(text)
+        else:
+            print(text, file=self._stream, flush=True)
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
+def summary_lines(report: dict) -> list[str]:
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    lines = [
+        f"scenario {report['scenario']}: {verdict} in {report['duration_s']:.1f} s "
+        f"(fleet up in {report['startup_s']:.1f} s)",
+        f"  devices    {report['devices_on_target']}/{report['devices_total']} on target, "
+        f"{report['devices_rolled_back']} rolled back, {report['bricked']} bricked, "
+        f"{report['agent_restarts']} agent restarts",
+        f"  rollout    {report['rollout_state']}",
+        f"  telemetry  {report['telemetry_sent']} sent, "
+        f"{report['telemetry_delivered_unique']} delivered, "
+        f"{report['telemetry_dropped_counted']} dropped (counted), "
+        f"{report['telemetry_lost']} lost",
+        f"  security   {report['attacks_refused']} forged or stale updates refused",
+    ]
+    if report["mcus_total"]:
+        lines.append(f"  mcus       {report['mcus_on_target']}/{report['mcus_total']} on target")
+    lines += [f"  violation: {v}" for v in report["violations"]]
+    return lines
+
+
+def print_summary(report: dict, stream: TextIO = sys.stdout) -> None:
+    for line in summary_lines(report):
+        print(line, file=stream)

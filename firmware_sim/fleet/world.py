@@ -1,0 +1,219 @@
+"""Everything a scenario runs against, brought up in order and taken down in reverse: the
+operator's signing repository, the cloud ingest, the broker, the gateway, the devices (and the
+MCUs hanging off some of them), and the monitor that watches them all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent.updater.cycle import Cycle, CycleConfig
+from agent.updater.device import Device
+from agent.updater.store import Offer
+from edgefleet.errors import UserError
+from firmware_sim.fleet.cloud import Cloud
+from firmware_sim.fleet.devices import SimDevice, agent_tables
+from firmware_sim.fleet.monitor import Monitor
+from firmware_sim.fleet.partition import Relay
+from firmware_sim.fleet.releases import sign_scenario_release
+from firmware_sim.fleet.scenario import Scenario, device_name
+from firmware_sim.fleet.site import MONITOR_USER, GatewayProcess, SiteBroker, gateway_tables
+from gateway.repository import Repository
+from protocol.topics import default_prefix
+
+SITE = "sim"
+log = structlog.get_logger()
+
+
+@dataclass
+class RolloutRecord:
+    id: str
+    name: str
+    version: int
+    mcu: bool
+
+
+@dataclass
+class Counters:
+    agent_restarts: int = 0
+    crashes: list[str] = field(default_factory=list)
+
+
+class World:
+    def __init__(self, scenario: Scenario, workdir: Path, broker_url: str | None) -> None:
+        self.scenario, self.workdir = scenario, workdir
+        self.fleet = scenario.fleet
+        self.broker = SiteBroker(workdir / "broker", broker_url)
+        self.cloud = Cloud(scenario.seed)
+        self.operator: Repository | None = None
+        self.gateway: GatewayProcess | None = None
+        self.devices: list[SimDevice] = []
+        self.relays: dict[str, Relay] = {}
+        self.monitor: Monitor | None = None
+        self.rollouts: list[RolloutRecord] = []
+        self.counters = Counters()
+        self.old_timestamp: bytes | None = None
+        self.background: list[asyncio.Task] = []  # faults that go on (e.g. corrupting deltas)
+        self.mcus: list = []
+        self.mcu_image_name = "firmware"
+        self._supervisor: asyncio.Task | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    # -- bring-up ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> World:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        fleet = self.fleet
+        self.operator = await asyncio.to_thread(Repository.init, self.workdir / "operator")
+        await self.sign(fleet.model.read_bytes(), fleet.version, None)
+        await self._stack.enter_async_context(self.cloud)
+        self._stack.callback(self.broker.close)
+        await asyncio.to_thread(self.broker.start)
+        tables = gateway_tables(
+            self.workdir / "gateway", self.broker, SITE, self.cloud.url, self.operator.keys.online
+        )
+        self.gateway = GatewayProcess(self.workdir / "gateway", tables)
+        self._stack.callback(self.gateway.stop)
+        await self.gateway.start()
+        await self.import_releases()
+        self.old_timestamp = self.served_timestamp.read_bytes()
+        template = self.workdir / "template"
+        root = self.operator.metadata_dir / "1.root.json"
+        await asyncio.to_thread(self._provision, template, root)
+        monitor_user = self.broker.user(MONITOR_USER)
+        self.monitor = Monitor(self.broker.url, default_prefix(SITE), monitor_user)
+        self._stack.callback(self.monitor.close)
+        self._stack.push_async_callback(self._stop_devices_now)
+        for index in range(fleet.devices):
+            await self._add_device(index, template, root)
+        self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
+        self._stack.callback(self._supervisor.cancel)
+        self._stack.callback(lambda: [task.cancel() for task in self.background])
+
+    def _provision(self, template: Path, root: Path) -> None:
+        """What a factory does once per device: install the first signed model."""
+        offer = Offer(self.repository_url, f"{self.fleet.name}/{self.fleet.version}.tflite")
+        saved = Cycle(Device(template / "update"), CycleConfig(root)).start(offer)
+        if saved.state.value != "COMMITTED":
+            raise UserError(f"cannot provision the fleet's first model: {saved.reason}")
+
+    async def _add_device(self, index: int, template: Path, root: Path) -> None:
+        name = device_name(index)
+        home = self.workdir / "devices" / name
+        shutil.copytree(template, home / "state")
+        url = self.broker.url
+        if self.scenario.needs_partitions:
+            relay = await Relay(self.broker.port).start()
+            self.relays[name] = relay
+            self._stack.push_async_callback(relay.close)
+            url = f"mqtt://127.0.0.1:{relay.port}"
+        tables = agent_tables(
+            name,
+            home,
+            broker_url=url,
+            site=SITE,
+            model=self.fleet.model,
+            rate_hz=self.fleet.rate_hz,
+            trusted_root=root,
+            mcus=[],
+            seed=self.scenario.seed * 100_003 + index,
+        )
+        device = SimDevice(name, home, tables)
+        device.start()
+        self.devices.append(device)
+
+    @property
+    def repository_url(self) -> str:
+        return self.gateway.config.repository.public_url
+
+    @property
+    def served_timestamp(self) -> Path:
+        return self.gateway.config.repository.dir / "metadata" / "timestamp.json"
+
+    # -- operator actions -------------------------------------------------------------------
+
+    async def sign(self, data: bytes, version: int, gate: str | None) -> None:
+        await asyncio.to_thread(
+            sign_scenario_release, self.operator, data, self.fleet.name, version, gate
+        )
+
+    async def import_releases(self) -> dict:
+        return await self.gateway.post("/v1/repository/import", {"source": str(self.operator.dir)})
+
+    async def start_rollout(self, name: str, version: int, body: dict, mcu: bool) -> str:
+        answer = await self.gateway.post("/v1/rollouts", {"model": name, "version": version} | body)
+        self.rollouts.append(RolloutRecord(answer["id"], name, version, mcu))
+        return answer["id"]
+
+    async def rollout_view(self) -> dict | None:
+        if not self.rollouts:
+            return None
+        return await self.gateway.get(f"/v1/rollouts/{self.rollouts[-1].id}")
+
+    # -- devices ----------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Start again every agent that stopped, as systemd would; a stop nobody caused (not a
+        power cut) is a crash and becomes a violation."""
+        while True:
+            await asyncio.sleep(0.25)
+            for device in self.devices:
+                if device.proc is None or device.running:
+                    continue
+                code = device.proc.returncode
+                if not device.expected_exit and code != -9:
+                    self.counters.crashes.append(
+                        f"{device.name} exited with code {code} (see {device.home / 'agent.log'})"
+                    )
+                self.counters.agent_restarts += 1
+                device.start()
+
+    async def power_cut(self, device: SimDevice, off_s: float = 0.5) -> None:
+        device.power_cut()
+        await asyncio.sleep(off_s)
+        if not device.running:
+            self.counters.agent_restarts += 1
+            device.start()
+
+    async def _stop_devices_now(self) -> None:
+        if self._supervisor:
+            self._supervisor.cancel()
+        for device in self.devices:
+            device.power_cut()
+
+    async def stop_devices(self, timeout: float = 30.0) -> None:
+        """SIGTERM every agent at once (each drains its spool to the broker), then wait."""
+        if self._supervisor:
+            self._supervisor.cancel()
+        for device in self.devices:
+            device.expected_exit = True
+            if device.running:
+                device.proc.terminate()
+        deadline = time.monotonic() + timeout
+        for device in self.devices:
+            await asyncio.to_thread(device.stop, max(deadline - time.monotonic(), 0.1))
+
+    async def gateway_drained(self, timeout: float = 60.0) -> dict:
+        """Wait until the gateway's spool is empty (all handed to the cloud); its status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.gateway.get("/v1/status")
+            if status["spool"]["records"] == 0 or time.monotonic() > deadline:
+                return status
+            await asyncio.sleep(0.2)
