@@ -45,6 +45,17 @@ class Table:
         path = f"{self.path}.{key}" if self.path else key
         return Table(self.label, path, self.data.get(key, {}), self.base)
 
+    def tables(self, key: str, limit: int) -> list[Table]:
+        """An array of tables (``[[key]]``), each named ``key[i]`` in errors; absent: empty."""
+        self.used.add(key)
+        items = self.data.get(key, [])
+        if not isinstance(items, list):
+            self.fail(key, f"must be an array of tables ([[{key}]])")
+        if len(items) > limit:
+            self.fail(key, f"at most {limit} tables")
+        path = f"{self.path}.{key}" if self.path else key
+        return [Table(self.label, f"{path}[{i}]", item, self.base) for i, item in enumerate(items)]
+
     def value(self, key: str, kind: type, default: Any = ..., lo=None, hi=None) -> Any:
         self.used.add(key)
         if key not in self.data:
@@ -54,7 +65,8 @@ class Table:
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        takes_bool = bool in getattr(kind, "__args__", (kind,))
+        if not isinstance(value, kind) or (isinstance(value, bool) and not takes_bool):
             wanted = getattr(kind, "__name__", str(kind).replace(" | ", " or "))
             self.fail(key, f"must be a {wanted}, not {type(value).__name__}")
         if lo is not None and value < lo:

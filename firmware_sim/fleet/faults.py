@@ -1,19 +1,20 @@
 """Faults a scenario injects into a running world. Each returns once the fault is in place; one
-that lasts (``for``) heals itself from a background task so the timeline goes on meanwhile."""
+that lasts (``for``) heals itself from a background task so the timeline goes on meanwhile.
+Attacks on updates (replayed, expired, corrupted files) happen on the way from the gateway's
+repository server to the devices (``mitm.RepositoryRelay``)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from datetime import timedelta
 
 import structlog
 
-from edgefleet.fsio import atomic_write_bytes
 from firmware_sim.fleet.devices import SimDevice
+from firmware_sim.fleet.mitm import TIMESTAMP, expired_timestamp
 from firmware_sim.fleet.scenario import Fault
 from firmware_sim.fleet.world import World
-from gateway.repository import Repository
+from gateway import keystore
 
 log = structlog.get_logger()
 
@@ -111,42 +112,31 @@ async def mcu_power_cut(world: World, fault: Fault, rng: random.Random):
 
 
 async def corrupt_delta(world: World, fault: Fault, rng: random.Random):
-    """Flip a byte in every delta the gateway serves now and in those it makes later."""
-    seen: set = set()
-
-    async def corrupt_new() -> None:
-        deltas = world.gateway.config.repository.dir / "targets"
-        while True:
-            for path in deltas.rglob("*.efdl"):
-                if path in seen:
-                    continue
-                seen.add(path)
-                data = bytearray(path.read_bytes())
-                data[len(data) // 2] ^= 0xFF
-                atomic_write_bytes(path, bytes(data))
-                log.info("delta_corrupted", path=str(path))
-            await asyncio.sleep(0.05)
-
-    world.background.append(asyncio.create_task(corrupt_new(), name="corrupt deltas"))
-
-
-async def replay_metadata(world: World, fault: Fault, rng: random.Random):
-    """Serve the timestamp the fleet saw at the start again (a replay of stale metadata)."""
-    current = world.served_timestamp.read_bytes()
-    atomic_write_bytes(world.served_timestamp, world.old_timestamp)
+    world.relay.corrupt_deltas = True
 
     async def heal() -> None:
-        if world.served_timestamp.read_bytes() == world.old_timestamp:
-            atomic_write_bytes(world.served_timestamp, current)
+        world.relay.corrupt_deltas = False
 
     return heal
 
 
+async def replay_metadata(world: World, fault: Fault, rng: random.Random):
+    return _serve_timestamp(world, world.old_timestamp)
+
+
 async def expire_metadata(world: World, fault: Fault, rng: random.Random):
-    """Sign a timestamp that expired an hour ago with the online key; the gateway's keeper
-    notices and renews it within its check interval."""
-    served = Repository(world.gateway.config.repository.dir, world.operator.keys)
-    await asyncio.to_thread(served.refresh_timestamp, timedelta(hours=-1))
+    current = await world.relay.fetch(TIMESTAMP)
+    signer = keystore.load(world.operator.keys.path("timestamp"))
+    return _serve_timestamp(world, expired_timestamp(current, signer))
+
+
+def _serve_timestamp(world: World, data: bytes):
+    world.relay.replayed = data
+
+    async def heal() -> None:
+        world.relay.replayed = None
+
+    return heal
 
 
 async def gateway_restart(world: World, fault: Fault, rng: random.Random):

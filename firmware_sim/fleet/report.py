@@ -17,6 +17,7 @@ from firmware_sim.fleet.scenario import Scenario
 from firmware_sim.fleet.world import World
 
 SETTLE_S = 30.0
+BUSY = ("OFFERED", "DOWNLOADING", "VERIFIED", "INSTALLED")  # update states that move on alone
 DRAIN_S = 60.0
 
 
@@ -63,9 +64,21 @@ def bricked(world: World) -> list[str]:
     return found
 
 
+def unsettled(world: World, since_ms: float) -> list[str]:
+    """Devices without a status published after ``since_ms`` or in the middle of an update."""
+    found = []
+    for device in world.devices:
+        status = world.monitor.status(device.name)
+        if status is None or status.ts_ms < since_ms or status.update_state in BUSY:
+            found.append(device.name)
+    return found
+
+
 async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
+    """Let the fleet settle (every device reports afresh, none mid-update), then measure."""
+    since_ms = time.time() * 1000
     deadline = time.monotonic() + SETTLE_S
-    while bricked(world) and time.monotonic() < deadline:
+    while (bricked(world) or unsettled(world, since_ms)) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     view = await world.rollout_view()
     fleet_state = {
@@ -88,6 +101,7 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
         **fleet_state,
         **delivery,
         "agent_restarts": world.counters.agent_restarts,
+        "update_bytes_served": dict(world.relay.served),
         "events": dict(sorted(world.monitor.event_counts().items())),
         "steps": outcome.steps,
     }

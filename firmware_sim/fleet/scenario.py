@@ -30,6 +30,8 @@ FAULTS = (
     "expire-metadata",
     "gateway-restart",
 )
+ATTACKS = ("corrupt-delta", "replay-metadata", "expire-metadata")
+LASTING = ("broker-down", "cloud-down", "cloud-errors", "partition", *ATTACKS)
 WAITS = ("rollout:completed", "rollout:paused", "devices_on_target:all", "mcus_on_target:all")
 REPORT_KEYS = (
     "scenario",
@@ -265,10 +267,10 @@ def _rollout(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Rollout:
 def _fault(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Fault:
     kind = table.choice("kind", FAULTS, ...)
     where = f"{table.label}: {table.path}"
-    lasting = kind in ("broker-down", "cloud-down", "cloud-errors", "partition", "replay-metadata")
+    lasting = kind in LASTING
     for_s = None
     if lasting:
-        default = "10s" if kind == "replay-metadata" else ...
+        default = "10s" if kind in ATTACKS else ...
         for_s = parse_duration(table.value("for", str | int | float, default), f"{where}.for")
     rate = table.value("rate", float, 0.5, 0.0, 1.0) if kind == "cloud-errors" else 0.0
     devices = _devices(table, fleet) if kind in ("partition", "power-cut") else None

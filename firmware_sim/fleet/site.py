@@ -123,8 +123,9 @@ class GatewayProcess:
 
 
 def gateway_tables(
-    workdir: Path, broker: SiteBroker, site: str, cloud_url: str, keys: Path
+    workdir: Path, broker: SiteBroker, site: str, cloud_url: str, keys: Path, repo: tuple[int, str]
 ) -> dict:
+    """``repo``: the port the repository server listens on, and the URL devices use for it."""
     user = broker.user(GATEWAY_USER)
     mqtt = {"url": broker.url, "client_id": f"gateway-{site}", "reconnect_max_s": 1.0}
     if user:
@@ -145,7 +146,8 @@ def gateway_tables(
         "repository": {
             "dir": workdir / "served",
             "keys": keys,
-            "listen": f"127.0.0.1:{free_port()}",
+            "listen": f"127.0.0.1:{repo[0]}",
+            "public_url": repo[1],
             "timestamp_check_s": 1.0,
         },
         "rollouts": {"tick_s": 0.2, "reoffer_s": 5.0},

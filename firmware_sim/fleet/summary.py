@@ -32,13 +32,16 @@ class Progress:
 
 def summary_lines(report: dict) -> list[str]:
     verdict = "PASSED" if report["passed"] else "FAILED"
+    served = report["update_bytes_served"]
     lines = [
         f"scenario {report['scenario']}: {verdict} in {report['duration_s']:.1f} s "
         f"(fleet up in {report['startup_s']:.1f} s)",
         f"  devices    {report['devices_on_target']}/{report['devices_total']} on target, "
         f"{report['devices_rolled_back']} rolled back, {report['bricked']} bricked, "
         f"{report['agent_restarts']} agent restarts",
-        f"  rollout    {report['rollout_state']}",
+        f"  rollout    {report['rollout_state']}; devices fetched "
+        f"{_kib(served['targets'])} of models and deltas and {_kib(served['metadata'])} of "
+        "signed metadata",
         f"  telemetry  {report['telemetry_sent']} sent, "
         f"{report['telemetry_delivered_unique']} delivered, "
         f"{report['telemetry_dropped_counted']} dropped (counted), "
@@ -49,6 +52,10 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"  mcus       {report['mcus_on_target']}/{report['mcus_total']} on target")
     lines += [f"  violation: {v}" for v in report["violations"]]
     return lines
+
+
+def _kib(count: int) -> str:
+    return f"{count / 1024:,.1f} KiB"
 
 
 def print_summary(report: dict, stream: TextIO = sys.stdout) -> None:

@@ -19,11 +19,13 @@ from agent.updater.store import Offer
 from edgefleet.errors import UserError
 from firmware_sim.fleet.cloud import Cloud
 from firmware_sim.fleet.devices import SimDevice, agent_tables
+from firmware_sim.fleet.mitm import TIMESTAMP, RepositoryRelay
 from firmware_sim.fleet.monitor import Monitor
 from firmware_sim.fleet.partition import Relay
 from firmware_sim.fleet.releases import sign_scenario_release
 from firmware_sim.fleet.scenario import Scenario, device_name
 from firmware_sim.fleet.site import MONITOR_USER, GatewayProcess, SiteBroker, gateway_tables
+from gateway.broker import free_port
 from gateway.repository import Repository
 from protocol.topics import default_prefix
 
@@ -59,6 +61,7 @@ class World:
         self.rollouts: list[RolloutRecord] = []
         self.counters = Counters()
         self.old_timestamp: bytes | None = None
+        self.relay: RepositoryRelay | None = None
         self.background: list[asyncio.Task] = []  # faults that go on (e.g. corrupting deltas)
         self.mcus: list = []
         self.mcu_image_name = "firmware"
@@ -85,14 +88,22 @@ class World:
         await self._stack.enter_async_context(self.cloud)
         self._stack.callback(self.broker.close)
         await asyncio.to_thread(self.broker.start)
+        repo_port = free_port()
+        self.relay = RepositoryRelay(f"http://127.0.0.1:{repo_port}")
+        await self._stack.enter_async_context(self.relay)
         tables = gateway_tables(
-            self.workdir / "gateway", self.broker, SITE, self.cloud.url, self.operator.keys.online
+            self.workdir / "gateway",
+            self.broker,
+            SITE,
+            self.cloud.url,
+            self.operator.keys.online,
+            (repo_port, self.relay.url),
         )
         self.gateway = GatewayProcess(self.workdir / "gateway", tables)
         self._stack.callback(self.gateway.stop)
         await self.gateway.start()
         await self.import_releases()
-        self.old_timestamp = self.served_timestamp.read_bytes()
+        self.old_timestamp = await self.relay.fetch(TIMESTAMP)
         template = self.workdir / "template"
         root = self.operator.metadata_dir / "1.root.json"
         await asyncio.to_thread(self._provision, template, root)
@@ -141,10 +152,6 @@ class World:
     @property
     def repository_url(self) -> str:
         return self.gateway.config.repository.public_url
-
-    @property
-    def served_timestamp(self) -> Path:
-        return self.gateway.config.repository.dir / "metadata" / "timestamp.json"
 
     # -- operator actions -------------------------------------------------------------------
 

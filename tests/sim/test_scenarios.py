@@ -1,0 +1,95 @@
+"""Every scenario in scenarios/ run by ``edgefleet sim`` as a user's CI would run it: real
+agents, gateway, mosquitto and cloud ingest as processes on loopback. Each must pass its own
+expectations; on top, the report must add up (telemetry lost is computed, not assumed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from firmware_sim.fleet.releases import one_class
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = sorted((REPO / "scenarios").glob("*.toml"))
+REPORT_KEYS = {
+    "scenario", "passed", "duration_s", "devices_total", "devices_on_target",
+    "devices_rolled_back", "bricked", "rollout_state", "telemetry_sent",
+    "telemetry_delivered_unique", "telemetry_lost", "telemetry_dropped_counted",
+    "attacks_refused", "mcus_on_target", "violations",
+}  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+def sim(path: Path, tmp_path: Path, *args: str, timeout: float = 400):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "sim", str(path), "--report", str(report),
+         "--workdir", str(tmp_path / "run"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+    )  # fmt: skip
+    return done, json.loads(report.read_text()) if report.exists() else None
+
+
+def assert_adds_up(report: dict) -> None:
+    assert set(report) >= REPORT_KEYS
+    lost = (
+        report["telemetry_sent"]
+        - report["telemetry_delivered_unique"]
+        - report["telemetry_dropped_counted"]
+    )
+    assert report["telemetry_lost"] == lost
+    assert 0 <= report["devices_on_target"] <= report["devices_total"]
+    assert report["passed"] == (report["violations"] == [])
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario_passes(path, tmp_path):
+    done, report = sim(path, tmp_path)
+    assert report is not None, done.stderr[-3000:]
+    assert done.returncode == 0, json.dumps(report["violations"]) + done.stderr[-2000:]
+    assert_adds_up(report)
+    assert report["telemetry_sent"] > 0 and report["telemetry_lost"] == 0
+    assert report["bricked"] == 0
+
+
+def test_an_unmet_expectation_fails_the_run(tmp_path):
+    """Exit 1 and the violation named, so a CI job stops on it."""
+    path = tmp_path / "strict.toml"
+    path.write_text(
+        'name = "strict"\ntime_limit = "30s"\n'
+        '[fleet]\ndevices = 2\nmodel = "fixture:vision_f32_v1"\nrate_hz = 10\n'
+        '[[step]]\nat = "1s"\ndo = "wait"\nuntil = "devices_on_target:all"\n'
+        '[expect]\ntelemetry_sent = 0\ndevices_on_target = "all"\n'
+    )
+    done, report = sim(path, tmp_path, "--json")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert json.loads(done.stdout) == report
+    assert report["devices_on_target"] == 2 and report["telemetry_sent"] > 0
+    assert report["violations"] == [f"telemetry_sent = {report['telemetry_sent']}, expected 0"]
+    assert_adds_up(report)
+
+
+def test_a_bad_model_brought_by_the_scenario_is_caught_by_probation(tmp_path, models):
+    """A release of a model file with no ``gate`` key is published as given: here a model that
+    predicts one class for everything, which only the devices' probation can tell."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "broken.tflite").write_bytes(
+        one_class(models("kws_f32_v2_head").read_bytes())
+    )
+    path = tmp_path / "own_model.toml"
+    path.write_text(
+        'name = "own-model"\ntime_limit = "90s"\n'
+        '[fleet]\ndevices = 3\nmodel = "fixture:kws_f32_v1"\nname = "kws"\nrate_hz = 20\n'
+        '[[step]]\nat = "1s"\ndo = "release"\nmodel = "models/broken.tflite"\nversion = 2\n'
+        '[[step]]\nat = "2s"\ndo = "rollout"\nversion = 2\nstages = [100]\nauto_rollback = true\n'
+        '[[step]]\nat = "2s"\ndo = "wait"\nuntil = "rollout:paused"\n'
+        '[expect]\ndevices_rolled_back = ">=1"\ndevices_on_target = 0\n'
+    )
+    done, report = sim(path, tmp_path)
+    assert done.returncode == 0, json.dumps(report and report["violations"]) + done.stderr[-2000:]
+    assert report["rollout_state"] == "paused"
