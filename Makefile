@@ -21,8 +21,8 @@ test: venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-demo: venv
-	@scripts/demo.sh
+demo: venv system-deps
+	$(BIN)/edgefleet demo
 
 bench: venv
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
