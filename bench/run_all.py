@@ -28,6 +28,7 @@ BENCHES = [
     ("Telemetry", "gateway_throughput.py", ["--records", "200000", "--outage-seconds", "60"]),
     ("Serial", "serial_throughput.py", []),
     ("Updates", "update_rollout.py", ["--runs", "3"]),
+    ("Fleet", "fleet_scale.py", ["--sizes", "10,30,60"]),
 ]
 LIBRARIES = (
     "numpy",
@@ -188,6 +189,26 @@ def plot_serial(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_fleet(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["devices"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(sizes, [r["records_per_s"] for r in rows], "o-", color="tab:blue")
+    ax.set_xlabel("devices (real agent processes)")
+    ax.set_ylabel("telemetry records/s, lossless", color="tab:blue")
+    rollout = ax.twinx()
+    rollout.plot(sizes, [r["rollout_s"] or 0 for r in rows], "s--", color="tab:orange")
+    rollout.set_ylabel("staged rollout (s)", color="tab:orange")
+    ax.set_title("Simulated fleet on this machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def draw_plots(report: dict, out: Path) -> dict[str, str]:
     """Plot file per part, where a picture reads faster than the table."""
     plots = {}
@@ -199,6 +220,10 @@ def draw_plots(report: dict, out: Path) -> dict[str, str]:
     if serial:
         plot_serial(serial, out / "serial.png")
         plots["Serial"] = "serial.png"
+    fleet = (results.get("Fleet") or {}).get("sizes")
+    if fleet:
+        plot_fleet(fleet, out / "fleet.png")
+        plots["Fleet"] = "fleet.png"
     return plots
 
 

@@ -125,6 +125,7 @@ async def _telemetry(world: World) -> dict:
         await asyncio.sleep(1.0)
     spools = [device.spool() for device in world.devices]
     sent = sum(s.produced for s in spools)
+    seconds = world.fleet_window[1] - world.fleet_window[0]
     dropped = sum(s.dropped for s in spools) + status["spool"]["dropped"]
     delivered = len(world.cloud.ids)
     return {
@@ -133,5 +134,6 @@ async def _telemetry(world: World) -> dict:
         "telemetry_dropped_counted": dropped,
         "telemetry_lost": sent - delivered - dropped,
         "telemetry_left_on_devices": sum(s.left for s in spools),
+        "telemetry_per_s": round(sent / seconds, 1),
         "cloud_refused_requests": world.cloud.refused_requests,
     }

@@ -66,6 +66,7 @@ class World:
         self.mcus: list = []
         self.mcu_image_name = "firmware"
         self._supervisor: asyncio.Task | None = None
+        self.fleet_window: list[float] = []  # monotonic: first agent started, agents stopped
         self._stack = contextlib.AsyncExitStack()
 
     # -- bring-up ---------------------------------------------------------------------------
@@ -146,6 +147,8 @@ class World:
             seed=self.scenario.seed * 100_003 + index,
         )
         device = SimDevice(name, home, tables)
+        if not self.fleet_window:
+            self.fleet_window.append(time.monotonic())
         device.start()
         self.devices.append(device)
 
@@ -208,6 +211,7 @@ class World:
         """SIGTERM every agent at once (each drains its spool to the broker), then wait."""
         if self._supervisor:
             self._supervisor.cancel()
+        self.fleet_window.append(time.monotonic())
         for device in self.devices:
             device.expected_exit = True
             if device.running:

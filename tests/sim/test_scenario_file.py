@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edgefleet.errors import UserError
+from firmware_sim.fleet.commands import DEMO
 from firmware_sim.fleet.scenario import Expectation, load, parse, parse_duration
 
 GOOD = """
@@ -159,3 +161,15 @@ def test_all_and_exact_values():
     assert expectation("rollout_state", "paused").check({"rollout_state": "paused"}) is None
     assert expectation("passed", True).check({"passed": False}) is not None
     assert isinstance(Expectation("bricked", (">=", 1.0)).check({"bricked": None}), str)
+
+
+SHIPPED = [
+    *sorted((Path(__file__).resolve().parents[2] / "scenarios").rglob("*.toml")),
+    DEMO,
+]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_scenario_reads(path):
+    scenario = load(path)
+    assert scenario.steps and scenario.expect
