@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefleet.processes import die_with_parent
+
 DEVICE_WRITE_TOPICS = ("telemetry", "status", "events")
 DEVICE_READ_TOPICS = ("cmd",)
 
@@ -143,6 +145,7 @@ class Mosquitto:
             [str(find_mosquitto()), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agent.updater.faults import CUT_FILE_ENV
 from edgefleet import tomlconfig
+from edgefleet.processes import die_with_parent
 
 # Probation limits for simulated devices. A retrained head agrees with its incumbent on ~90 % of
 # the synthetic inputs and a one-class model on ~10 %, so the limits sit between the two and no
@@ -78,6 +79,7 @@ class SimDevice:
                 stderr=log,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )  # fmt: skip
 
     @property

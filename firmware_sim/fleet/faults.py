@@ -51,13 +51,17 @@ def _broker(world: World):
 async def broker_restart(world: World, fault: Fault, rng: random.Random):
     broker = _broker(world)
     await asyncio.to_thread(broker.stop)
-    await asyncio.to_thread(broker.start)
+    broker.start()  # from the main thread: the broker dies with it (die_with_parent)
 
 
 async def broker_down(world: World, fault: Fault, rng: random.Random):
     broker = _broker(world)
     await asyncio.to_thread(broker.stop)
-    return lambda: asyncio.to_thread(broker.start)
+
+    async def heal() -> None:
+        broker.start()
+
+    return heal
 
 
 async def cloud_down(world: World, fault: Fault, rng: random.Random):

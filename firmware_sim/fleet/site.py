@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgefleet import tomlconfig
 from edgefleet.errors import UserError
+from edgefleet.processes import die_with_parent
 from gateway import admin_client
 from gateway import config as gateway_config
 from gateway.broker import BrokerConfig, BrokerError, Mosquitto, find_mosquitto, free_port
@@ -88,6 +89,7 @@ class GatewayProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                preexec_fn=die_with_parent,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while True:

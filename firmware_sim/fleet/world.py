@@ -88,7 +88,7 @@ class World:
         await self.sign(fleet.model.read_bytes(), fleet.version, None)
         await self._stack.enter_async_context(self.cloud)
         self._stack.callback(self.broker.close)
-        await asyncio.to_thread(self.broker.start)
+        self.broker.start()
         repo_port = free_port()
         self.relay = RepositoryRelay(f"http://127.0.0.1:{repo_port}")
         await self._stack.enter_async_context(self.relay)
