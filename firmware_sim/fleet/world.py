@@ -108,6 +108,7 @@ class World:
         template = self.workdir / "template"
         root = self.operator.metadata_dir / "1.root.json"
         await asyncio.to_thread(self._provision, template, root)
+        self.relay.served = dict.fromkeys(self.relay.served, 0)  # count what devices fetch
         monitor_user = self.broker.user(MONITOR_USER)
         self.monitor = Monitor(self.broker.url, default_prefix(SITE), monitor_user)
         self._stack.callback(self.monitor.close)
