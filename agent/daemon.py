@@ -573,11 +573,13 @@ class Agent:
 
     async def _drain(self, link_task: asyncio.Task) -> None:
         """Give the link up to ``telemetry.drain_s`` to empty the spool."""
+        if not self.config.telemetry.drain_s:
+            return
         deadline = time.monotonic() + self.config.telemetry.drain_s
         self.link.flush()
         while self.spool.stats.depth and not link_task.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.spool.stats.depth and self.config.telemetry.drain_s:
+        if self.spool.stats.depth:
             log.warning("drain_incomplete", depth=self.spool.stats.depth)
 
 
