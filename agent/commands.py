@@ -1,9 +1,12 @@
-"""``edgefleet agent run --config agent.toml``: the device daemon."""
+"""``edgefleet agent run --config agent.toml``: the device daemon; ``edgefleet agent
+install-service``: its systemd service."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from edgefleet import service_commands
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser.add_argument("--config", type=Path, required=True, help="agent TOML file")
     # A device daemon: logging leaves out what only a terminal needs (see edgefleet.logs).
     run_parser.set_defaults(handler=run, lean=True)
+    service_commands.register(commands, "agent")
 
 
 def run(args: argparse.Namespace) -> int:

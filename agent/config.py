@@ -18,6 +18,7 @@ from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
 from protocol.topics import (
     DEVICE_ID_PATTERN,
     MAX_HARDWARE_TAGS,
+    MAX_MCUS,
     NAME_PATTERN,
     SITE_PATTERN,
     default_prefix,
@@ -107,6 +108,16 @@ class UpdateSettings:
 
 
 @dataclass(frozen=True)
+class McuSettings:
+    """An attached MCU (``[[mcu]]``): the MCU image name it tracks and where it is attached."""
+
+    name: str
+    port: str  # serial device, pty, or socket://HOST:PORT
+    baud: int = 115200
+    timeout_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     device_id: str
     site: str
@@ -120,6 +131,7 @@ class AgentConfig:
     update: UpdateSettings | None = None  # None: update commands are rejected
     hardware_tags: tuple[str, ...] = ()  # reported in status; a rollout skips misfits
     arena_bytes: int | None = None
+    mcus: tuple[McuSettings, ...] = ()
 
 
 def load(path: Path) -> AgentConfig:
@@ -163,6 +175,7 @@ def parse(data: dict, origin: str, base: Path) -> AgentConfig:
         telemetry=_telemetry(root.table("telemetry")),
         drift=_drift(root.table("drift")),
         update=_update(root.table("update")) if "update" in data else None,
+        mcus=_mcus(root.tables("mcu", MAX_MCUS)),
     )
     root.done()
     return config
@@ -287,6 +300,29 @@ def _drift(table: tomlconfig.Table) -> DriftConfig:
     )
     table.done()
     return config
+
+
+def _mcus(tables: list[tomlconfig.Table]) -> tuple[McuSettings, ...]:
+    mcus: list[McuSettings] = []
+    for table in tables:
+        name = table.value("name", str)
+        if not NAME_PATTERN.fullmatch(name):
+            table.fail("name", "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+        if any(mcu.name == name for mcu in mcus):
+            table.fail("name", f"{name!r} is the name of another [[mcu]]")
+        port = table.value("port", str)
+        if not port:
+            table.fail("port", "must not be empty")
+        mcus.append(
+            McuSettings(
+                name=name,
+                port=port,
+                baud=table.value("baud", int, 115200, 50, 10_000_000),
+                timeout_s=table.value("timeout_s", float, 1.0, 0.05, 60.0),
+            )
+        )
+        table.done()
+    return tuple(mcus)
 
 
 def _update(table: tomlconfig.Table) -> UpdateSettings:

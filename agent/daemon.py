@@ -1,5 +1,5 @@
-"""The agent daemon: composes spool, engine, source, pipeline, MQTT link and updater, tells
-systemd how it is doing, and stops in order on SIGTERM.
+"""The agent daemon: composes spool, engine, source, pipeline, MQTT link, updater and the attached
+MCUs, tells systemd how it is doing, and stops in order on SIGTERM.
 
 Shutdown order: stop the source and the pipeline (a chunk not yet in the spool was never a
 record) and any update work (its child process is killed, which the updater survives by design);
@@ -32,8 +32,8 @@ from agent.drift import LiveDrift, Verdict, compatible
 from agent.engine import Engine, EngineError
 from agent.faults import Faults
 from agent.link import Link
+from agent.mcu.updater import McuUpdater
 from agent.pipeline import ModelIdentity, Pipeline, Serving
-from agent.sdnotify import Notifier
 from agent.sources import ReplaySource, SerialSource, SourceError, SyntheticSource
 from agent.spool import Spool, SpoolError
 from agent.updater.manager import Transition, UpdateConfig, UpdateManager
@@ -42,6 +42,7 @@ from agent.updater.states import State
 from agent.updater.store import Offer
 from edgefleet import __version__
 from edgefleet.errors import UserError
+from edgefleet.sdnotify import Notifier
 from protocol.drift import feature_summary
 from protocol.model_meta import MetadataError, ModelMeta
 from protocol.topics import (
@@ -145,6 +146,7 @@ class Agent:
         self.spool: Spool | None = None
         self.link: Link | None = None
         self.updates: UpdateManager | None = None
+        self.mcus: McuUpdater | None = None
         self.health = "starting"
         self._stop = asyncio.Event()
         self._alarm = False
@@ -330,6 +332,7 @@ class Agent:
             counters=counters,
             hardware_tags=self.config.hardware_tags,
             arena_bytes=self.config.arena_bytes,
+            mcus=self.mcus.status() if self.mcus else (),
         )
 
     def _on_verdict(self, verdict: Verdict) -> None:
@@ -370,6 +373,9 @@ class Agent:
     def _on_command(self, command: Command) -> None:
         log.info("command_received", id=command.id, kind=command.kind, rollout=command.rollout)
         self.faults.counts["commands"] += 1
+        if self.mcus is not None and self.mcus.tracks(command):
+            self.mcus.command(command)
+            return
         updates = self.updates
         action, reason = decide(
             command,
@@ -517,6 +523,10 @@ class Agent:
             if cfg.update is not None:
                 manager = UpdateManager(update_config(cfg), self._on_transition)
                 self.updates = await stack.enter_async_context(manager)
+            if cfg.mcus:
+                notify = self.link.notify_status
+                mcus = McuUpdater(cfg.mcus, cfg.state_dir / "mcu", cfg.update, self._event, notify)
+                self.mcus = await stack.enter_async_context(mcus)
             stack.callback(self._close_engines)
             return await self._serve()
 
@@ -569,7 +579,6 @@ class Agent:
         if not done:
             log.warning("mqtt_stop_timed_out")
             link_task.cancel()
-
 
     async def _drain(self, link_task: asyncio.Task) -> None:
         """Give the link up to ``telemetry.drain_s`` to empty the spool."""

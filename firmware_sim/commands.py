@@ -1,6 +1,8 @@
 """``edgefleet mcu-sim``: run a simulated MCU on a pty or a TCP port, for flashing by hand.
 
-It prints the port on the first line of stdout and serves until SIGINT or SIGTERM.
+It prints the port on the first line of stdout and serves until SIGINT or SIGTERM. With
+``--fault-file PATH`` it cuts its own power at the flash operation PATH names, boots again and
+keeps serving (``firmware_sim/fault_file.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--socket", action="store_true", help="listen on 127.0.0.1 instead")
     parser.add_argument("--arena", type=int, default=16 * 1024, help="model arena in bytes")
     parser.add_argument("--slot-sectors", type=int, default=16, help="4 KiB sectors per slot")
+    parser.add_argument(
+        "--fault-file",
+        type=Path,
+        help="when PATH appears holding N or 'random' (then optionally 'torn'), cut the power "
+        "at the N-th flash operation from then, boot again, and delete PATH",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -32,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from firmware_sim.bootloader import Verifier
+    from firmware_sim.fault_file import FaultFile
     from firmware_sim.flash import Flash, FlashError
     from firmware_sim.layout import Layout, Slot
     from firmware_sim.mcu import McuConfig, SimulatedMcu
@@ -54,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"factory image {args.factory} is larger than the slot")
         flash.write(layout.base(Slot.PRIMARY), image + b"\xff" * (-len(image) % 8))
     config = McuConfig(layout=layout, verifier=Verifier(keys), arena_size=args.arena)
-    server = UartServer(SimulatedMcu(flash, config), args.baud, "socket" if args.socket else "pty")
+    faults = FaultFile(args.fault_file, flash, layout) if args.fault_file else None
+    kind = "socket" if args.socket else "pty"
+    server = UartServer(SimulatedMcu(flash, config), args.baud, kind, faults)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server:

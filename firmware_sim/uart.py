@@ -4,6 +4,10 @@ Every byte costs 10 bit times in each direction (8N1), so a host sees the throug
 line would give: what arrives is handed to the MCU no earlier than its last byte would have
 crossed the wire, and replies leave no faster than the line carries them. The MCU runs in one
 thread; ``power_cycle`` asks that thread to boot it again, as a power switch would.
+
+A power cut (``PowerLoss`` from the flash, armed through a ``FaultFile``) is a brown-out: the MCU
+boots again through its bootloader at once and keeps serving; on a socket the connection drops,
+as a USB serial adapter powered by the board would.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import tty
 
 import structlog
 
+from firmware_sim.fault_file import FaultFile
+from firmware_sim.flash import PowerLoss
 from firmware_sim.mcu import SimulatedMcu
 
 log = structlog.get_logger()
@@ -44,11 +50,18 @@ def _sleep_until(moment: float) -> None:
 class UartServer:
     """Serve one MCU on a pty or a TCP port until ``stop``; usable as a context manager."""
 
-    def __init__(self, mcu: SimulatedMcu, baud: int | None, kind: str = "pty") -> None:
+    def __init__(
+        self,
+        mcu: SimulatedMcu,
+        baud: int | None,
+        kind: str = "pty",
+        faults: FaultFile | None = None,
+    ) -> None:
         if kind not in ("pty", "socket"):
             raise ValueError(f"unknown UART kind {kind!r}")
         self.mcu = mcu
         self.baud = baud
+        self.faults = faults
         self._kind = kind
         self._stop = threading.Event()
         self._cycle = threading.Event()
@@ -87,12 +100,34 @@ class UartServer:
         """Boot the MCU again before it reads its next byte (its flash keeps its contents)."""
         self._cycle.set()
 
+    def _boot(self) -> bool:
+        """Power the MCU on; False when the power went during the boot (it then booted again)."""
+        try:
+            self.mcu.power_on()
+        except PowerLoss as exc:
+            self._brown_out(exc)
+            return False
+        return True
+
+    def _brown_out(self, exc: PowerLoss) -> None:
+        self.mcu.power_on()  # the cut is spent: this boot recovers whatever it interrupted
+        if self.faults is not None:
+            self.faults.cut()
+        image = self.mcu.boot.image
+        booted = "{}.{}.{}+{}".format(*image.version) if image else None
+        log.warning("mcu.power_cut", reason=str(exc), booted=booted)
+
+    def _poll_faults(self) -> None:
+        if self.faults is not None:
+            self.faults.poll()
+
     def _serve_pty(self) -> None:
         self._pump(self._master)
 
     def _serve_socket(self) -> None:
         self._listener.settimeout(0.1)
         while not self._stop.is_set():
+            self._poll_faults()
             try:
                 conn, _ = self._listener.accept()
             except TimeoutError:
@@ -105,9 +140,10 @@ class UartServer:
         """Move bytes between ``fd`` and the MCU at the line rate until stop or hang-up."""
         rx, tx = PacedLine(self.baud), PacedLine(self.baud)
         while not self._stop.is_set():
+            self._poll_faults()
             if self._cycle.is_set():
                 self._cycle.clear()
-                self.mcu.power_on()
+                self._boot()
             ready, _, _ = select.select([fd], [], [], 0.05)
             if not ready:
                 continue
@@ -121,7 +157,13 @@ class UartServer:
                 time.sleep(0.05)
                 continue
             _sleep_until(rx.done_at(len(data), time.monotonic()))
-            reply = self.mcu.receive(data)
+            try:
+                reply = self.mcu.receive(data)
+            except PowerLoss as exc:
+                self._brown_out(exc)
+                if self._kind == "socket":
+                    return
+                continue
             hung_up = False
             if reply:
                 _sleep_until(tx.done_at(len(reply), time.monotonic()))
@@ -129,7 +171,7 @@ class UartServer:
                     os.write(fd, reply)
                 except OSError:
                     hung_up = True
-            if self.mcu.reboot_pending:
-                self.mcu.power_on()
+            if self.mcu.reboot_pending and not self._boot() and self._kind == "socket":
+                return
             if hung_up and self._kind == "socket":
                 return

@@ -30,9 +30,10 @@ def register(subparsers) -> None:
 
     release = subparsers.add_parser(
         "release",
-        help="sign model versions into a release repository",
+        help="sign model versions and MCU images into a release repository",
         description="Sign model versions as TUF targets carrying their ML metadata "
-        "(tensor signature, health-gate vectors, latency budget, drift references).",
+        "(tensor signature, health-gate vectors, latency budget, drift references), and MCU "
+        "images (MCUboot, signed by imgtool) as targets that say they are for an MCU.",
     )
     release_sub = release.add_subparsers(dest="release_command", metavar="ACTION", required=True)
     add = release_sub.add_parser(
@@ -94,6 +95,26 @@ def register(subparsers) -> None:
     add.add_argument("--json", action="store_true", help="print the signed release as JSON")
     add.set_defaults(handler=_release_add)
 
+    image = release_sub.add_parser(
+        "add-image",
+        help="sign an MCUboot image as NAME/VERSION.bin",
+        description="Sign an MCU image exactly as imgtool wrote it, with the version its MCUboot "
+        "header carries and its size, with the offline targets key. Agents with an [[mcu]] of "
+        "this name install it on that MCU during a rollout; the MCU checks the image's own "
+        "signature again.",
+    )
+    _repo_arguments(image)
+    image.add_argument("image", type=Path, metavar="IMAGE", help="image signed by imgtool")
+    image.add_argument("--name", required=True, help="MCU image name, e.g. sensor-fw")
+    image.add_argument(
+        "--version", required=True, type=int, help="integer version, higher than the latest"
+    )
+    image.add_argument(
+        "--expires", default="90d", help="lifetime of the targets metadata (default 90d)"
+    )
+    image.add_argument("--json", action="store_true", help="print the signed image as JSON")
+    image.set_defaults(handler=_release_add_image)
+
     rollback = release_sub.add_parser(
         "rollback",
         help="sign an older version as a permitted downgrade",
@@ -106,7 +127,7 @@ def register(subparsers) -> None:
     rollback.add_argument("--version", required=True, type=int)
     rollback.set_defaults(handler=_release_rollback)
 
-    listing = release_sub.add_parser("list", help="list signed model versions")
+    listing = release_sub.add_parser("list", help="list signed model versions and MCU images")
     _repo_arguments(listing)
     listing.add_argument("--json", action="store_true", help="print JSON for scripts")
     listing.set_defaults(handler=_release_list)
@@ -156,7 +177,9 @@ def _keys_rotate(args) -> int:
 
 
 def _release_json(release) -> dict:
+    """A model release or an MCU image; ``kind`` tells them apart."""
     return {
+        "kind": release.meta.to_json().get("kind", "model"),
         "name": release.name,
         "version": release.version,
         "target": release.path,
@@ -202,6 +225,31 @@ def _release_add(args) -> int:
     return 0
 
 
+def _release_add_image(args) -> int:
+    from gateway.errors import ReleaseError
+    from gateway.repository import Repository, parse_duration
+    from protocol.mcu_image import McuImageError, inspect_image
+
+    lifetime = parse_duration(args.expires)
+    repo = Repository(args.repo, _key_dirs(args))
+    try:
+        data = args.image.read_bytes()
+        inspect_image(data)
+    except OSError as exc:
+        raise ReleaseError(f"cannot read image {args.image}: {exc.strerror}") from None
+    except McuImageError as exc:
+        raise ReleaseError(f"{args.image} is not an MCUboot image: {exc}") from None
+    image = repo.add_image(args.name, args.version, data, lifetime)
+    if args.json:
+        print(json.dumps(_release_json(image), indent=2))
+    else:
+        print(
+            f"signed {image.path}: MCU image {image.meta.image_version}, {image.length} bytes, "
+            f"sha256 {image.sha256[:16]}"
+        )
+    return 0
+
+
 def _release_rollback(args) -> int:
     from gateway.repository import Repository
 
@@ -213,9 +261,10 @@ def _release_rollback(args) -> int:
 def _release_list(args) -> int:
     from gateway.repository import Repository
 
-    releases = Repository(args.repo, _key_dirs(args)).releases()
+    repo = Repository(args.repo, _key_dirs(args))
+    releases, images = repo.releases(), repo.images()
     if args.json:
-        print(json.dumps([_release_json(r) for r in releases], indent=2))
+        print(json.dumps([_release_json(r) for r in (*releases, *images)], indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -247,5 +296,16 @@ def _release_list(args) -> int:
             f"{r.meta.latency_budget_ms:g}",
             "yes" if r.meta.rollback else "",
         )
-    Console().print(table)
+    console = Console()
+    if releases or not images:
+        console.print(table)
+    if images:
+        image_table = Table(title=f"MCU images in {args.repo}")
+        for column in ("name", "version", "image version", "bytes", "sha256"):
+            image_table.add_column(column, justify="right" if column == "bytes" else "left")
+        for i in images:
+            image_table.add_row(
+                i.name, str(i.version), i.meta.image_version, str(i.length), i.sha256[:12]
+            )
+        console.print(image_table)
     return 0

@@ -5,7 +5,8 @@ Start order is dependency order (database, spool and inventory, sink, uplink, th
 ingest, metrics, admin API); the stack stops them in reverse, so the broker connection closes
 before the uplink and the database last. SIGTERM or SIGINT ends the daemon cleanly with exit
 code 0; a part that fails ends it with exit code 1, and nothing unacknowledged or unconfirmed is
-lost either way.
+lost either way. Under systemd it reports READY once every part runs, pings the watchdog from the
+event loop, and reports STOPPING.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import AsyncExitStack
 
 import structlog
 
+from edgefleet.sdnotify import Notifier, watchdog
 from gateway.admin import AdminServer, core_routes
 from gateway.command_publisher import CommandPublisher
 from gateway.config import GatewayConfig
@@ -51,7 +53,9 @@ async def run(config: GatewayConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopper.event.set)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    notifier = Notifier()
     async with AsyncExitStack() as stack:
+        stack.callback(notifier.close)
         store = await stack.enter_async_context(Store(config.database))
         spool = await Spool(store, config.spool.max_bytes).open()
         inventory = await Inventory(store).open()
@@ -93,6 +97,14 @@ async def run(config: GatewayConfig) -> int:
             spool_records=spool.stats.records,
             devices=len(inventory.devices),
         )
+
+        def status() -> str:
+            return f"{inventory.online()} devices online, spool {spool.stats.records} records"
+
+        notifier.send(READY="1", STATUS=status())
+        pinger = asyncio.create_task(watchdog(notifier, status), name="watchdog")
         await stopper.event.wait()
+        pinger.cancel()
+        notifier.send(STOPPING="1", STATUS="stopping")
         log.info("gateway stopping")
     return 1 if stopper.failure else 0

@@ -1,10 +1,12 @@
-"""``edgefleet gateway run|devices|status|import-release``: the site daemon and what the
-operator asks it."""
+"""``edgefleet gateway run|devices|status|import-release|install-service``: the site daemon,
+what the operator asks it, and its systemd service."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from edgefleet import service_commands
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     import_parser.add_argument("--json", action="store_true", help="JSON for scripts")
     import_parser.set_defaults(handler=import_release)
+
+    service_commands.register(commands, "gateway")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,10 @@ def _value(value) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
+def _mcus(mcus) -> str:
+    return "\n".join(f"{m['name']} {m['version'] or '-'} {m['state']}" for m in mcus) or "-"
+
+
 def print_table(devices: list[dict], console: Console | None = None) -> None:
     table = Table(title=f"{len(devices)} devices")
     columns = (
@@ -32,6 +36,7 @@ def print_table(devices: list[dict], console: Console | None = None) -> None:
         "spool",
         "drops",
         "records",
+        "mcus",
     )
     for column in columns:
         table.add_column(column, no_wrap=column in ("device", "last seen"))
@@ -50,5 +55,6 @@ def print_table(devices: list[dict], console: Console | None = None) -> None:
             _value(d["spool_depth"]),
             _value(d["spool_dropped"]),
             str(d["records"]),
+            _mcus(d.get("mcus") or ()),
         )
     (console or Console()).print(table)

@@ -48,6 +48,7 @@ class Device:
     last_event_at: float | None = None
     hardware_tags: tuple[str, ...] = ()
     arena_bytes: int | None = None
+    mcus: tuple[dict, ...] = ()  # attached MCUs: name, version, state
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,6 +75,7 @@ def apply_status(row: Device | None, status: Status, now: float) -> Device:
         spool_dropped=status.spool.dropped if status.spool else None,
         hardware_tags=status.hardware_tags,
         arena_bytes=status.arena_bytes,
+        mcus=tuple(mcu.to_json() for mcu in status.mcus),
     )
 
 
@@ -85,7 +87,7 @@ def apply_event(row: Device | None, event: Event, now: float) -> Device:
         return dataclasses.replace(row, drift_alarm=True, drift_alarms=row.drift_alarms + 1)
     if event.kind == "drift_cleared":
         return dataclasses.replace(row, drift_alarm=False)
-    if event.kind in UPDATE_EVENTS:
+    if event.kind in UPDATE_EVENTS and "mcu" not in event.detail:  # the model's updater
         return dataclasses.replace(row, update_state=UPDATE_EVENTS[event.kind])
     return row
 

@@ -24,7 +24,7 @@ from gateway.config import RepositoryConfig
 from gateway.deltas import DeltaService, Offer
 from gateway.release_import import ImportResult, gateway_keys, import_release
 from gateway.repo_server import RepositoryServer
-from gateway.repository import Release, Repository
+from gateway.repository import McuImage, Release, Repository
 from gateway.timestamp_keeper import TimestampKeeper
 
 log = structlog.get_logger()
@@ -95,14 +95,15 @@ class RepositoryService:
         )
         return result
 
-    async def release(self, name: str, version: int) -> Release | None:
+    async def release(self, name: str, version: int) -> Release | McuImage | None:
+        """The served model release or MCU image ``name`` ``version``."""
         if self.repo is None:
             return None
 
-        def work() -> list[Release]:
+        def work() -> list[Release | McuImage]:
             with self.lock:
                 self.repo.reload()
-                return self.repo.releases()
+                return [*self.repo.releases(), *self.repo.images()]
 
         releases = await asyncio.to_thread(work)
         return next((r for r in releases if (r.name, r.version) == (name, version)), None)

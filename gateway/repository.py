@@ -1,10 +1,11 @@
-"""The release repository: TUF metadata over signed model targets, on disk.
+"""The release repository: TUF metadata over signed model and MCU image targets, on disk.
 
 Layout of a repository folder::
 
     metadata/   N.root.json (every version kept), root.json (the newest, to provision devices),
                 N.targets.json, N.snapshot.json, N.deltas.json, timestamp.json
-    targets/    <name>/<sha256>.<version>.tflite and .gate.json (consistent-snapshot names)
+    targets/    <name>/<sha256>.<version>.tflite and .gate.json, or <name>/<sha256>.<version>.bin
+                for an MCU image (consistent-snapshot names)
     keys/offline/{root,targets}.key     keys/online/{snapshot,timestamp,deltas}.key
 
 Every change writes new versioned files first and ``timestamp.json`` last: until that rename a
@@ -40,6 +41,9 @@ from edgefleet.fsio import atomic_write_bytes
 from gateway import keystore
 from gateway.errors import ReleaseError
 from gateway.keystore import KeyDirs
+from protocol.mcu_image import KIND as MCU_IMAGE
+from protocol.mcu_image import McuImageError, McuImageMeta, inspect_image
+from protocol.mcu_image import target_path as image_path
 from protocol.model_meta import NAME_PATTERN, ModelMeta
 
 SPEC_VERSION = "1.0.31"
@@ -53,6 +57,7 @@ DEFAULT_EXPIRY = {
     "timestamp": timedelta(days=7),
 }
 _MODEL_PATH = re.compile(r"(?P<name>[^/]+)/(?P<version>[0-9]+)\.tflite")
+_IMAGE_PATH = re.compile(r"(?P<name>[^/]+)/(?P<version>[0-9]+)\.bin")
 
 
 def expiry(role: str, lifetime: timedelta | None = None) -> datetime:
@@ -77,6 +82,18 @@ class Release:
     length: int
     sha256: str
     meta: ModelMeta
+
+
+@dataclass(frozen=True)
+class McuImage:
+    """A signed MCU image: an MCUboot image file as ``imgtool`` wrote it."""
+
+    name: str
+    version: int
+    path: str
+    length: int
+    sha256: str
+    meta: McuImageMeta
 
 
 class Repository:
@@ -209,8 +226,43 @@ class Repository:
             )
         return sorted(found, key=lambda r: (r.name, r.version))
 
+    def images(self) -> list[McuImage]:
+        """Every signed MCU image version, ordered by name then version."""
+        found = []
+        for path, target in self.targets.signed.targets.items():
+            match = _IMAGE_PATH.fullmatch(path)
+            if not match or (target.custom or {}).get("kind") != MCU_IMAGE:
+                continue
+            found.append(
+                McuImage(
+                    name=match["name"],
+                    version=int(match["version"]),
+                    path=path,
+                    length=target.length,
+                    sha256=target.hashes["sha256"],
+                    meta=McuImageMeta.from_json(target.custom),
+                )
+            )
+        return sorted(found, key=lambda r: (r.name, r.version))
+
     def latest_version(self, name: str) -> int:
-        return max((r.version for r in self.releases() if r.name == name), default=0)
+        """Models and MCU images share the versions of a name."""
+        versions = [r.version for r in (*self.releases(), *self.images()) if r.name == name]
+        return max(versions, default=0)
+
+    def _check_new_version(self, name: str, version: int, kind: str) -> None:
+        """A new version of a name: a name is either a model or an MCU image."""
+        if not NAME_PATTERN.fullmatch(name):
+            raise ReleaseError(f"bad {kind} name {name!r}: use letters, digits, '_', '.', '-'")
+        model = kind == "model"
+        if any(r.name == name for r in (self.images() if model else self.releases())):
+            other, this = ("an MCU image", "a model") if model else ("a model", "an MCU image")
+            raise ReleaseError(f"{name!r} is {other}; {this} needs a name of its own")
+        latest = self.latest_version(name)
+        if version <= latest:
+            raise ReleaseError(
+                f"version {version} of {name!r} is not higher than the latest ({latest})"
+            )
 
     # -- changing ---------------------------------------------------------------------------
 
@@ -222,13 +274,7 @@ class Repository:
         targets_lifetime: timedelta | None = None,
     ) -> Release:
         """Sign a new model version (and its gate vectors) as targets and publish it."""
-        if not NAME_PATTERN.fullmatch(meta.name):
-            raise ReleaseError(f"bad model name {meta.name!r}: use letters, digits, '_', '.', '-'")
-        latest = self.latest_version(meta.name)
-        if meta.version <= latest:
-            raise ReleaseError(
-                f"version {meta.version} of {meta.name!r} is not higher than the latest ({latest})"
-            )
+        self._check_new_version(meta.name, meta.version, "model")
         targets_signer = keystore.load(self.keys.path("targets"))
         self._check_signer(targets_signer, "targets")
         online = self.online_signers()
@@ -246,6 +292,33 @@ class Repository:
         targets.signed.targets[meta.gate.path] = gate_target
         self._publish(targets, [targets_signer], online, targets_lifetime)
         return next(r for r in self.releases() if r.path == model_path)
+
+    def add_image(
+        self,
+        name: str,
+        version: int,
+        data: bytes,
+        targets_lifetime: timedelta | None = None,
+    ) -> McuImage:
+        """Sign an MCUboot image (as ``imgtool`` wrote it) as ``<name>/<version>.bin``, with the
+        version its header carries, and publish it. The MCU checks the image's own signature;
+        this signature says the operator released it."""
+        try:
+            image_version = inspect_image(data)
+        except McuImageError as exc:
+            raise ReleaseError(f"not an MCUboot image: {exc}") from None
+        self._check_new_version(name, version, "MCU image")
+        targets_signer = keystore.load(self.keys.path("targets"))
+        self._check_signer(targets_signer, "targets")
+        online = self.online_signers()
+        meta = McuImageMeta(name, version, image_version, len(data))
+        path = image_path(name, version)
+        target = TargetFile.from_data(path, data, ["sha256"])
+        target.unrecognized_fields["custom"] = meta.to_json()
+        self._store_target(target, data)
+        self.targets.signed.targets[path] = target
+        self._publish(self.targets, [targets_signer], online, targets_lifetime)
+        return next(r for r in self.images() if r.path == path)
 
     def sign_rollback(self, name: str, version: int) -> Release:
         """Mark a signed version as a permitted downgrade: devices running a newer version

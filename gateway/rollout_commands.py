@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     start = commands.add_parser("start", help="offer a model version to the fleet in stages")
     start.add_argument("--config", type=Path, required=True, help="gateway TOML file")
-    start.add_argument("--model", required=True, help="model name, as signed")
+    start.add_argument("--model", required=True, help="model or MCU image name, as signed")
     start.add_argument("--version", required=True, help="model version to roll out")
     start.add_argument("--stages", default="1,10,50,100", help="cumulative percentages")
     start.add_argument("--soak", default="10m", help="time a stage runs committed (30s, 10m, 1h)")

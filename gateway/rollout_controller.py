@@ -25,7 +25,13 @@ from protocol.topics import Command, Event, Status
 log = structlog.get_logger()
 
 Send = Callable[[str, Command], Awaitable[None]]
-FAILURE_EVENTS = ("update_rolled_back", "update_refused", "error", "command_rejected")
+FAILURE_EVENTS = (
+    "update_rolled_back",
+    "update_refused",
+    "update_failed",
+    "error",
+    "command_rejected",
+)
 REOFFER_S = 60.0
 
 
@@ -52,17 +58,18 @@ class RolloutController:
         self,
         plan: Plan,
         devices: Sequence[DeviceFacts],
-        meta: ModelMeta,
+        meta: ModelMeta | None,
         skipped: Mapping[str, str] | None = None,
     ) -> Rollout:
-        """``skipped``: devices left out before eligibility (offline, another model...) and why."""
+        """``skipped``: devices left out before eligibility (offline, another model...) and why.
+        ``meta`` is None for an MCU image: there is no hardware fit to judge here."""
         if self.store.get(plan.rollout_id):
             raise RolloutError(f"rollout {plan.rollout_id!r} exists already")
         busy = [r.plan.rollout_id for r in self.store.active() if r.plan.model == plan.model]
         if busy:
             raise RolloutError(f"model {plan.model!r} is already being rolled out by {busy[0]!r}")
         skipped = dict(skipped or {}) | {
-            d.device: why for d in devices if (why := eligibility(d, meta))
+            d.device: why for d in devices if meta and (why := eligibility(d, meta))
         }
         stages = assign_stages(plan, [d.device for d in devices if d.device not in skipped])
         self.store.create(plan, stages, skipped, self.clock())

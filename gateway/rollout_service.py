@@ -22,9 +22,11 @@ from edgefleet.errors import UserError
 from gateway.config import RolloutsConfig
 from gateway.inventory import Device, Inventory
 from gateway.repo_service import RepositoryService
+from gateway.repository import McuImage
 from gateway.rollout import DeviceFacts, DeviceState, Plan, Progress, stage_table
 from gateway.rollout_controller import RolloutController, RolloutError, Send
 from gateway.rollout_store import Rollout, RolloutStore
+from protocol.mcu_image import parse_version
 from protocol.topics import Event, Status
 
 log = structlog.get_logger()
@@ -51,6 +53,30 @@ def candidates(
             if row.model_version:
                 sources.add(row.model_version)
     return facts, skipped, sources
+
+
+def mcu_candidates(
+    devices: Iterable[Device], name: str, image_version: str
+) -> tuple[list[DeviceFacts], dict[str, str]]:
+    """Devices with an MCU tracking the image ``name`` that keeps an older image (or none
+    known yet), and those left out and why. Versions are the MCUboot header's, as the MCU
+    reported them in the device's status."""
+    facts: list[DeviceFacts] = []
+    skipped: dict[str, str] = {}
+    wanted = parse_version(image_version)
+    for row in devices:
+        mcu = next((m for m in row.mcus if m.get("name") == name), None)
+        if row.state != "online":
+            skipped[row.device] = f"device is {row.state}"
+        elif mcu is None:
+            skipped[row.device] = f"has no MCU {name!r}"
+        elif mcu.get("state") == "unreachable":
+            skipped[row.device] = f"MCU {name!r} is unreachable"
+        elif mcu.get("version") and parse_version(mcu["version"]) >= wanted:
+            skipped[row.device] = f"MCU {name!r} already keeps {mcu['version']}"
+        else:
+            facts.append(DeviceFacts(row.device))
+    return facts, skipped
 
 
 def summary(rollout: Rollout, progress: list[Progress]) -> dict:
@@ -168,14 +194,18 @@ class RolloutService:
     async def start(self, plan: Plan) -> dict:
         release = await self.repository.release(plan.model, plan.version)
         if release is None:
-            raise UserError(f"{plan.model}/{plan.version}.tflite is not a served release")
-        facts, skipped, sources = candidates(
-            self.inventory.devices.values(), plan.model, plan.version
-        )
-        offers = await self.repository.build_deltas(plan.model, plan.version, sources)
-        log.info("rollout deltas ready", offers=[(o.fetch, o.kind, o.length) for o in offers])
+            raise UserError(f"{plan.model} version {plan.version} is not a served release")
+        devices = self.inventory.devices.values()
+        if isinstance(release, McuImage):
+            facts, skipped = mcu_candidates(devices, plan.model, release.meta.image_version)
+            meta = None  # the MCU judges whether an image fits it
+        else:
+            facts, skipped, sources = candidates(devices, plan.model, plan.version)
+            offers = await self.repository.build_deltas(plan.model, plan.version, sources)
+            log.info("rollout deltas ready", offers=[(o.fetch, o.kind, o.length) for o in offers])
+            meta = release.meta
         async with self._lock:
-            rollout = self.controller.start(plan, facts, release.meta, skipped)
+            rollout = self.controller.start(plan, facts, meta, skipped)
         return self.view(rollout.plan.rollout_id, rollout)
 
     def view(self, rollout_id: str, rollout: Rollout | None = None) -> dict:

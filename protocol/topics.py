@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.mcu_image import VERSION_TEXT
+
 SCHEMA_VERSION = 1
 DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SITE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -32,6 +34,7 @@ MAX_CMD_BYTES = 16 * 1024
 MAX_DETAIL_KEYS = 32
 MAX_TEXT = 1024
 MAX_HARDWARE_TAGS = 32
+MAX_MCUS = 16
 
 STATES = ("online", "offline")
 EVENT_KINDS = (
@@ -49,6 +52,7 @@ EVENT_KINDS = (
     "update_committed",
     "update_rolled_back",
     "update_refused",
+    "update_failed",
     "error",
 )
 COMMAND_KINDS = ("update", "rollback", "config")
@@ -249,6 +253,27 @@ class SpoolInfo:
 
 
 @dataclass(frozen=True)
+class McuInfo:
+    """An MCU attached to the device: the image name it tracks, the version of the image it
+    keeps (as its MCUboot header says; None while unknown), and ``state``: ok, updating,
+    unreachable, failed (the last update did not take) or unknown (not asked yet)."""
+
+    name: str
+    version: str | None
+    state: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version, "state": self.state}
+
+    @classmethod
+    def from_json(cls, data: Any) -> McuInfo:
+        _require(isinstance(data, dict), "mcu is not an object")
+        version = get(data, "version", (str, type(None)))
+        _require(version is None or VERSION_TEXT.fullmatch(version) is not None, "bad mcu version")
+        return cls(_name(data, "name"), version, _name(data, "state"))
+
+
+@dataclass(frozen=True)
 class Status:
     """The device's retained state. The last will is ``Status.offline(device)``."""
 
@@ -266,6 +291,7 @@ class Status:
     counters: dict[str, str | int | float | bool | None] = field(default_factory=dict)
     hardware_tags: tuple[str, ...] = ()  # what the device offers, matched by a release's tags
     arena_bytes: int | None = None  # tensor arena a model may use on this device
+    mcus: tuple[McuInfo, ...] = ()  # attached MCUs; absent from payloads of older agents
 
     @classmethod
     def offline(cls, device: str) -> Status:
@@ -290,6 +316,7 @@ class Status:
                 "spool": self.spool.to_json() if self.spool else None,
                 "counters": self.counters,
                 "hardware": {"tags": list(self.hardware_tags), "arena_bytes": self.arena_bytes},
+                "mcus": [mcu.to_json() for mcu in self.mcus],
             }
         return dump_object(data, MAX_STATUS_BYTES, "status")
 
@@ -301,6 +328,8 @@ class Status:
         model, drift, spool = (
             get(data, key, (dict, type(None)), None) for key in ("model", "drift", "spool")
         )
+        mcus = get(data, "mcus", list, [])
+        _require(len(mcus) <= MAX_MCUS, "too many mcus")
         return cls(
             device=_device(data),
             state=state,
@@ -315,6 +344,7 @@ class Status:
             spool=SpoolInfo.from_json(spool) if spool is not None else None,
             counters=_scalars(data, "counters"),
             **_hardware(get(data, "hardware", dict, {})),
+            mcus=tuple(McuInfo.from_json(mcu) for mcu in mcus),
         )
 
 

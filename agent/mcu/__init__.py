@@ -1,1 +1,2 @@
-"""MCU host: drives an attached microcontroller over serial (upload, test, confirm, revert)."""
+"""MCU host: drives an attached microcontroller over serial (upload, test, confirm, revert),
+by hand (`edgefleet flash`) or from a rollout (`updater.py`)."""

@@ -48,12 +48,14 @@ def toml_value(value) -> str:
     return repr(value)
 
 
-def write_config(path: Path, tables: dict[str, dict]) -> Path:
+def write_config(path: Path, tables: dict[str, dict | list[dict]]) -> Path:
+    """A list of tables is written as an array of tables (``[[name]]``)."""
     lines = []
     for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-        lines.append("")
+        for item in values if isinstance(values, list) else [values]:
+            lines.append(f"[[{table}]]" if isinstance(values, list) else f"[{table}]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in item.items()]
+            lines.append("")
     path.write_text("\n".join(lines))
     return path
 

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from tests.mcu.mcu_support import IMGTOOL, Images
+from firmware_sim.images import IMGTOOL
+from tests.mcu.mcu_support import Images
 
 
 @pytest.fixture(scope="session")

@@ -3,44 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 from agent.mcu.client import LinkConfig, McuClient
 from edgefleet.models import model_path
 from firmware_sim.bootloader import Verifier
 from firmware_sim.flash import Flash
+from firmware_sim.images import imgtool, sign
 from firmware_sim.layout import Layout, Slot
 from firmware_sim.mcu import McuConfig, SimulatedMcu
 from firmware_sim.mcuboot_image import load_public_key
 
 LAYOUT = Layout(sector_size=4096, slot_sectors=10, write_align=8)
-IMGTOOL = str(Path(sys.executable).with_name("imgtool"))
-
-
-def imgtool(*args: str) -> None:
-    subprocess.run([IMGTOOL, *args], check=True, capture_output=True)
-
-
-def sign(key: Path, payload: Path, out: Path, version: str, slot_size: int) -> bytes:
-    imgtool(
-        "sign",
-        "--key",
-        str(key),
-        "--header-size",
-        "0x200",
-        "--align",
-        "8",
-        "--version",
-        version,
-        "--slot-size",
-        str(slot_size),
-        "--pad-header",
-        str(payload),
-        str(out),
-    )
-    return out.read_bytes()
 
 
 class Images:

@@ -1,14 +1,16 @@
 """systemd's notify protocol: datagrams of ``KEY=value`` lines to ``$NOTIFY_SOCKET``.
 
-Without ``NOTIFY_SOCKET`` (not started by systemd with ``Type=notify``) every call is a no-op.
+Both daemons run as ``Type=notify`` services with a watchdog (docs/install.md). Without
+``NOTIFY_SOCKET`` (not started by systemd with ``Type=notify``) every call is a no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 class Notifier:
@@ -34,3 +36,12 @@ class Notifier:
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
+
+
+async def watchdog(notifier: Notifier, status: Callable[[], str]) -> None:
+    """Ping every ``WatchdogSec/2`` from the event loop, so a wedged loop gets restarted."""
+    if notifier.watchdog_s is None:
+        return
+    while True:
+        notifier.send(WATCHDOG="1", STATUS=status())
+        await asyncio.sleep(notifier.watchdog_s / 2)

@@ -1,0 +1,121 @@
+"""MCU images as releases: what the targets key signs about an MCUboot image, and the facts the
+repository reads from the image's own header.
+
+An MCU image release is the TUF target ``<name>/<version>.bin`` (the file exactly as ``imgtool
+sign`` wrote it) whose ``custom`` field is ``McuImageMeta``: ``kind`` says it is for an MCU,
+``image_version`` is the version in its MCUboot header, the one the MCU reports once it runs it.
+A device parses the field through ``McuImageMeta.from_json`` before it sends anything to an MCU,
+so a model target offered to an MCU is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from dataclasses import dataclass
+
+KIND = "mcu-image"
+VERSION_TEXT = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,5})\+([0-9]{1,10})")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+IMAGE_MAGIC = 0x96F3B83D
+HEADER = struct.Struct("<IIHHIIBBHII")
+TLV_INFO = struct.Struct("<HH")
+TLV = struct.Struct("<BBH")
+TLV_INFO_MAGIC = 0x6907
+TLV_PROT_INFO_MAGIC = 0x6908
+TLV_SHA256 = 0x10
+
+
+class McuImageError(ValueError):
+    """Bytes that are not a whole MCUboot image, or signed metadata that does not follow the
+    schema."""
+
+
+def target_path(name: str, version: int) -> str:
+    return f"{name}/{version}.bin"
+
+
+def parse_version(text: str) -> tuple[int, int, int, int]:
+    """``"1.2.3+4"`` -> ``(1, 2, 3, 4)``, comparable as MCUboot compares versions."""
+    match = VERSION_TEXT.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise McuImageError(f"bad image version {str(text)[:40]!r}: use MAJOR.MINOR.REVISION+BUILD")
+    return tuple(int(part) for part in match.groups())
+
+
+@dataclass(frozen=True)
+class McuImageMeta:
+    name: str
+    version: int  # the release version, as in the target path
+    image_version: str  # from the MCUboot header: what the MCU reports when it runs the image
+    size: int
+
+    def to_json(self) -> dict:
+        return {
+            "kind": KIND,
+            "name": self.name,
+            "version": self.version,
+            "image_version": self.image_version,
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> McuImageMeta:
+        if not isinstance(data, dict) or data.get("kind") != KIND:
+            raise McuImageError("the signed metadata does not describe an MCU image")
+        name, version, size = data.get("name"), data.get("version"), data.get("size")
+        if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+            raise McuImageError(f"bad MCU image name {str(name)[:80]!r}")
+        for key, value in (("version", version), ("size", size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise McuImageError(f"MCU image {key} must be a positive integer")
+        image_version = data.get("image_version")
+        parse_version(image_version)
+        return cls(name, version, image_version, size)
+
+
+def inspect_image(data: bytes) -> str:
+    """The header's version text of a whole MCUboot image, checked as far as the repository can
+    without the MCU's keys: magic, header, TLV areas ending exactly at the end of the file, and
+    the SHA-256 TLV when there is one. ``McuImageError`` says what is wrong."""
+    if len(data) < HEADER.size:
+        raise McuImageError("shorter than an MCUboot header")
+    magic, _load, hdr_size, prot_size, img_size, _flags, *version, _pad = HEADER.unpack_from(data)
+    if magic != IMAGE_MAGIC:
+        raise McuImageError("no MCUboot image magic")
+    if hdr_size < HEADER.size:
+        raise McuImageError(f"header size {hdr_size} is smaller than the header")
+    offset = hdr_size + img_size
+    tlvs: dict[int, bytes] = {}
+    if prot_size:
+        offset = _tlv_area(data, offset, TLV_PROT_INFO_MAGIC, tlvs, prot_size)
+    covered = offset
+    end = _tlv_area(data, offset, TLV_INFO_MAGIC, tlvs)
+    if end != len(data):
+        raise McuImageError(f"{len(data) - end} bytes after the image's TLV area")
+    if TLV_SHA256 in tlvs and tlvs[TLV_SHA256] != hashlib.sha256(data[:covered]).digest():
+        raise McuImageError("the image does not match its SHA-256 TLV")
+    return "{}.{}.{}+{}".format(*version)
+
+
+def _tlv_area(data: bytes, offset: int, magic: int, out: dict, expected: int | None = None):
+    if offset + TLV_INFO.size > len(data):
+        raise McuImageError("the image ends before its TLV area")
+    found, total = TLV_INFO.unpack_from(data, offset)
+    if found != magic or total < TLV_INFO.size or expected not in (None, total):
+        raise McuImageError(f"bad TLV area at {offset:#x}")
+    end = offset + total
+    if end > len(data):
+        raise McuImageError("the TLV area runs past the end of the file")
+    cursor = offset + TLV_INFO.size
+    while cursor < end:
+        if cursor + TLV.size > end:
+            raise McuImageError("truncated TLV")
+        kind, _, length = TLV.unpack_from(data, cursor)
+        cursor += TLV.size
+        if cursor + length > end:
+            raise McuImageError("a TLV runs past its area")
+        out.setdefault(kind, bytes(data[cursor : cursor + length]))
+        cursor += length
+    return end
