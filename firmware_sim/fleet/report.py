@@ -51,7 +51,8 @@ def devices_on_target(world: World) -> int:
 
 def mcus_on_target(world: World) -> int:
     version = target_version(world, mcu=True)
-    return sum(1 for mcu in world.mcus if mcu.reported_version(world.monitor) == version)
+    name = world.mcu_image_name
+    return sum(1 for mcu in world.mcus if mcu.reported_version(world.monitor, name) == version)
 
 
 def bricked(world: World) -> list[str]:

@@ -19,6 +19,7 @@ from agent.updater.store import Offer
 from edgefleet.errors import UserError
 from firmware_sim.fleet.cloud import Cloud
 from firmware_sim.fleet.devices import SimDevice, agent_tables
+from firmware_sim.fleet.mcus import BAUD, ImageSigner, SimMcu
 from firmware_sim.fleet.mitm import TIMESTAMP, RepositoryRelay
 from firmware_sim.fleet.monitor import Monitor
 from firmware_sim.fleet.partition import Relay
@@ -63,8 +64,9 @@ class World:
         self.old_timestamp: bytes | None = None
         self.relay: RepositoryRelay | None = None
         self.background: list[asyncio.Task] = []  # faults that go on (e.g. corrupting deltas)
-        self.mcus: list = []
-        self.mcu_image_name = "firmware"
+        self.mcus: list[SimMcu] = []
+        self.mcu_image_name = f"{self.fleet.name}-mcu"
+        self.image_signer: ImageSigner | None = None
         self._supervisor: asyncio.Task | None = None
         self.fleet_window: list[float] = []  # monotonic: first agent started, agents stopped
         self._stack = contextlib.AsyncExitStack()
@@ -86,6 +88,9 @@ class World:
         fleet = self.fleet
         self.operator = await asyncio.to_thread(Repository.init, self.workdir / "operator")
         await self.sign(fleet.model.read_bytes(), fleet.version, None)
+        if fleet.mcus:
+            self.image_signer = await asyncio.to_thread(ImageSigner, self.workdir / "mcu-images")
+            factory = await self.sign_mcu_image(fleet.mcu_version)
         await self._stack.enter_async_context(self.cloud)
         self._stack.callback(self.broker.close)
         self.broker.start()
@@ -113,6 +118,11 @@ class World:
         self.monitor = Monitor(self.broker.url, default_prefix(SITE), monitor_user)
         self._stack.callback(self.monitor.close)
         self._stack.push_async_callback(self._stop_devices_now)
+        for index in range(fleet.mcus):
+            mcu = SimMcu(f"mcu{index:03d}", self.workdir / "mcus" / f"mcu{index:03d}",
+                         self.image_signer, factory)  # fmt: skip
+            self._stack.callback(mcu.stop)
+            self.mcus.append(mcu)
         for index in range(fleet.devices):
             await self._add_device(index, template, root)
         self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
@@ -131,6 +141,10 @@ class World:
         home = self.workdir / "devices" / name
         shutil.copytree(template, home / "state")
         url = self.broker.url
+        mcus = []
+        if index < len(self.mcus):
+            self.mcus[index].attached_to = name
+            mcus = [{"name": self.mcu_image_name, "port": self.mcus[index].port, "baud": BAUD}]
         if self.scenario.needs_partitions:
             relay = await Relay(self.broker.port).start()
             self.relays[name] = relay
@@ -144,7 +158,7 @@ class World:
             model=self.fleet.model,
             rate_hz=self.fleet.rate_hz,
             trusted_root=root,
-            mcus=[],
+            mcus=mcus,
             seed=self.scenario.seed * 100_003 + index,
         )
         device = SimDevice(name, home, tables)
@@ -163,6 +177,13 @@ class World:
         await asyncio.to_thread(
             sign_scenario_release, self.operator, data, self.fleet.name, version, gate
         )
+
+    async def sign_mcu_image(self, version: int) -> Path:
+        path = await asyncio.to_thread(self.image_signer.image, version)
+        await asyncio.to_thread(
+            self.operator.add_image, self.mcu_image_name, version, path.read_bytes()
+        )
+        return path
 
     async def import_releases(self) -> dict:
         return await self.gateway.post("/v1/repository/import", {"source": str(self.operator.dir)})
