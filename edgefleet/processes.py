@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -13,3 +16,25 @@ def die_with_parent() -> None:
     """``preexec_fn`` for ``subprocess.Popen``: SIGKILL this child when the thread that started
     it ends (Linux ``PR_SET_PDEATHSIG``), so start such children from a long-lived thread."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start_edgefleet(
+    args: list[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    stdout: int = subprocess.DEVNULL,
+    own_group: bool = False,
+) -> subprocess.Popen:
+    """``edgefleet ARGS`` as a child of this Python, its stderr appended to ``log``, dying with
+    its parent; ``own_group``: in a process group of its own (a power cut kills the group)."""
+    with log.open("ab") as stream:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.cli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stream,
+            env=env,
+            start_new_session=own_group,
+            preexec_fn=die_with_parent,
+        )

@@ -10,22 +10,16 @@ SubjectPublicKeyInfo. Pure functions: bytes in, ``VerifiedImage`` or an ``ImageE
 from __future__ import annotations
 
 import hashlib
-import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-IMAGE_MAGIC = 0x96F3B83D
-TLV_INFO_MAGIC = 0x6907
-TLV_PROT_INFO_MAGIC = 0x6908
-HEADER = struct.Struct("<IIHHIIBBHII")
-TLV_INFO = struct.Struct("<HH")
-TLV = struct.Struct("<BBH")
+from protocol.mcu_image import TLV_SHA256, McuImageError, ParsedImage, parse_image
+
 TLV_KEYHASH = 0x01
 TLV_PUBKEY = 0x02
-TLV_SHA256 = 0x10
 TLV_ED25519 = 0x24
 TLV_SIG_PURE = 0x25
 
@@ -52,16 +46,6 @@ class VerifiedImage:
         return self.header_size, self.header_size + self.image_size
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    version: tuple[int, int, int, int]
-    header_size: int
-    image_size: int
-    covered: int
-    total: int
-    tlvs: list[tuple[int, bytes]]
-
-
 def key_id(key: Ed25519PublicKey) -> bytes:
     """KEYHASH as imgtool computes it: SHA-256 of the DER SubjectPublicKeyInfo."""
     return hashlib.sha256(_der(key)).digest()
@@ -78,47 +62,11 @@ def image_extent(data: bytes) -> int:
     return _parse(data).total
 
 
-def _parse(data: bytes) -> _Parsed:
-    if len(data) < HEADER.size:
-        raise ImageError("shorter than an image header")
-    magic, _load, hdr_size, prot_size, img_size, _flags, *version, _pad = HEADER.unpack_from(data)
-    if magic != IMAGE_MAGIC:
-        raise ImageError("no MCUboot image magic")
-    if hdr_size < HEADER.size:
-        raise ImageError(f"header size {hdr_size} is smaller than the header")
-    offset = hdr_size + img_size
-    tlvs: list[tuple[int, bytes]] = []
-    if prot_size:
-        _read_area(data, offset, TLV_PROT_INFO_MAGIC, prot_size, tlvs)
-        offset += prot_size
-    covered = offset
-    if offset + TLV_INFO.size > len(data):
-        raise ImageError("image runs past the end of the slot")
-    _, total = TLV_INFO.unpack_from(data, offset)
-    end = _read_area(data, offset, TLV_INFO_MAGIC, total, tlvs)
-    return _Parsed(tuple(version), hdr_size, img_size, covered, end, tlvs)
-
-
-def _read_area(data: bytes, offset: int, magic: int, expected: int, out: list) -> int:
-    if offset + TLV_INFO.size > len(data):
-        raise ImageError("image runs past the end of the slot")
-    found, total = TLV_INFO.unpack_from(data, offset)
-    if found != magic or total != expected or total < TLV_INFO.size:
-        raise ImageError(f"bad TLV area at {offset:#x}")
-    end = offset + total
-    if end > len(data):
-        raise ImageError("TLV area runs past the end of the slot")
-    cursor = offset + TLV_INFO.size
-    while cursor < end:
-        if cursor + TLV.size > end:
-            raise ImageError("truncated TLV")
-        kind, _, length = TLV.unpack_from(data, cursor)
-        cursor += TLV.size
-        if cursor + length > end:
-            raise ImageError("TLV runs past its area")
-        out.append((kind, bytes(data[cursor : cursor + length])))
-        cursor += length
-    return end
+def _parse(data: bytes) -> ParsedImage:
+    try:
+        return parse_image(data)
+    except McuImageError as exc:
+        raise ImageError(str(exc)) from None
 
 
 def verify(

@@ -75,10 +75,22 @@ class McuImageMeta:
         return cls(name, version, image_version, size)
 
 
-def inspect_image(data: bytes) -> str:
-    """The header's version text of a whole MCUboot image, checked as far as the repository can
-    without the MCU's keys: magic, header, TLV areas ending exactly at the end of the file, and
-    the SHA-256 TLV when there is one. ``McuImageError`` says what is wrong."""
+@dataclass(frozen=True)
+class ParsedImage:
+    """The layout of an MCUboot image: header, payload, TLV areas."""
+
+    version: tuple[int, int, int, int]
+    header_size: int
+    image_size: int
+    covered: int  # bytes the SHA-256 TLV and the signature cover
+    total: int  # bytes the image occupies, TLV areas included
+    tlvs: tuple[tuple[int, bytes], ...]  # in order, the protected area's first
+
+
+def parse_image(data: bytes) -> ParsedImage:
+    """The image at the start of ``data`` (a file, or a flash slot: what follows the TLV area is
+    not read). Shared by the repository, which checks a file before signing it, and the
+    simulated MCU's bootloader, which checks a slot before booting it."""
     if len(data) < HEADER.size:
         raise McuImageError("shorter than an MCUboot header")
     magic, _load, hdr_size, prot_size, img_size, _flags, *version, _pad = HEADER.unpack_from(data)
@@ -87,19 +99,28 @@ def inspect_image(data: bytes) -> str:
     if hdr_size < HEADER.size:
         raise McuImageError(f"header size {hdr_size} is smaller than the header")
     offset = hdr_size + img_size
-    tlvs: dict[int, bytes] = {}
+    tlvs: list[tuple[int, bytes]] = []
     if prot_size:
         offset = _tlv_area(data, offset, TLV_PROT_INFO_MAGIC, tlvs, prot_size)
     covered = offset
     end = _tlv_area(data, offset, TLV_INFO_MAGIC, tlvs)
-    if end != len(data):
-        raise McuImageError(f"{len(data) - end} bytes after the image's TLV area")
-    if TLV_SHA256 in tlvs and tlvs[TLV_SHA256] != hashlib.sha256(data[:covered]).digest():
+    return ParsedImage(tuple(version), hdr_size, img_size, covered, end, tuple(tlvs))
+
+
+def inspect_image(data: bytes) -> str:
+    """The header's version text of a whole MCUboot image, checked as far as the repository can
+    without the MCU's keys: magic, header, TLV areas ending exactly at the end of the file, and
+    the SHA-256 TLV when there is one. ``McuImageError`` says what is wrong."""
+    parsed = parse_image(data)
+    if parsed.total != len(data):
+        raise McuImageError(f"{len(data) - parsed.total} bytes after the image's TLV area")
+    digest = dict(reversed(parsed.tlvs)).get(TLV_SHA256)
+    if digest is not None and digest != hashlib.sha256(data[: parsed.covered]).digest():
         raise McuImageError("the image does not match its SHA-256 TLV")
-    return "{}.{}.{}+{}".format(*version)
+    return "{}.{}.{}+{}".format(*parsed.version)
 
 
-def _tlv_area(data: bytes, offset: int, magic: int, out: dict, expected: int | None = None):
+def _tlv_area(data: bytes, offset: int, magic: int, out: list, expected: int | None = None):
     if offset + TLV_INFO.size > len(data):
         raise McuImageError("the image ends before its TLV area")
     found, total = TLV_INFO.unpack_from(data, offset)
@@ -107,7 +128,7 @@ def _tlv_area(data: bytes, offset: int, magic: int, out: dict, expected: int | N
         raise McuImageError(f"bad TLV area at {offset:#x}")
     end = offset + total
     if end > len(data):
-        raise McuImageError("the TLV area runs past the end of the file")
+        raise McuImageError("the TLV area runs past the end of the image")
     cursor = offset + TLV_INFO.size
     while cursor < end:
         if cursor + TLV.size > end:
@@ -116,6 +137,6 @@ def _tlv_area(data: bytes, offset: int, magic: int, out: dict, expected: int | N
         cursor += TLV.size
         if cursor + length > end:
             raise McuImageError("a TLV runs past its area")
-        out.setdefault(kind, bytes(data[cursor : cursor + length]))
+        out.append((kind, bytes(data[cursor : cursor + length])))
         cursor += length
     return end

@@ -9,13 +9,12 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.updater.faults import CUT_FILE_ENV
 from edgefleet import tomlconfig
-from edgefleet.processes import die_with_parent
+from edgefleet.processes import start_edgefleet
 
 # Probation limits for simulated devices. A retrained head agrees with its incumbent on ~90 % of
 # the synthetic inputs and a one-class model on ~10 %, so the limits sit between the two and no
@@ -70,17 +69,12 @@ class SimDevice:
         self.cut_file.unlink(missing_ok=True)
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", CUT_FILE_ENV: str(self.cut_file)}
         env.pop("EDGEFLEET_FAULT_HOOK", None)
-        with (self.home / "agent.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config",
-                 str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )  # fmt: skip
+        self.proc = start_edgefleet(
+            ["agent", "run", "--config", str(self.config_path)],
+            self.home / "agent.log",
+            env=env,
+            own_group=True,
+        )
 
     @property
     def running(self) -> bool:

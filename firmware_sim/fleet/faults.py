@@ -64,22 +64,22 @@ async def broker_down(world: World, fault: Fault, rng: random.Random):
     return heal
 
 
-async def cloud_down(world: World, fault: Fault, rng: random.Random):
-    world.cloud.down = True
+def _set_until_healed(target: object, attribute: str, value, healed):
+    """Set ``target.attribute`` to ``value`` now; the returned heal sets it to ``healed``."""
+    setattr(target, attribute, value)
 
     async def heal() -> None:
-        world.cloud.down = False
+        setattr(target, attribute, healed)
 
     return heal
+
+
+async def cloud_down(world: World, fault: Fault, rng: random.Random):
+    return _set_until_healed(world.cloud, "down", True, False)
 
 
 async def cloud_errors(world: World, fault: Fault, rng: random.Random):
-    world.cloud.error_rate = fault.rate
-
-    async def heal() -> None:
-        world.cloud.error_rate = 0.0
-
-    return heal
+    return _set_until_healed(world.cloud, "error_rate", fault.rate, 0.0)
 
 
 async def partition(world: World, fault: Fault, rng: random.Random):
@@ -116,31 +116,17 @@ async def mcu_power_cut(world: World, fault: Fault, rng: random.Random):
 
 
 async def corrupt_delta(world: World, fault: Fault, rng: random.Random):
-    world.relay.corrupt_deltas = True
-
-    async def heal() -> None:
-        world.relay.corrupt_deltas = False
-
-    return heal
+    return _set_until_healed(world.relay, "corrupt_deltas", True, False)
 
 
 async def replay_metadata(world: World, fault: Fault, rng: random.Random):
-    return _serve_timestamp(world, world.old_timestamp)
+    return _set_until_healed(world.relay, "replayed", world.old_timestamp, None)
 
 
 async def expire_metadata(world: World, fault: Fault, rng: random.Random):
     current = await world.relay.fetch(TIMESTAMP)
     signer = keystore.load(world.operator.keys.path("timestamp"))
-    return _serve_timestamp(world, expired_timestamp(current, signer))
-
-
-def _serve_timestamp(world: World, data: bytes):
-    world.relay.replayed = data
-
-    async def heal() -> None:
-        world.relay.replayed = None
-
-    return heal
+    return _set_until_healed(world.relay, "replayed", expired_timestamp(current, signer), None)
 
 
 async def gateway_restart(world: World, fault: Fault, rng: random.Random):

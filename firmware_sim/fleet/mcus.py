@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 from edgefleet.models import model_path
-from edgefleet.processes import die_with_parent
+from edgefleet.processes import start_edgefleet
 from firmware_sim import images
 from firmware_sim.fleet.monitor import Monitor
 from firmware_sim.layout import Layout
@@ -50,15 +49,12 @@ class SimMcu:
         self.name, self.home = name, home
         self.fault_file = home / "power-cut"
         self.attached_to = ""
-        with (home / "mcu-sim.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.cli", "mcu-sim", "--socket",
-                 "--flash", str(home / "flash.bin"), "--key", str(signer.key),
-                 "--factory", str(factory), "--baud", str(BAUD),
-                 "--fault-file", str(self.fault_file)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                preexec_fn=die_with_parent,
-            )  # fmt: skip
+        self.proc = start_edgefleet(
+            ["mcu-sim", "--socket", "--flash", str(home / "flash.bin"), "--key", str(signer.key),
+             "--factory", str(factory), "--baud", str(BAUD), "--fault-file", str(self.fault_file)],
+            home / "mcu-sim.log",
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
         self.port = self.proc.stdout.readline().decode().strip()
         if not self.port:
             raise RuntimeError(f"mcu-sim did not start; see {home / 'mcu-sim.log'}")

@@ -7,13 +7,12 @@ import asyncio
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from edgefleet import tomlconfig
 from edgefleet.errors import UserError
-from edgefleet.processes import die_with_parent
+from edgefleet.processes import start_edgefleet
 from gateway import admin_client
 from gateway import config as gateway_config
 from gateway.broker import BrokerConfig, BrokerError, Mosquitto, find_mosquitto, free_port
@@ -82,15 +81,9 @@ class GatewayProcess:
 
     async def start(self, timeout: float = 30.0) -> None:
         self.starts += 1
-        with (self.workdir / "gateway.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.cli", "gateway", "run", "--config",
-                 str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                preexec_fn=die_with_parent,
-            )  # fmt: skip
+        self.proc = start_edgefleet(
+            ["gateway", "run", "--config", str(self.config_path)], self.workdir / "gateway.log"
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -63,7 +63,6 @@ class World:
         self.counters = Counters()
         self.old_timestamp: bytes | None = None
         self.relay: RepositoryRelay | None = None
-        self.background: list[asyncio.Task] = []  # faults that go on (e.g. corrupting deltas)
         self.mcus: list[SimMcu] = []
         self.mcu_image_name = f"{self.fleet.name}-mcu"
         self.image_signer: ImageSigner | None = None
@@ -127,7 +126,6 @@ class World:
             await self._add_device(index, template, root)
         self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
         self._stack.callback(self._supervisor.cancel)
-        self._stack.callback(lambda: [task.cancel() for task in self.background])
 
     def _provision(self, template: Path, root: Path) -> None:
         """What a factory does once per device: install the first signed model."""
