@@ -148,12 +148,16 @@ class RolloutStore:
     def mark(
         self, rollout_id: str, device: str, state: DeviceState, now: float, detail: str = ""
     ) -> bool:
-        """Record a device's progress; False when the device is not in this rollout."""
-        column = {DeviceState.OFFERED: "offered_at", DeviceState.COMMITTED: "committed_at"}.get(
-            state
-        )
-        assignment = f", {column} = ?" if column else ""
-        params = (state, detail, *((now,) if column else ()), rollout_id, device)
+        """Record a device's progress; False when the device is not in this rollout. A commit
+        reported again (events come at least once) keeps the time of the first, which the soak
+        counts from."""
+        assignment, times = "", ()
+        if state == DeviceState.OFFERED:
+            assignment, times = ", offered_at = ?", (now,)
+        elif state == DeviceState.COMMITTED:
+            assignment = ", committed_at = CASE WHEN state = ? THEN committed_at ELSE ? END"
+            times = (DeviceState.COMMITTED, now)
+        params = (state, detail, *times, rollout_id, device)
         with self.transaction() as db:
             cursor = db.execute(
                 f"UPDATE rollout_devices SET state = ?, detail = ?{assignment} "

@@ -17,6 +17,7 @@ class Cloud:
         self.ids: set[tuple[str, str, int]] = set()
         self.received = 0  # records in accepted requests, duplicates included
         self.refused_requests = 0
+        self.aborted_requests = 0
         self.bad_lines = 0
         self.down = False
         self.error_rate = 0.0
@@ -28,7 +29,11 @@ class Cloud:
         if self.down or (self.error_rate and self._random.random() < self.error_rate):
             self.refused_requests += 1
             return web.Response(status=503 if self.down else 500, text="injected failure")
-        body = await request.read()  # aiohttp undoes Content-Encoding: gzip
+        try:
+            body = await request.read()  # aiohttp undoes Content-Encoding: gzip
+        except ConnectionError:  # the gateway gave up waiting; it sends the batch again
+            self.aborted_requests += 1
+            return web.Response(status=499)
         count = 0
         for line in body.splitlines():
             try:

@@ -121,7 +121,7 @@ def agent_tables(
 ) -> dict:
     tables: dict = {
         "device": {"id": name, "site": site},
-        "mqtt": {"url": broker_url, "timeout_s": 3.0, "backoff_base_s": 0.1, "backoff_max_s": 1.0},
+        "mqtt": {"url": broker_url, "timeout_s": 10.0, "backoff_base_s": 0.1, "backoff_max_s": 2.0},
         "state": {"dir": home / "state"},
         "model": {"path": model},
         "source": {"kind": "synthetic", "seed": seed},

@@ -21,7 +21,9 @@ from firmware_sim.fleet.scenario import Fault, Release, Rollout, Scenario, Step,
 from firmware_sim.fleet.world import World
 from gateway.admin_client import Unreachable
 
-ONLINE_TIMEOUT_S = 120.0
+# Two cores start about one agent a second (Python, NumPy, LiteRT, the model).
+ONLINE_TIMEOUT_S = 60.0
+ONLINE_PER_DEVICE_S = 2.0
 TERMINAL = ("completed", "paused", "aborted")
 
 
@@ -51,7 +53,8 @@ class Runner:
         begun = time.monotonic()
         self.say(f"starting {self.scenario.fleet.devices} devices, gateway, broker, cloud")
         async with World(self.scenario, self.workdir, self.broker_url) as world:
-            await self._until(lambda: _online(world) == len(world.devices), ONLINE_TIMEOUT_S)
+            timeout = ONLINE_TIMEOUT_S + ONLINE_PER_DEVICE_S * len(world.devices)
+            await self._until(lambda: _online(world) == len(world.devices), timeout)
             if _online(world) < len(world.devices):
                 raise UserError(f"only {_online(world)} of {len(world.devices)} devices came up")
             self.outcome.startup_s = time.monotonic() - begun

@@ -131,7 +131,7 @@ def gateway_tables(
         "uplink": {
             "sink": "http",
             "url": cloud_url,
-            "timeout_s": 2.0,
+            "timeout_s": 10.0,
             "backoff_base_s": 0.05,
             "backoff_cap_s": 1.0,
             "batch_age_s": 0.2,
@@ -145,5 +145,5 @@ def gateway_tables(
             "public_url": repo[1],
             "timestamp_check_s": 1.0,
         },
-        "rollouts": {"tick_s": 0.2, "reoffer_s": 5.0},
+        "rollouts": {"tick_s": 0.2, "reoffer_s": 15.0},
     }

@@ -95,6 +95,20 @@ async def test_soak_holds_the_next_stage(fleet):
     assert controller.store.get("r1").stage == 1
 
 
+async def test_a_repeated_commit_event_does_not_restart_the_soak(fleet):
+    """Events are delivered at least once: a device that reconnects sends its commit again,
+    and the soak still counts from the first one."""
+    controller, sent, clock, _ = fleet
+    controller.start(Plan("r1", "kws", 2, (5, 100), 30, 0.05), DEVICES, Meta)
+    await controller.tick()
+    ((device, command),) = sent
+    for _ in range(4):
+        controller.on_event(Event(device, 0, "update_committed", {"rollout": command.rollout}))
+        clock.now += 10
+        await controller.tick()
+    assert controller.store.get("r1").stage == 1
+
+
 async def test_a_restarted_gateway_carries_on(fleet):
     controller, sent, clock, tmp_path = fleet
     controller.start(Plan("r1", "kws", 2, (5, 50, 100), 0, 0.05), DEVICES, Meta)
