@@ -36,10 +36,11 @@ async def _after(delay: float, action) -> None:
     await action()
 
 
-def _chosen(world: World, fault: Fault, rng: random.Random) -> list[SimDevice]:
+def _chosen(world: World, fault: Fault, rng: random.Random, among=None) -> list[SimDevice]:
     if isinstance(fault.devices, tuple):
         return [d for d in world.devices if d.name in fault.devices]
-    return rng.sample(world.devices, fault.devices or 1)
+    candidates = [d for d in world.devices if among is None or d.name in among]
+    return rng.sample(candidates, fault.devices or 1)
 
 
 def _broker(world: World):
@@ -83,9 +84,7 @@ async def cloud_errors(world: World, fault: Fault, rng: random.Random):
 
 
 async def partition(world: World, fault: Fault, rng: random.Random):
-    if not world.relays:
-        raise FaultError("no relays: partitions need the scenario to be read before start")
-    chosen = _chosen(world, fault, rng)
+    chosen = _chosen(world, fault, rng, among=world.relays)
     for device in chosen:
         world.relays[device.name].set_cut(True)
 

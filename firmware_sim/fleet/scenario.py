@@ -159,9 +159,19 @@ class Scenario:
     expect: tuple[Expectation, ...]
     source: Path = field(default=Path("."))
 
-    @property
-    def needs_partitions(self) -> bool:
-        return any(isinstance(s.action, Fault) and s.action.kind == "partition" for s in self.steps)
+    def partitionable(self) -> set[str]:
+        """Devices a ``partition`` may cut off, which alone go through relays: those it names,
+        and for a count the first that many (relaying every device would make the simulator
+        itself the bottleneck of a large fleet)."""
+        names: set[str] = set()
+        for step in self.steps:
+            fault = step.action
+            if isinstance(fault, Fault) and fault.kind == "partition":
+                if isinstance(fault.devices, tuple):
+                    names.update(fault.devices)
+                else:
+                    names.update(device_name(i) for i in range(fault.devices or 1))
+        return names
 
 
 def parse_duration(text: Any, where: str) -> float:

@@ -58,6 +58,7 @@ class World:
         self.gateway: GatewayProcess | None = None
         self.devices: list[SimDevice] = []
         self.relays: dict[str, Relay] = {}
+        self.partitionable = scenario.partitionable()
         self.monitor: Monitor | None = None
         self.rollouts: list[RolloutRecord] = []
         self.counters = Counters()
@@ -143,7 +144,7 @@ class World:
         if index < len(self.mcus):
             self.mcus[index].attached_to = name
             mcus = [{"name": self.mcu_image_name, "port": self.mcus[index].port, "baud": BAUD}]
-        if self.scenario.needs_partitions:
+        if name in self.partitionable:
             relay = await Relay(self.broker.port).start()
             self.relays[name] = relay
             self._stack.push_async_callback(relay.close)

@@ -65,7 +65,7 @@ def test_a_good_scenario_reads_with_paths_relative_to_its_file(tmp_path, models)
     assert (partition.kind, partition.devices, partition.for_s) == ("partition", ("dev001",), 0.5)
     assert release.model == tmp_path / "m" / "new.tflite" and release.gate == "fail-probation"
     assert (wait.until, wait.timeout_s) == ("rollout:paused", 60.0)
-    assert scenario.needs_partitions
+    assert scenario.partitionable() == {"dev001"}
 
 
 BAD = [
