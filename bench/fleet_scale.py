@@ -15,7 +15,7 @@ in the same run: the ratio shows how rollout time grows with the fleet.
 Sizes stop at the first one that loses a record, fails its rollout, or does not fit the time
 limit. Agents are ~65 MB each: 200 need about 13 GB.
 
-    python bench/fleet_scale.py [--sizes 10,30,60] [--rate 10] [--json PATH]
+    python bench/fleet_scale.py [--sizes 10,20,40] [--rate 10] [--json PATH]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run_size(devices: int, rate: float, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10,30,60", help="fleet sizes, rising")
+    parser.add_argument("--sizes", default="10,20,40", help="fleet sizes, rising")
     parser.add_argument("--rate", type=float, default=10.0, help="inferences/s per device")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()

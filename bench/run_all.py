@@ -28,7 +28,7 @@ BENCHES = [
     ("Telemetry", "gateway_throughput.py", ["--records", "200000", "--outage-seconds", "60"]),
     ("Serial", "serial_throughput.py", []),
     ("Updates", "update_rollout.py", ["--runs", "3"]),
-    ("Fleet", "fleet_scale.py", ["--sizes", "10,30,60"]),
+    ("Fleet", "fleet_scale.py", ["--sizes", "10,20,40"]),
 ]
 LIBRARIES = (
     "numpy",
