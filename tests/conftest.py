@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: real mosquitto brokers and the bundled models."""
+"""Fixtures shared by the whole suite: real mosquitto brokers and the bundled models, and no
+agent process that outlives its test, whatever the outcome."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ def _fresh_logging():
     that pytest closes afterwards); start every test from the defaults again."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def reap_agents():
+    yield
+    from tests.agent.agent_support import AgentProcess  # it imports this module
+
+    while AgentProcess.running:
+        AgentProcess.running.pop().kill()
 
 
 @pytest.fixture
