@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import paho.mqtt.client as mqtt
 
+from edgefleet import tomlconfig
 from protocol.telemetry import Record, decode_batch
 from protocol.topics import Event, Status, parse_device_topic
 from tests.conftest import GATEWAY_USER
@@ -40,23 +41,9 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    return repr(value)
-
-
 def write_config(path: Path, tables: dict[str, dict | list[dict]]) -> Path:
     """A list of tables is written as an array of tables (``[[name]]``)."""
-    lines = []
-    for table, values in tables.items():
-        for item in values if isinstance(values, list) else [values]:
-            lines.append(f"[[{table}]]" if isinstance(values, list) else f"[{table}]")
-            lines += [f"{key} = {toml_value(value)}" for key, value in item.items()]
-            lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text(tomlconfig.dumps(tables))
     return path
 
 

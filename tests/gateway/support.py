@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgefleet import tomlconfig
 from gateway.broker import free_port
 from protocol.telemetry import Inference, InputSummary, Record, RecordId, encode_batch
 from protocol.topics import device_topic
@@ -244,22 +245,6 @@ class Publisher:
 # -- the gateway process -------------------------------------------------------------------------
 
 
-def toml(tables: dict[str, dict]) -> str:
-    def value(v) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str | Path):
-            return json.dumps(str(v))
-        return repr(v)
-
-    out = []
-    for name, table in tables.items():
-        out.append(f"[{name}]")
-        out += [f"{k} = {value(v)}" for k, v in table.items()]
-        out.append("")
-    return "\n".join(out)
-
-
 def gateway_config(workdir: Path, broker, cloud_url: str | None, **overrides) -> dict:
     from tests.conftest import GATEWAY_USER
 
@@ -299,7 +284,7 @@ class Gateway:
         self.workdir, self.config = workdir, config
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "gateway.toml"
-        self.config_path.write_text(toml(config))
+        self.config_path.write_text(tomlconfig.dumps(config))
         self.proc: subprocess.Popen | None = None
         self.metrics_url = f"http://{config['metrics']['listen']}/metrics"
         self.starts = 0

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.tomlconfig import dumps as toml
 from gateway import config, daemon
 from gateway.ingest import Ingest
 from protocol.telemetry import encode_batch
 from tests.conftest import GATEWAY_USER
-from tests.gateway.support import PREFIX, make_record, toml
+from tests.gateway.support import PREFIX, make_record
 
 LIMIT = 5
 

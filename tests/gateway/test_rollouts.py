@@ -278,7 +278,7 @@ def test_a_release_signed_by_other_keys_is_refused_in_one_line(start_gateway, op
     ],
 )
 def test_a_bad_repository_section_is_one_line(tmp_path, operator, repository, message):
-    from tests.gateway.support import toml
+    from edgefleet.tomlconfig import dumps as toml
 
     tables = {
         "gateway": {"site": "s1", "data_dir": tmp_path / "data"},
