@@ -3,14 +3,19 @@ status, events and telemetry batches from the spool, receive commands, and recon
 exponential backoff and full jitter when anything on the connection fails.
 
 Telemetry leaves the spool only after its PUBACK: ``Client.publish(qos=1)`` returns once paho
-has called ``on_publish`` for the message id, which for QoS 1 is the PUBACK. Every network await
-has a timeout; an expired timeout ends the session and the link reconnects.
+has called ``on_publish`` for the message id, which for QoS 1 is the PUBACK.
+
+A publish waits for its PUBACK as long as the connection lives. A busy broker acknowledges late,
+and giving up on a live connection only adds a reconnect (and a resend) to its load. A dead
+connection is found by MQTT keepalive: no PINGRESP within ``keepalive_s`` closes the socket, and
+the session ends with the lost connection. Connect, subscribe and the goodbye keep ``timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import ssl
 import time
@@ -195,19 +200,23 @@ class Link:
         except (aiomqtt.MqttError, OSError) as exc:
             log.info("mqtt_goodbye_failed", error=str(exc))
 
+    async def _publish(
+        self, client: aiomqtt.Client, kind: str, payload: bytes, retain: bool = False
+    ) -> None:
+        """QoS 1, returning on the PUBACK however late it comes (keepalive guards the link)."""
+        await client.publish(self._topics[kind], payload, qos=1, retain=retain, timeout=math.inf)
+
     async def _status_loop(self, client: aiomqtt.Client) -> None:
         while True:
             self._status_wanted.clear()
-            await client.publish(
-                self._topics["status"], self._status().encode(), qos=1, retain=True
-            )
+            await self._publish(client, "status", self._status().encode(), retain=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_wanted.wait(), self._tel.status_interval_s)
 
     async def _event_loop(self, client: aiomqtt.Client) -> None:
         while True:
             while self._outbox:
-                await client.publish(self._topics["events"], self._outbox[0].encode(), qos=1)
+                await self._publish(client, "events", self._outbox[0].encode())
                 self._outbox.popleft()
             self._outbox_changed.clear()
             await self._outbox_changed.wait()
@@ -246,7 +255,7 @@ class Link:
             if claim is None:
                 continue
             payload = encode_batch(self._device, claim.bodies)
-            await client.publish(self._topics["telemetry"], payload, qos=1)
+            await self._publish(client, "telemetry", payload)
             await spool.ack(claim)
             self.stats.batches += 1
             self.stats.records += len(claim.bodies)

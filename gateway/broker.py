@@ -21,6 +21,7 @@ from edgefleet.processes import die_with_parent
 
 DEVICE_WRITE_TOPICS = ("telemetry", "status", "events")
 DEVICE_READ_TOPICS = ("cmd",)
+AUTOSAVE_S = 30
 
 
 class BrokerError(RuntimeError):
@@ -80,7 +81,10 @@ def config_text(config: BrokerConfig) -> str:
         f"allow_anonymous {'true' if config.allow_anonymous else 'false'}",
         "persistence true",
         f"persistence_location {work / 'data'}/",
-        "autosave_interval 1",
+        # A graceful stop saves everything; autosave bounds what a crash loses. Each save
+        # rewrites every queued message, so with a deep queue a short interval keeps the broker
+        # writing instead of acknowledging.
+        f"autosave_interval {AUTOSAVE_S}",
         f"max_queued_messages {config.max_queued_messages}",
         "max_inflight_messages 0",
         f"acl_file {work / 'acl'}",

@@ -262,8 +262,11 @@ class FaultyLink:
     ``pass``: forward both ways. ``blackhole``: swallow both directions, keep connections open
     (a PUBLISH the agent sends is lost, its PUBACK never comes). ``deaf``: forward to the broker,
     swallow what comes back (the broker has the message, the agent never hears the PUBACK).
+    ``slow``: forward both ways, but hold what comes back for ``delay`` seconds (a busy broker).
     Switching back to ``pass`` closes the connections that lived through the fault.
     """
+
+    delay = 2.5
 
     def __init__(self, upstream_port: int):
         import socket
@@ -312,7 +315,9 @@ class FaultyLink:
         try:
             while data := source.recv(65536):
                 mode = self.mode
-                if mode == "pass" or (mode == "deaf" and direction == "up"):
+                if mode == "slow" and direction == "down":
+                    time.sleep(self.delay)
+                if mode in ("pass", "slow") or (mode == "deaf" and direction == "up"):
                     target.sendall(data)
         except OSError:
             pass

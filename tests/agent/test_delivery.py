@@ -124,8 +124,13 @@ def faulty(broker):
     link.close()
 
 
+# keepalive 5 s: a dead connection is found within 10 s; timeout_s 1 s: an acknowledgement later
+# than that must not count as a dead connection.
+FAST_DEATH = {"timeout_s": 1.0, "keepalive_s": 5}
+
+
 def test_publish_lost_in_flight_is_sent_again(tmp_path, broker, faulty, collector, models):
-    tables = agent_config(tmp_path, faulty.url, models("kws_f32_v1"), mqtt={"timeout_s": 1.0})
+    tables = agent_config(tmp_path, faulty.url, models("kws_f32_v1"), mqtt=FAST_DEATH)
     config = write_config(tmp_path / "agent.toml", tables)
     spool = tmp_path / "state-dev1" / "spool.db"
     agent = AgentProcess(config)
@@ -133,7 +138,7 @@ def test_publish_lost_in_flight_is_sent_again(tmp_path, broker, faulty, collecto
     wait_for(lambda: len(collector.data.records) >= 200, 20, "records delivered")
 
     faulty.set_mode("blackhole")  # the next batch goes nowhere and is never acknowledged
-    wait_for(lambda: "mqtt_disconnected" in agent.log(), 20, "the publish to time out")
+    wait_for(lambda: "mqtt_disconnected" in agent.log(), 20, "keepalive to find the dead link")
     faulty.set_mode("pass")
     wait_for(lambda: agent.log().count('"mqtt_connected"') >= 2, 20, "reconnection")
     boot = SpoolFile.read(spool).boot
@@ -149,7 +154,7 @@ def test_records_possibly_delivered_are_never_dropped(tmp_path, broker, faulty, 
         tmp_path,
         faulty.url,
         models("kws_f32_v1"),
-        mqtt={"timeout_s": 1.0},
+        mqtt=FAST_DEATH,
         telemetry={"spool_bytes": 32 * 1024, "batch_records": 20},
         inference={"rate_hz": 1000.0},
     )
@@ -172,6 +177,26 @@ def test_records_possibly_delivered_are_never_dropped(tmp_path, broker, faulty, 
     duplicates = collector.data.deliveries - len(collector.data.records)
     assert collector.data.deliveries > delivered_before
     assert duplicates > 0, "the unacknowledged batch reached the broker and was sent again"
+
+
+def test_late_acknowledgements_keep_the_connection(tmp_path, broker, faulty, collector, models):
+    tables = agent_config(tmp_path, faulty.url, models("kws_f32_v1"), mqtt=FAST_DEATH)
+    spool = tmp_path / "state-dev1" / "spool.db"
+    agent = AgentProcess(write_config(tmp_path / "agent.toml", tables))
+    agent.wait_logged("mqtt_connected")
+    wait_for(lambda: len(collector.data.records) >= 100, 20, "records delivered")
+
+    faulty.set_mode("slow")  # every PUBACK comes 2.5 s late, far past timeout_s
+    slow_from = len(collector.data.records)
+    time.sleep(3 * faulty.delay + 5)
+    log = agent.log()
+    assert "mqtt_disconnected" not in log, "a late PUBACK ended a live session"
+    assert log.count('"mqtt_connected"') == 1
+    assert SpoolFile.read(spool).dropped == 0
+    assert len(collector.data.records) > slow_from + 100, "telemetry flowed while acks were late"
+    faulty.set_mode("pass")
+    assert agent.terminate() == 0
+    assert_exact_delivery(collector, spool)
 
 
 def test_mqtts_with_client_certificate(tmp_path, make_broker, models):
