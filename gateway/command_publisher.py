@@ -11,23 +11,16 @@ same update.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import threading
 
 import paho.mqtt.client as mqtt
 import structlog
 
 from gateway.config import MqttConfig
+from gateway.mqtt_client import paho_client
 from protocol.topics import Command, device_topic
 
 log = structlog.get_logger()
-
-
-def tls_context(config: MqttConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-    if config.cert_file and config.key_file:
-        context.load_cert_chain(config.cert_file, config.key_file)
-    return context
 
 
 class CommandPublisher:
@@ -81,17 +74,7 @@ class CommandPublisher:
     async def __aenter__(self) -> CommandPublisher:
         self._loop = asyncio.get_running_loop()
         config = self.config
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"{config.client_id}-cmd"[:128],
-            protocol=mqtt.MQTTv5,
-        )
-        client.connect_timeout = config.connect_timeout_s
-        client.reconnect_delay_set(1, max(1, int(config.reconnect_max_s)))
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if config.tls:
-            client.tls_set_context(tls_context(config))
+        client = paho_client(config, f"{config.client_id}-cmd"[:128], persistent=False)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -31,6 +31,7 @@ class MqttConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    protocol: str = "5"  # "5" or "3.1.1" (brokers without MQTT 5: no share_group, no expiry)
     share_group: str | None = None  # telemetry via $share/<group>/... when set
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 500
@@ -172,9 +173,12 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
     prefix = table.value("prefix", str, default_prefix(site))
     if not prefix or set(prefix) & set("#+$") or prefix.endswith("/"):
         table.fail("prefix", "must be a topic without wildcards, '$' or a trailing '/'")
+    protocol = table.choice("protocol", ("5", "3.1.1"), "5")
     share_group = table.value("share_group", str, None)
     if share_group is not None and not SITE_PATTERN.fullmatch(share_group):
         table.fail("share_group", "must match [A-Za-z0-9_-]{1,64}")
+    if share_group is not None and protocol != "5":
+        table.fail("share_group", 'shared subscriptions need protocol = "5"')
     password = table.value("password", str, None)
     password_file = table.existing_file("password_file")
     if password is not None and password_file is not None:
@@ -195,6 +199,7 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
         ca_file=table.existing_file("ca_file"),
         cert_file=cert_file,
         key_file=key_file,
+        protocol=protocol,
         share_group=share_group,
         session_expiry_s=table.value("session_expiry_s", int, 7 * 24 * 3600, 60, 2**32 - 2),
         receive_maximum=table.value("receive_maximum", int, 500, 1, 65535),

@@ -6,17 +6,17 @@ everything queued (up to a limit), decodes and writes it in one transaction on t
 and only after ``COMMIT`` sends the PUBACKs (``Client.ack(mid, qos)``). Many messages share one
 fsync, and a crash before the commit leaves them unacknowledged, so the broker sends them again.
 
-The session is persistent (MQTT 5, clean start off, a session expiry), so the broker keeps
-queuing while the gateway is down and re-sends unacknowledged messages when it comes back.
-Receive Maximum asks the broker to bound the messages in flight; the gateway also enforces it by
-holding paho's thread while that many messages wait, which bounds its memory. A PUBACK is sent
-only on the connection the message came on: after a reconnect the broker re-sends instead.
+The session is persistent (MQTT 5: clean start off and a session expiry; MQTT 3.1.1, for brokers
+without 5: clean session off), so the broker keeps queuing while the gateway is down and re-sends
+unacknowledged messages when it comes back. Receive Maximum (MQTT 5) asks the broker to bound the
+messages in flight; the gateway also enforces it by holding paho's thread while that many messages
+wait, which bounds its memory. A PUBACK is sent only on the connection the message came on: after
+a reconnect the broker re-sends instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 import threading
 import time
 from collections import deque
@@ -27,11 +27,11 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.config import IngestConfig, MqttConfig
 from gateway.inventory import Device, Inventory, apply_event, apply_status, touch
 from gateway.metrics import Metrics
+from gateway.mqtt_client import paho_client
 from gateway.records import split_batch
 from gateway.spool import Spool, SpoolRow
 from gateway.store import Store, transaction
@@ -152,7 +152,7 @@ class Ingest:
             self._generation += 1
         self.metrics.connected.set(1)
         topics = subscriptions(self.config)
-        client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
+        client.subscribe([(t, 1) for t in topics])
         log.info("mqtt connected", session_present=flags.session_present, topics=topics)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -263,24 +263,7 @@ class Ingest:
                 self._client.ack(item.mid, item.qos)
 
     def _client_for(self) -> mqtt.Client:
-        config = self.config
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        client.connect_timeout = config.connect_timeout_s
-        client.reconnect_delay_set(1, max(1, int(config.reconnect_max_s)))
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if config.tls:
-            context = ssl.create_default_context(
-                cafile=str(config.ca_file) if config.ca_file else None
-            )
-            if config.cert_file and config.key_file:
-                context.load_cert_chain(config.cert_file, config.key_file)
-            client.tls_set_context(context)
+        client = paho_client(self.config, self.config.client_id, persistent=True, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -294,17 +277,16 @@ class Ingest:
     async def __aenter__(self) -> Ingest:
         self._loop = asyncio.get_running_loop()
         self._client = self._client_for()
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.config.session_expiry_s
-        properties.ReceiveMaximum = self.config.receive_maximum
         self._task = asyncio.create_task(self._write_loop(), name="ingest-writer")
         self._task.add_done_callback(self._done)
+        session: dict = {}  # MQTT 3.1.1: the persistent session comes from clean_session=False
+        if self.config.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.config.session_expiry_s
+            properties.ReceiveMaximum = self.config.receive_maximum
+            session = {"clean_start": False, "properties": properties}
         self._client.connect_async(
-            self.config.host,
-            self.config.port,
-            keepalive=self.config.keepalive_s,
-            clean_start=False,
-            properties=properties,
+            self.config.host, self.config.port, keepalive=self.config.keepalive_s, **session
         )
         self._client.loop_start()
         log.info("mqtt connecting", host=self.config.host, port=self.config.port)

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import settings
 
 from edgefleet.models import model_path
 from gateway.broker import BrokerConfig, BrokerTLS, Mosquitto, free_port
 from tests.support.pki import TestCA
 
 GATEWAY_USER = ("gateway", "gateway-test-password")
+
+# Property tests check behaviour, not speed (bench/ measures that): no per-example deadline,
+# which a busy machine would turn into failures.
+settings.register_profile("edgefleet", deadline=None)
+settings.load_profile("edgefleet")
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the whole system in one command: a staged rollout to a simulated fleet",
         description="About 20 simulated devices and 2 MCUs on loopback: a signed head-only "
         "fine-tune rolled out in stages through one power cut and one broker restart, then a "
-        "short summary. Needs mosquitto (or --broker).",
+        "short summary. Uses mosquitto when installed, else a built-in broker.",
     )
     _common(demo)
     demo.set_defaults(handler=run_demo)
@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, metavar="FILE", help="write the report JSON here")
     parser.add_argument(
-        "--broker", metavar="URL", help="use this broker (mqtt://127.0.0.1:PORT) instead of "
-        "starting mosquitto; broker faults then cannot be injected",
+        "--broker", metavar="URL|embedded", help="use this broker (mqtt://127.0.0.1:PORT, "
+        "MQTT 5) instead of starting mosquitto, or 'embedded' for the built-in amqtt broker "
+        "(the default when mosquitto is not installed); broker faults need mosquitto",
     )  # fmt: skip
     parser.add_argument(
         "--workdir", type=Path, help="keep every file of the run here (default: a temporary "
@@ -61,16 +62,25 @@ def run_sim(args: argparse.Namespace) -> int:
     from edgefleet.errors import UserError
     from edgefleet.fsio import atomic_write_bytes
     from firmware_sim.fleet import scenario as scenario_file
+    from firmware_sim.fleet.embedded_broker import EMBEDDED
     from firmware_sim.fleet.runner import Runner
+    from firmware_sim.fleet.scenario import BROKER_FAULTS
+    from firmware_sim.fleet.site import mosquitto_installed
     from firmware_sim.fleet.summary import Progress, print_summary
 
     scenario = scenario_file.load(args.scenario)
-    if args.broker and not args.broker.startswith("mqtt://"):
-        raise UserError(f"--broker {args.broker}: must be mqtt://HOST:PORT")
+    broker = args.broker
+    if broker not in (None, EMBEDDED) and not broker.startswith("mqtt://"):
+        raise UserError(f"--broker {broker}: must be mqtt://HOST:PORT or 'embedded'")
+    if broker is None and not mosquitto_installed():
+        broker = EMBEDDED
+    progress = Progress(sys.stderr)
+    if broker == EMBEDDED and args.scenario == DEMO:
+        scenario = scenario.without(BROKER_FAULTS)
+        progress.say("built-in broker (no mosquitto): the demo skips its broker restart")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-sim-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(sys.stderr)
-    runner = Runner(scenario, workdir, args.broker, progress.say)
+    runner = Runner(scenario, workdir, broker, progress.say)
     try:
         report = asyncio.run(runner.run())
     finally:

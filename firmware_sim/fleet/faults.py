@@ -44,8 +44,8 @@ def _chosen(world: World, fault: Fault, rng: random.Random, among=None) -> list[
 
 
 def _broker(world: World):
-    if not world.broker.controllable():
-        raise FaultError("the broker was given with --broker; the simulator cannot stop it")
+    if reason := world.broker.why_not_controllable():
+        raise FaultError(reason)
     return world.broker
 
 

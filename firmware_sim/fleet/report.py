@@ -97,6 +97,7 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
     report = {
         "scenario": scenario.name,
         "passed": False,
+        "broker": world.broker.kind,
         "duration_s": round(outcome.duration_s, 2),
         "startup_s": round(outcome.startup_s, 2),
         **fleet_state,

@@ -51,8 +51,12 @@ class Runner:
 
     async def run(self) -> dict:
         begun = time.monotonic()
-        self.say(f"starting {self.scenario.fleet.devices} devices, gateway, broker, cloud")
-        async with World(self.scenario, self.workdir, self.broker_url) as world:
+        world = World(self.scenario, self.workdir, self.broker_url)  # checks, starts nothing
+        self.say(
+            f"starting {self.scenario.fleet.devices} devices, gateway, {world.broker.kind} broker, "
+            "cloud"
+        )
+        async with world:
             timeout = ONLINE_TIMEOUT_S + ONLINE_PER_DEVICE_S * len(world.devices)
             await self._until(lambda: _online(world) == len(world.devices), timeout)
             if _online(world) < len(world.devices):

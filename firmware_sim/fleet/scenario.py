@@ -8,7 +8,7 @@ Paths are relative to the scenario file; ``fixture:NAME`` names a model bundled 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ FAULTS = (
     "gateway-restart",
 )
 ATTACKS = ("corrupt-delta", "replay-metadata", "expire-metadata")
+BROKER_FAULTS = ("broker-restart", "broker-down")
 LASTING = ("broker-down", "cloud-down", "cloud-errors", "partition", *ATTACKS)
 WAITS = ("rollout:completed", "rollout:paused", "devices_on_target:all", "mcus_on_target:all")
 REPORT_KEYS = (
@@ -158,6 +159,14 @@ class Scenario:
     steps: tuple[Step, ...]
     expect: tuple[Expectation, ...]
     source: Path = field(default=Path("."))
+
+    def faults_of(self, kinds: tuple[str, ...]) -> list[Step]:
+        return [s for s in self.steps if isinstance(s.action, Fault) and s.action.kind in kinds]
+
+    def without(self, kinds: tuple[str, ...]) -> Scenario:
+        """This scenario less its fault steps of these kinds."""
+        dropped = self.faults_of(kinds)
+        return replace(self, steps=tuple(s for s in self.steps if s not in dropped))
 
     def partitionable(self) -> set[str]:
         """Devices a ``partition`` may cut off, which alone go through relays: those it names,

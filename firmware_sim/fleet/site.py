@@ -4,6 +4,7 @@ can be killed with SIGKILL and started again), and the operator's offline signin
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import secrets
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from edgefleet import tomlconfig
 from edgefleet.errors import UserError
 from edgefleet.processes import start_edgefleet
+from firmware_sim.fleet.embedded_broker import EMBEDDED, EmbeddedBroker
 from gateway import admin_client
 from gateway import config as gateway_config
 from gateway.broker import BrokerConfig, BrokerError, Mosquitto, find_mosquitto, free_port
@@ -22,49 +24,84 @@ MONITOR_USER = "monitor"
 
 
 class SiteBroker:
-    """mosquitto on a free loopback port, or a broker the user runs (``--broker URL``), which
-    the simulator cannot restart."""
+    """The site's broker, by ``--broker``: a URL (the user's broker, which the simulator cannot
+    restart), ``embedded`` (amqtt, MQTT 3.1.1, see ``embedded_broker``), or nothing: mosquitto on
+    a free loopback port with persistence and the device ACLs, or amqtt when mosquitto is not
+    installed."""
 
-    def __init__(self, workdir: Path, external_url: str | None) -> None:
-        self.external_url = external_url
+    def __init__(self, workdir: Path, choice: str | None) -> None:
+        self.external_url = None if choice in (None, EMBEDDED) else choice
         self.users: dict[str, str] = {}
-        self.mosquitto: Mosquitto | None = None
-        if external_url is None:
-            try:
-                find_mosquitto()
-            except BrokerError as exc:
-                raise UserError(f"{exc}; or pass --broker mqtt://127.0.0.1:PORT") from None
-            self.users = {user: secrets.token_urlsafe(16) for user in (GATEWAY_USER, MONITOR_USER)}
-            workdir.mkdir(parents=True, exist_ok=True)
-            self.mosquitto = Mosquitto(
-                BrokerConfig(workdir=workdir, port=free_port(), users=self.users)
+        self.process: Mosquitto | EmbeddedBroker | None = None
+        if self.external_url is not None:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        # amqtt ignores passwords, but keeps the sessions of named clients only
+        self.users = {user: secrets.token_urlsafe(16) for user in (GATEWAY_USER, MONITOR_USER)}
+        if choice != EMBEDDED and mosquitto_installed():
+            config = BrokerConfig(workdir=workdir, port=free_port(), users=self.users)
+            self.process = Mosquitto(config)
+        elif importlib.util.find_spec("amqtt") is None:
+            raise UserError(
+                "no broker: install mosquitto, or amqtt for the built-in one "
+                "(pip install 'edgefleet[sim]'), or pass --broker mqtt://HOST:PORT"
             )
+        else:
+            self.process = EmbeddedBroker(workdir, free_port())
+
+    @property
+    def kind(self) -> str:
+        if isinstance(self.process, Mosquitto):
+            return "mosquitto"
+        return "embedded" if self.process else "external"
 
     @property
     def url(self) -> str:
-        return self.external_url or self.mosquitto.url
+        return self.external_url or self.process.url
 
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1].rstrip("/"))
 
+    @property
+    def protocol(self) -> str:
+        """What the gateway speaks: amqtt has no MQTT 5."""
+        return "3.1.1" if self.kind == "embedded" else "5"
+
     def user(self, name: str) -> tuple[str, str] | None:
         return (name, self.users[name]) if name in self.users else None
 
-    def controllable(self) -> bool:
-        return self.mosquitto is not None
+    def device_login(self, device: str) -> dict:
+        """``[mqtt]`` keys for a device: amqtt forgets the sessions of clients without a name."""
+        return {"username": device} if self.kind == "embedded" else {}
+
+    def why_not_controllable(self) -> str | None:
+        """Why broker faults cannot be injected, or None when they can."""
+        if self.kind == "external":
+            return "the broker was given with --broker; the simulator cannot stop it"
+        if self.kind == "embedded":
+            return "the embedded broker keeps no state across a restart; install mosquitto"
+        return None
 
     def start(self) -> None:
-        if self.mosquitto:
-            self.mosquitto.start()
+        if self.process:
+            self.process.start()
 
     def stop(self) -> None:
-        if self.mosquitto:
-            self.mosquitto.stop()
+        if self.process:
+            self.process.stop()
 
     def close(self) -> None:
-        if self.mosquitto and self.mosquitto.running:
-            self.mosquitto.stop()
+        if self.process and self.process.running:
+            self.process.stop()
+
+
+def mosquitto_installed() -> bool:
+    try:
+        find_mosquitto()
+    except BrokerError:
+        return False
+    return True
 
 
 class GatewayProcess:
@@ -122,7 +159,12 @@ def gateway_tables(
 ) -> dict:
     """``repo``: the port the repository server listens on, and the URL devices use for it."""
     user = broker.user(GATEWAY_USER)
-    mqtt = {"url": broker.url, "client_id": f"gateway-{site}", "reconnect_max_s": 1.0}
+    mqtt = {
+        "url": broker.url,
+        "client_id": f"gateway-{site}",
+        "reconnect_max_s": 1.0,
+        "protocol": broker.protocol,
+    }
     if user:
         mqtt |= {"username": user[0], "password": user[1]}
     return {

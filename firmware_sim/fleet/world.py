@@ -24,7 +24,7 @@ from firmware_sim.fleet.mitm import TIMESTAMP, RepositoryRelay
 from firmware_sim.fleet.monitor import Monitor
 from firmware_sim.fleet.partition import Relay
 from firmware_sim.fleet.releases import sign_scenario_release
-from firmware_sim.fleet.scenario import Scenario, device_name
+from firmware_sim.fleet.scenario import BROKER_FAULTS, Scenario, device_name
 from firmware_sim.fleet.site import MONITOR_USER, GatewayProcess, SiteBroker, gateway_tables
 from gateway.broker import free_port
 from gateway.repository import Repository
@@ -53,6 +53,10 @@ class World:
         self.scenario, self.workdir = scenario, workdir
         self.fleet = scenario.fleet
         self.broker = SiteBroker(workdir / "broker", broker_url)
+        broker_faults = scenario.faults_of(BROKER_FAULTS)
+        if broker_faults and (reason := self.broker.why_not_controllable()):
+            step = broker_faults[0]
+            raise UserError(f"step {step.index} ({step.describe()}) cannot run: {reason}")
         self.cloud = Cloud(scenario.seed)
         self.operator: Repository | None = None
         self.gateway: GatewayProcess | None = None
@@ -160,6 +164,7 @@ class World:
             mcus=mcus,
             seed=self.scenario.seed * 100_003 + index,
         )
+        tables["mqtt"] |= self.broker.device_login(name)
         device = SimDevice(name, home, tables)
         if not self.fleet_window:
             self.fleet_window.append(time.monotonic())

@@ -184,6 +184,8 @@ def test_config_defaults_and_relative_paths(tmp_path: Path):
         ("[uplink]\nconcurrency = 0\n", "uplink.concurrency"),
         ('[mqtt]\nurl = "tcp://x"\n', "mqtt.url"),
         ('[mqtt]\nshare_group = "a/b"\n', "mqtt.share_group"),
+        ('[mqtt]\nprotocol = "3.1.1"\nshare_group = "ingest"\n', "mqtt.share_group"),
+        ('[mqtt]\nprotocol = "4"\n', "mqtt.protocol"),
         ("[spool]\nmax_bytes = 10\n", "spool.max_bytes"),
         ('[admin]\nlisten = "0.0.0.0:80"\n', "admin.listen"),
         ("[spool]\ncolour = 1\n", "spool.colour"),

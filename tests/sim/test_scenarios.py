@@ -93,3 +93,27 @@ def test_a_bad_model_brought_by_the_scenario_is_caught_by_probation(tmp_path, mo
     done, report = sim(path, tmp_path)
     assert done.returncode == 0, json.dumps(report and report["violations"]) + done.stderr[-2000:]
     assert report["rollout_state"] == "paused"
+
+
+def test_the_built_in_broker_carries_a_rollout(tmp_path):
+    """amqtt in place of mosquitto (what a machine without mosquitto gets): the gateway speaks
+    MQTT 3.1.1 to it, and the staged rollout and lossless telemetry hold."""
+    done, report = sim(REPO / "scenarios" / "clean_rollout.toml", tmp_path, "--broker", "embedded")
+    assert report is not None, done.stderr[-3000:]
+    assert done.returncode == 0, json.dumps(report["violations"]) + done.stderr[-2000:]
+    assert report["broker"] == "embedded"
+    assert_adds_up(report)
+    assert report["telemetry_sent"] > 0 and report["telemetry_lost"] == 0
+    gateway_config = (tmp_path / "run" / "gateway" / "gateway.toml").read_text()
+    assert 'protocol = "3.1.1"' in gateway_config
+
+
+def test_broker_faults_are_refused_before_start_without_mosquitto(tmp_path):
+    """The built-in broker keeps nothing across a restart, so a broker fault would lose what it
+    queued and blame the fleet: the run is refused in one line before anything starts."""
+    path = REPO / "scenarios" / "broker_and_cloud_outages.toml"
+    done, report = sim(path, tmp_path, "--broker", "embedded", timeout=60)
+    assert done.returncode == 2 and report is None
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "broker-restart" in done.stderr and "install mosquitto" in done.stderr
+    assert not (tmp_path / "run" / "devices").exists()

@@ -1,0 +1,109 @@
+"""The simulator's broker when mosquitto is not installed: amqtt (pure Python, MQTT 3.1.1) in a
+process of its own on a loopback port, so a simulated fleet runs with no service installed.
+
+It accepts anonymous clients and checks no ACL (every client on its port is the simulator's
+own), and it keeps no state across a restart, so broker faults need mosquitto. The gateway
+speaks MQTT 3.1.1 to it (``mqtt.protocol``): amqtt has neither MQTT 5 nor shared subscriptions.
+
+``python -m firmware_sim.fleet.embedded_broker --port N`` serves until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgefleet.processes import die_with_parent
+
+EMBEDDED = "embedded"  # the value of ``--broker`` that asks for this broker
+# Clients must give a user name (any password): amqtt keeps no session of an anonymous client.
+PLUGINS = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}}
+
+
+class EmbeddedBroker:
+    """The broker process; the same start/stop/url surface as ``gateway.broker.Mosquitto``."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.workdir, self.port = workdir, port
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self.running:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "broker.log"
+        with log.open("ab") as stream:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, "--port", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stream,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the embedded broker exited at start; see {log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the embedded broker did not listen on port {self.port} in {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+
+async def serve(port: int) -> None:
+    from amqtt.broker import Broker
+
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": PLUGINS,
+    }
+    broker = Broker(config)
+    await broker.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await broker.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()
