@@ -77,7 +77,7 @@ def run_sim(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr)
     if broker == EMBEDDED and args.scenario == DEMO:
         scenario = scenario.without(BROKER_FAULTS)
-        progress.say("built-in broker (no mosquitto): the demo skips its broker restart")
+        progress.say("the built-in broker keeps nothing across a restart: the demo skips its own")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-sim-"))
     workdir.mkdir(parents=True, exist_ok=True)
     runner = Runner(scenario, workdir, broker, progress.say)

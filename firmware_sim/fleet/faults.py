@@ -111,7 +111,7 @@ async def mcu_power_cut(world: World, fault: Fault, rng: random.Random):
     if not world.mcus:
         raise FaultError("no MCUs in this fleet")
     for mcu in world.mcus:
-        mcu.arm_power_cut(fault.op, rng)
+        mcu.arm_power_cut(fault.op)
 
 
 async def corrupt_delta(world: World, fault: Fault, rng: random.Random):

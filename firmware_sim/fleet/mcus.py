@@ -5,7 +5,6 @@ the real imgtool; MCU image version ``N`` is MCUboot version ``N.0.0``."""
 
 from __future__ import annotations
 
-import random
 import subprocess
 from pathlib import Path
 
@@ -59,8 +58,9 @@ class SimMcu:
         if not self.port:
             raise RuntimeError(f"mcu-sim did not start; see {home / 'mcu-sim.log'}")
 
-    def arm_power_cut(self, op: int | str, rng: random.Random) -> None:
-        """Lose power at flash operation ``op`` (or a random one) of the next writes."""
+    def arm_power_cut(self, op: int | str) -> None:
+        """Lose power at flash operation ``op`` of the next writes, or at one the MCU picks from
+        its own seeded generator (``random``), so a run repeats."""
         self.fault_file.write_text(f"{op}\n")
 
     def reported_version(self, monitor: Monitor, image_name: str) -> int | None:

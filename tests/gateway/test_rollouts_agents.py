@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-
 from edgefleet.models import model_path
 from firmware_sim.fleet.releases import one_class
 from gateway.broker import free_port
@@ -26,16 +24,8 @@ from tests.updater.support import model, release
 AGENTS = 20
 
 
-@pytest.fixture
-def agents():
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.kill()
-
-
 def test_twenty_agents_bad_model_stops_at_the_canary_good_model_reaches_all(
-    tmp_path, broker, make_gateway, agents
+    tmp_path, broker, make_gateway
 ):
     operator = Repository.init(tmp_path / "operator")
     release(operator, model("kws_f32_v1"), 1)
@@ -60,7 +50,7 @@ def test_twenty_agents_bad_model_stops_at_the_canary_good_model_reaches_all(
         tables["inference"] = {"rate_hz": 25.0}
         tables["update"] = {"trusted_root": root}
         tables["update.probation"] = FAST_PROBATION
-        agents.append(AgentProcess(write_config(tmp_path / f"{device}.toml", tables)))
+        AgentProcess(write_config(tmp_path / f"{device}.toml", tables))  # reaped after the test
     wait_inventory(config, AGENTS)
 
     bad = cli(
