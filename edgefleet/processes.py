@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -38,3 +40,29 @@ def start_edgefleet(
             start_new_session=own_group,
             preexec_fn=die_with_parent,
         )
+
+
+def wait_listening(proc: subprocess.Popen, host: str, port: int, timeout: float) -> str | None:
+    """Wait for a server child to accept connections on ``host:port``: None once it does, else
+    why not (``"exited"`` or ``"timeout"``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return "exited"
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return None
+        except OSError:
+            time.sleep(0.02)
+    return "timeout"
+
+
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (a server saves its state), SIGKILL after ``timeout``; reaped either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

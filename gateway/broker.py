@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.processes import die_with_parent
+from edgefleet.processes import die_with_parent, terminate, wait_listening
 
 DEVICE_WRITE_TOPICS = ("telemetry", "status", "events")
 DEVICE_READ_TOPICS = ("cmd",)
@@ -151,34 +149,23 @@ class Mosquitto:
             stderr=subprocess.PIPE,
             preexec_fn=die_with_parent,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = (
-                    self._proc.stderr.read().decode(errors="replace").strip()
-                    if self._proc.stderr
-                    else ""
-                )
-                raise BrokerError(f"mosquitto exited at start: {err or self.log_tail()}")
-            try:
-                with socket.create_connection((self.config.host, self.config.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        self.kill()
-        raise BrokerError(f"mosquitto did not listen on port {self.config.port} in {timeout}s")
+        why = wait_listening(self._proc, self.config.host, self.config.port, timeout)
+        if why == "exited":
+            err = (
+                self._proc.stderr.read().decode(errors="replace").strip()
+                if self._proc.stderr
+                else ""
+            )
+            raise BrokerError(f"mosquitto exited at start: {err or self.log_tail()}")
+        if why == "timeout":
+            self.kill()
+            raise BrokerError(f"mosquitto did not listen on port {self.config.port} in {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop: mosquitto saves its persistence file."""
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc, timeout)
         self._close()
 
     def kill(self) -> None:

@@ -14,13 +14,11 @@ import argparse
 import asyncio
 import logging
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from edgefleet.processes import die_with_parent
+from edgefleet.processes import die_with_parent, terminate, wait_listening
 
 EMBEDDED = "embedded"  # the value of ``--broker`` that asks for this broker
 # Clients must give a user name (any password): amqtt keeps no session of an anonymous client.
@@ -55,28 +53,14 @@ class EmbeddedBroker:
                 stderr=stream,
                 preexec_fn=die_with_parent,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"the embedded broker exited at start; see {log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the embedded broker did not listen on port {self.port} in {timeout}s")
+        why = wait_listening(self._proc, "127.0.0.1", self.port, timeout)
+        if why is not None:
+            self.stop()
+            raise RuntimeError(f"the embedded broker did not start ({why}); see {log}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            terminate(self._proc, timeout)
         self._proc = None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgefleet import tomlconfig
 from edgefleet.errors import UserError
-from edgefleet.processes import start_edgefleet
+from edgefleet.processes import start_edgefleet, terminate
 from firmware_sim.fleet.embedded_broker import EMBEDDED, EmbeddedBroker
 from gateway import admin_client
 from gateway import config as gateway_config
@@ -139,13 +139,8 @@ class GatewayProcess:
             self.proc.wait()
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.proc is not None:
+            terminate(self.proc, timeout)
 
     async def get(self, path: str) -> dict:
         return await admin_client.get(self.config.admin, path)
