@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from edgefleet.processes import die_with_parent, terminate, wait_listening
+from gateway.broker import BrokerError
 
 EMBEDDED = "embedded"  # the value of ``--broker`` that asks for this broker
 # Clients must give a user name (any password): amqtt keeps no session of an anonymous client.
@@ -56,7 +57,7 @@ class EmbeddedBroker:
         why = wait_listening(self._proc, "127.0.0.1", self.port, timeout)
         if why is not None:
             self.stop()
-            raise RuntimeError(f"the embedded broker did not start ({why}); see {log}")
+            raise BrokerError(f"the built-in broker did not start ({why}); see {log}")
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._proc is not None:

@@ -80,12 +80,15 @@ class SiteBroker:
         if self.kind == "external":
             return "the broker was given with --broker; the simulator cannot stop it"
         if self.kind == "embedded":
-            return "the embedded broker keeps no state across a restart; install mosquitto"
+            return "the built-in broker keeps no state across a restart; install mosquitto"
         return None
 
     def start(self) -> None:
         if self.process:
-            self.process.start()
+            try:
+                self.process.start()
+            except BrokerError as exc:
+                raise UserError(str(exc)) from None
 
     def stop(self) -> None:
         if self.process:
