@@ -4,6 +4,7 @@ gateway and agents): however the parent dies, even by SIGKILL, the kernel kills 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -27,9 +28,17 @@ def start_edgefleet(
     env: dict[str, str] | None = None,
     stdout: int = subprocess.DEVNULL,
     own_group: bool = False,
+    nice: int = 0,
 ) -> subprocess.Popen:
     """``edgefleet ARGS`` as a child of this Python, its stderr appended to ``log``, dying with
-    its parent; ``own_group``: in a process group of its own (a power cut kills the group)."""
+    its parent; ``own_group``: in a process group of its own (a power cut kills the group);
+    ``nice``: that much lower a CPU priority, for it and its children."""
+
+    def prepare() -> None:
+        die_with_parent()
+        if nice:
+            os.nice(nice)
+
     with log.open("ab") as stream:
         return subprocess.Popen(
             [sys.executable, "-m", "edgefleet.cli", *args],
@@ -38,7 +47,7 @@ def start_edgefleet(
             stderr=stream,
             env=env,
             start_new_session=own_group,
-            preexec_fn=die_with_parent,
+            preexec_fn=prepare,
         )
 
 

@@ -3,6 +3,7 @@ verdicts from events and retained status, and applies the pure decisions of ``ro
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -96,13 +97,17 @@ class RolloutController:
 
     async def _advance(self, rollout: Rollout) -> None:
         plan, stage, now = rollout.plan, rollout.stage, self.clock()
-        for p in self.store.progress(plan.rollout_id):
-            due = p.state == DeviceState.PENDING or (
-                p.state == DeviceState.OFFERED and self._offered_long_ago(plan, p.device, now)
+        due = [
+            p.device
+            for p in self.store.progress(plan.rollout_id)
+            if p.stage <= stage
+            and (
+                p.state == DeviceState.PENDING
+                or (p.state == DeviceState.OFFERED and self._offered_long_ago(plan, p.device, now))
             )
-            if p.stage <= stage and due:
-                await self.send(p.device, self._command(plan, p.device, "update"))
-                self.store.mark(plan.rollout_id, p.device, DeviceState.OFFERED, now)
+        ]
+        if due:
+            await self._offer(plan, due, now)
         decision = decide(plan, stage, self.store.progress(plan.rollout_id), now)
         if decision.action == Action.ADVANCE:
             self.store.set_state(
@@ -119,6 +124,20 @@ class RolloutController:
                 plan.rollout_id, RolloutState.COMPLETED, stage, decision.reason, now
             )
             log.info("rollout_completed", rollout=plan.rollout_id)
+
+    async def _offer(self, plan: Plan, devices: list[str], now: float) -> None:
+        """Send the offers side by side (each waits for its PUBACK) and record those the broker
+        took; a failed one is raised after, and offered again at a later tick."""
+        results = await asyncio.gather(
+            *(self.send(d, self._command(plan, d, "update")) for d in devices),
+            return_exceptions=True,
+        )
+        sent = [d for d, result in zip(devices, results, strict=True) if result is None]
+        if sent:
+            self.store.mark_offered(plan.rollout_id, sent, now)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     def _offered_long_ago(self, plan: Plan, device: str, now: float) -> bool:
         offered_at = self.store.offered_at(plan.rollout_id, device)
@@ -147,9 +166,7 @@ class RolloutController:
             plan = rollout.plan
             if (model, version) != (plan.model, plan.version):
                 continue
-            progress = {p.device: p for p in self.store.progress(plan.rollout_id)}
-            mine = progress.get(device)
-            if mine and mine.state == DeviceState.OFFERED:
+            if self.store.device_state(plan.rollout_id, device) == DeviceState.OFFERED:
                 self.store.mark(plan.rollout_id, device, DeviceState.COMMITTED, self.clock())
 
     def _require(self, rollout_id: str, *states: RolloutState) -> Rollout:

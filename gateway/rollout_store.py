@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +114,11 @@ class RolloutStore:
         return [_rollout(r) for r in rows]
 
     def active(self) -> list[Rollout]:
-        return [r for r in self.list() if r.state in (RolloutState.RUNNING, RolloutState.PAUSED)]
+        rows = self._db.execute(
+            "SELECT * FROM rollouts WHERE state IN (?, ?) ORDER BY created_at",
+            (RolloutState.RUNNING, RolloutState.PAUSED),
+        ).fetchall()
+        return [_rollout(r) for r in rows]
 
     def progress(self, rollout_id: str) -> list[Progress]:
         rows = self._db.execute(
@@ -122,6 +126,13 @@ class RolloutStore:
             (rollout_id,),
         ).fetchall()
         return [Progress(d, s, DeviceState(st), c) for d, s, st, c in rows]
+
+    def device_state(self, rollout_id: str, device: str) -> DeviceState | None:
+        row = self._db.execute(
+            "SELECT state FROM rollout_devices WHERE rollout_id = ? AND device = ?",
+            (rollout_id, device),
+        ).fetchone()
+        return DeviceState(row[0]) if row else None
 
     def offered_at(self, rollout_id: str, device: str) -> float | None:
         row = self._db.execute(
@@ -165,6 +176,15 @@ class RolloutStore:
                 params,
             )
         return cursor.rowcount == 1
+
+    def mark_offered(self, rollout_id: str, devices: Sequence[str], now: float) -> None:
+        """Offers sent in one pass, recorded in one transaction (one fsync, not one each)."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE rollout_devices SET state = ?, detail = '', offered_at = ? "
+                "WHERE rollout_id = ? AND device = ?",
+                [(DeviceState.OFFERED, now, rollout_id, device) for device in devices],
+            )
 
 
 def _rollout(row: tuple) -> Rollout:

@@ -16,6 +16,10 @@ from agent.updater.faults import CUT_FILE_ENV
 from edgefleet import tomlconfig
 from edgefleet.processes import start_edgefleet
 
+# Devices are other machines than the site's: on a shared CPU they yield to the broker, the
+# gateway and the simulator, so a large fleet slows its own devices rather than the site that
+# judges them (whose view of the fleet would otherwise lag minutes behind a loaded machine).
+DEVICE_NICE = 10
 # Probation limits for simulated devices. A retrained head agrees with its incumbent on ~90 % of
 # the synthetic inputs and a one-class model on ~10 %, so the limits sit between the two and no
 # verdict hangs on sampling noise. Latency is not judged: dozens of agents on two cores make a
@@ -74,6 +78,7 @@ class SimDevice:
             self.home / "agent.log",
             env=env,
             own_group=True,
+            nice=DEVICE_NICE,
         )
 
     @property

@@ -109,6 +109,35 @@ async def test_a_repeated_commit_event_does_not_restart_the_soak(fleet):
     assert controller.store.get("r1").stage == 1
 
 
+async def test_offers_the_broker_did_not_take_are_sent_again(tmp_path):
+    """A stage's offers go out side by side; those acknowledged are recorded, a refused one
+    fails the tick and is offered again at the next, and no device is recorded twice."""
+    sent, refuse = [], set()
+
+    async def send(device, command):
+        if device in refuse:
+            raise TimeoutError(f"no PUBACK for {device}")
+        sent.append(device)
+
+    store = RolloutStore(tmp_path / "rollouts.db")
+    controller = RolloutController(store, send, "http://127.0.0.1:1/", clock=Clock())
+    controller.start(Plan("r1", "kws", 2, (50, 100), 0, 0.05), DEVICES, Meta)
+    first_stage = {p.device for p in store.progress("r1") if p.stage == 0}
+    assert len(first_stage) == 10
+    refuse |= set(sorted(first_stage)[3:5])
+    with pytest.raises(TimeoutError):
+        await controller.tick()
+    states = {p.device: p.state for p in store.progress("r1")}
+    assert set(sent) == first_stage - refuse
+    assert all(states[d] == DeviceState.OFFERED for d in sent)
+    assert all(states[d] == DeviceState.PENDING for d in refuse)
+    refuse.clear()
+    await controller.tick()
+    assert sorted(sent) == sorted(first_stage)  # each offered once: the two, now
+    assert {p.device for p in store.progress("r1") if p.state == DeviceState.OFFERED} == first_stage
+    store.close()
+
+
 async def test_a_restarted_gateway_carries_on(fleet):
     controller, sent, clock, tmp_path = fleet
     controller.start(Plan("r1", "kws", 2, (5, 50, 100), 0, 0.05), DEVICES, Meta)
