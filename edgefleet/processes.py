@@ -21,7 +21,8 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def start_edgefleet(
+def start_python(
+    module: str,
     args: list[str],
     log: Path,
     *,
@@ -30,7 +31,7 @@ def start_edgefleet(
     own_group: bool = False,
     nice: int = 0,
 ) -> subprocess.Popen:
-    """``edgefleet ARGS`` as a child of this Python, its stderr appended to ``log``, dying with
+    """``python -m MODULE ARGS`` with this Python, its stderr appended to ``log``, dying with
     its parent; ``own_group``: in a process group of its own (a power cut kills the group);
     ``nice``: that much lower a CPU priority, for it and its children."""
 
@@ -41,7 +42,7 @@ def start_edgefleet(
 
     with log.open("ab") as stream:
         return subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.cli", *args],
+            [sys.executable, "-m", module, *args],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stream,
@@ -49,6 +50,11 @@ def start_edgefleet(
             start_new_session=own_group,
             preexec_fn=prepare,
         )
+
+
+def start_edgefleet(args: list[str], log: Path, **options) -> subprocess.Popen:
+    """``edgefleet ARGS`` as ``start_python`` starts it."""
+    return start_python("edgefleet.cli", args, log, **options)
 
 
 def wait_listening(proc: subprocess.Popen, host: str, port: int, timeout: float) -> str | None:

@@ -151,11 +151,7 @@ class Mosquitto:
         )
         why = wait_listening(self._proc, self.config.host, self.config.port, timeout)
         if why == "exited":
-            err = (
-                self._proc.stderr.read().decode(errors="replace").strip()
-                if self._proc.stderr
-                else ""
-            )
+            err = self._proc.stderr.read().decode(errors="replace").strip()
             raise BrokerError(f"mosquitto exited at start: {err or self.log_tail()}")
         if why == "timeout":
             self.kill()

@@ -75,6 +75,7 @@ class Progress:
     stage: int
     state: DeviceState
     committed_at: float | None = None
+    offered_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from gateway.rollout import (
     DeviceFacts,
     DeviceState,
     Plan,
+    Progress,
     RolloutState,
     assign_stages,
     decide,
@@ -97,18 +98,12 @@ class RolloutController:
 
     async def _advance(self, rollout: Rollout) -> None:
         plan, stage, now = rollout.plan, rollout.stage, self.clock()
-        due = [
-            p.device
-            for p in self.store.progress(plan.rollout_id)
-            if p.stage <= stage
-            and (
-                p.state == DeviceState.PENDING
-                or (p.state == DeviceState.OFFERED and self._offered_long_ago(plan, p.device, now))
-            )
-        ]
+        progress = self.store.progress(plan.rollout_id)
+        due = [p.device for p in progress if p.stage <= stage and self._due(p, now)]
         if due:
             await self._offer(plan, due, now)
-        decision = decide(plan, stage, self.store.progress(plan.rollout_id), now)
+            progress = self.store.progress(plan.rollout_id)
+        decision = decide(plan, stage, progress, now)
         if decision.action == Action.ADVANCE:
             self.store.set_state(
                 plan.rollout_id, RolloutState.RUNNING, stage + 1, decision.reason, now
@@ -125,6 +120,13 @@ class RolloutController:
             )
             log.info("rollout_completed", rollout=plan.rollout_id)
 
+    def _due(self, p: Progress, now: float) -> bool:
+        """Never offered, or offered so long ago that the offer may have been lost."""
+        if p.state == DeviceState.PENDING:
+            return True
+        offered = p.state == DeviceState.OFFERED and p.offered_at is not None
+        return offered and now - p.offered_at > self.reoffer_s
+
     async def _offer(self, plan: Plan, devices: list[str], now: float) -> None:
         """Send the offers side by side (each waits for its PUBACK) and record those the broker
         took; a failed one is raised after, and offered again at a later tick."""
@@ -138,10 +140,6 @@ class RolloutController:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-
-    def _offered_long_ago(self, plan: Plan, device: str, now: float) -> bool:
-        offered_at = self.store.offered_at(plan.rollout_id, device)
-        return offered_at is not None and now - offered_at > self.reoffer_s
 
     def on_event(self, event: Event) -> None:
         rollout_id = event.detail.get("rollout")

@@ -122,10 +122,11 @@ class RolloutStore:
 
     def progress(self, rollout_id: str) -> list[Progress]:
         rows = self._db.execute(
-            "SELECT device, stage, state, committed_at FROM rollout_devices WHERE rollout_id = ?",
+            "SELECT device, stage, state, committed_at, offered_at FROM rollout_devices "
+            "WHERE rollout_id = ?",
             (rollout_id,),
         ).fetchall()
-        return [Progress(d, s, DeviceState(st), c) for d, s, st, c in rows]
+        return [Progress(d, s, DeviceState(st), c, o) for d, s, st, c, o in rows]
 
     def device_state(self, rollout_id: str, device: str) -> DeviceState | None:
         row = self._db.execute(
@@ -133,13 +134,6 @@ class RolloutStore:
             (rollout_id, device),
         ).fetchone()
         return DeviceState(row[0]) if row else None
-
-    def offered_at(self, rollout_id: str, device: str) -> float | None:
-        row = self._db.execute(
-            "SELECT offered_at FROM rollout_devices WHERE rollout_id = ? AND device = ?",
-            (rollout_id, device),
-        ).fetchone()
-        return row[0] if row else None
 
     def skipped(self, rollout_id: str) -> dict[str, str]:
         rows = self._db.execute(
@@ -159,13 +153,11 @@ class RolloutStore:
     def mark(
         self, rollout_id: str, device: str, state: DeviceState, now: float, detail: str = ""
     ) -> bool:
-        """Record a device's progress; False when the device is not in this rollout. A commit
-        reported again (events come at least once) keeps the time of the first, which the soak
-        counts from."""
+        """Record a device's verdict (offers: ``mark_offered``); False when the device is not in
+        this rollout. A commit reported again (events come at least once) keeps the time of the
+        first, which the soak counts from."""
         assignment, times = "", ()
-        if state == DeviceState.OFFERED:
-            assignment, times = ", offered_at = ?", (now,)
-        elif state == DeviceState.COMMITTED:
+        if state == DeviceState.COMMITTED:
             assignment = ", committed_at = CASE WHEN state = ? THEN committed_at ELSE ? END"
             times = (DeviceState.COMMITTED, now)
         params = (state, detail, *times, rollout_id, device)

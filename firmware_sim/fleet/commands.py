@@ -65,15 +65,13 @@ def run_sim(args: argparse.Namespace) -> int:
     from firmware_sim.fleet.embedded_broker import EMBEDDED
     from firmware_sim.fleet.runner import Runner
     from firmware_sim.fleet.scenario import BROKER_FAULTS
-    from firmware_sim.fleet.site import mosquitto_installed
+    from firmware_sim.fleet.site import broker_choice
     from firmware_sim.fleet.summary import Progress, print_summary
 
     scenario = scenario_file.load(args.scenario)
-    broker = args.broker
-    if broker not in (None, EMBEDDED) and not broker.startswith("mqtt://"):
-        raise UserError(f"--broker {broker}: must be mqtt://HOST:PORT or 'embedded'")
-    if broker is None and not mosquitto_installed():
-        broker = EMBEDDED
+    if args.broker not in (None, EMBEDDED) and not args.broker.startswith("mqtt://"):
+        raise UserError(f"--broker {args.broker}: must be mqtt://HOST:PORT or 'embedded'")
+    broker = broker_choice(args.broker)
     progress = Progress(sys.stderr)
     if broker == EMBEDDED and args.scenario == DEMO:
         scenario = scenario.without(BROKER_FAULTS)

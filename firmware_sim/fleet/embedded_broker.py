@@ -15,10 +15,9 @@ import asyncio
 import logging
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from edgefleet.processes import die_with_parent, terminate, wait_listening
+from edgefleet.processes import start_python, terminate, wait_listening
 from gateway.broker import BrokerError
 
 EMBEDDED = "embedded"  # the value of ``--broker`` that asks for this broker
@@ -46,14 +45,7 @@ class EmbeddedBroker:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.workdir / "broker.log"
-        with log.open("ab") as stream:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, "--port", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stream,
-                preexec_fn=die_with_parent,
-            )
+        self._proc = start_python(__name__, ["--port", str(self.port)], log)
         why = wait_listening(self._proc, "127.0.0.1", self.port, timeout)
         if why is not None:
             self.stop()

@@ -30,6 +30,7 @@ class SiteBroker:
     installed."""
 
     def __init__(self, workdir: Path, choice: str | None) -> None:
+        choice = broker_choice(choice)
         self.external_url = None if choice in (None, EMBEDDED) else choice
         self.users: dict[str, str] = {}
         self.process: Mosquitto | EmbeddedBroker | None = None
@@ -38,7 +39,7 @@ class SiteBroker:
         workdir.mkdir(parents=True, exist_ok=True)
         # amqtt ignores passwords, but keeps the sessions of named clients only
         self.users = {user: secrets.token_urlsafe(16) for user in (GATEWAY_USER, MONITOR_USER)}
-        if choice != EMBEDDED and mosquitto_installed():
+        if choice is None:
             config = BrokerConfig(workdir=workdir, port=free_port(), users=self.users)
             self.process = Mosquitto(config)
         elif importlib.util.find_spec("amqtt") is None:
@@ -99,12 +100,16 @@ class SiteBroker:
             self.process.stop()
 
 
-def mosquitto_installed() -> bool:
+def broker_choice(given: str | None) -> str | None:
+    """``--broker`` as it will be used: nothing (the simulator's mosquitto) becomes ``embedded``
+    when mosquitto is not installed."""
+    if given is not None:
+        return given
     try:
         find_mosquitto()
     except BrokerError:
-        return False
-    return True
+        return EMBEDDED
+    return None
 
 
 class GatewayProcess:
