@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from edgefleet.models import model_path  # noqa: E402
-from gateway.broker import BrokerConfig, Mosquitto, free_port  # noqa: E402
+from firmware_sim.broker import BrokerConfig, Mosquitto, free_port  # noqa: E402
 from protocol.topics import Status  # noqa: E402
 
 SAMPLES = 64

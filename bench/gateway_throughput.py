@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.broker import BrokerConfig, Mosquitto, free_port
+from firmware_sim.broker import BrokerConfig, Mosquitto, free_port
 from protocol.telemetry import Inference, InputSummary, Record, RecordId, encode_batch
 from protocol.topics import device_topic
 

@@ -55,15 +55,15 @@ from ai_edge_litert import schema_py_generated as tflite_schema
 
 from agent.trust import TrustedRepository, TrustError
 from edgefleet.models import model_pairs, model_path
-from gateway.broker import BrokerConfig, Mosquitto, free_port
-from gateway.deltas import DeltaService, Offer
-from gateway.repository import Repository
+from firmware_sim.broker import BrokerConfig, Mosquitto, free_port
+from gateway.releases.repository import Repository
+from gateway.serving.deltas import DeltaService, Offer
 from protocol.delta import apply_delta, delta_target_path, make_delta, read_header
 from tests.agent.agent_support import AgentProcess, agent_config, write_config
 from tests.conftest import GATEWAY_USER
-from tests.gateway.rollout_support import FAST_PROBATION, Fleet, cli, import_release
+from tests.gateway.release_support import sign
+from tests.gateway.rollouts.rollout_support import FAST_PROBATION, Fleet, cli, import_release
 from tests.gateway.support import Gateway, gateway_config, wait_for
-from tests.release.conftest import sign
 from tests.support.http_repo import RepositoryServer
 from tests.updater.conftest import provision
 

@@ -15,9 +15,9 @@ from edgefleet import __version__, logs
 from edgefleet.errors import UserError
 
 COMMAND_MODULES = (
-    "gateway.commands",
+    "gateway.releases.commands",
     "gateway.daemon_commands",
-    "gateway.rollout_commands",
+    "gateway.rollouts.commands",
     "agent.commands",
     "agent.trust_commands",
     "agent.updater.commands",

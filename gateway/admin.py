@@ -19,8 +19,8 @@ from aiohttp import web
 from edgefleet import __version__
 from edgefleet.fsio import atomic_write_bytes
 from gateway.config import AdminConfig
-from gateway.inventory import Inventory
-from gateway.spool import SpoolStats
+from gateway.devices.inventory import Inventory
+from gateway.telemetry.spool import SpoolStats
 
 log = structlog.get_logger()
 

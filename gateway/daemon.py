@@ -19,17 +19,17 @@ import structlog
 
 from edgefleet.sdnotify import Notifier, watchdog
 from gateway.admin import AdminServer, core_routes
-from gateway.command_publisher import CommandPublisher
 from gateway.config import GatewayConfig
-from gateway.ingest import Ingest
-from gateway.inventory import Inventory
+from gateway.devices.command_publisher import CommandPublisher
+from gateway.devices.inventory import Inventory
 from gateway.metrics import Metrics, MetricsServer
-from gateway.repo_service import RepositoryService
-from gateway.rollout_service import RolloutService
-from gateway.sinks import make_sink
-from gateway.spool import Spool
+from gateway.rollouts.service import RolloutService
+from gateway.serving.service import RepositoryService
 from gateway.store import Store
-from gateway.uplink import Uplink
+from gateway.telemetry.ingest import Ingest
+from gateway.telemetry.sinks import make_sink
+from gateway.telemetry.spool import Spool
+from gateway.telemetry.uplink import Uplink
 
 log = structlog.get_logger()
 

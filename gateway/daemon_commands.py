@@ -59,7 +59,8 @@ def devices(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from gateway import admin_client, config, device_table
+    from gateway import admin_client, config
+    from gateway.devices import table as device_table
 
     answer = asyncio.run(admin_client.get(config.load(args.config).admin, "/v1/devices"))
     if args.json:

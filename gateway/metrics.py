@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import Listen
-from gateway.inventory import Inventory
-from gateway.spool import SpoolStats
+from gateway.devices.inventory import Inventory
+from gateway.telemetry.spool import SpoolStats
 
 log = structlog.get_logger()
 NS = "edgefleet_gateway"

@@ -11,7 +11,7 @@ import structlog
 from hypothesis import settings
 
 from edgefleet.models import model_path
-from gateway.broker import BrokerConfig, BrokerTLS, Mosquitto, free_port
+from firmware_sim.broker import BrokerConfig, BrokerTLS, Mosquitto, free_port
 from tests.support.pki import TestCA
 
 GATEWAY_USER = ("gateway", "gateway-test-password")

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from edgefleet.processes import start_python, terminate, wait_listening
-from gateway.broker import BrokerError
+from firmware_sim.broker import BrokerError
 
 EMBEDDED = "embedded"  # the value of ``--broker`` that asks for this broker
 # Clients must give a user name (any password): amqtt keeps no session of an anonymous client.
@@ -26,7 +26,7 @@ PLUGINS = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous
 
 
 class EmbeddedBroker:
-    """The broker process; the same start/stop/url surface as ``gateway.broker.Mosquitto``."""
+    """The broker process; the same start/stop/url surface as ``firmware_sim.broker.Mosquitto``."""
 
     def __init__(self, workdir: Path, port: int) -> None:
         self.workdir, self.port = workdir, port

@@ -14,7 +14,7 @@ from firmware_sim.fleet.devices import SimDevice
 from firmware_sim.fleet.mitm import TIMESTAMP, expired_timestamp
 from firmware_sim.fleet.scenario import Fault
 from firmware_sim.fleet.world import World
-from gateway import keystore
+from gateway.releases import keystore
 
 log = structlog.get_logger()
 

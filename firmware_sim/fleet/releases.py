@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from gateway.model_inspect import ReleaseOptions, build_model_meta
-from gateway.repository import Release, Repository
+from gateway.releases.model_inspect import ReleaseOptions, build_model_meta
+from gateway.releases.repository import Release, Repository
 from protocol.model_meta import GateVectors
 
 QUICK = ReleaseOptions(samples=16, gate_samples=4)

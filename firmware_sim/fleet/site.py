@@ -14,10 +14,10 @@ from pathlib import Path
 from edgefleet import tomlconfig
 from edgefleet.errors import UserError
 from edgefleet.processes import start_edgefleet, terminate
+from firmware_sim.broker import BrokerConfig, BrokerError, Mosquitto, find_mosquitto, free_port
 from firmware_sim.fleet.embedded_broker import EMBEDDED, EmbeddedBroker
 from gateway import admin_client
 from gateway import config as gateway_config
-from gateway.broker import BrokerConfig, BrokerError, Mosquitto, find_mosquitto, free_port
 
 GATEWAY_USER = "gateway"
 MONITOR_USER = "monitor"

@@ -17,6 +17,7 @@ from agent.updater.cycle import Cycle, CycleConfig
 from agent.updater.device import Device
 from agent.updater.store import Offer
 from edgefleet.errors import UserError
+from firmware_sim.broker import free_port
 from firmware_sim.fleet.cloud import Cloud
 from firmware_sim.fleet.devices import SimDevice, agent_tables
 from firmware_sim.fleet.mcus import BAUD, ImageSigner, SimMcu
@@ -26,8 +27,7 @@ from firmware_sim.fleet.partition import Relay
 from firmware_sim.fleet.releases import sign_scenario_release
 from firmware_sim.fleet.scenario import BROKER_FAULTS, Scenario, device_name
 from firmware_sim.fleet.site import MONITOR_USER, GatewayProcess, SiteBroker, gateway_tables
-from gateway.broker import free_port
-from gateway.repository import Repository
+from gateway.releases.repository import Repository
 from protocol.topics import default_prefix
 
 SITE = "sim"

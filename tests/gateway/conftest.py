@@ -1,5 +1,6 @@
 """Fixtures for the gateway daemon's tests: a real cloud endpoint on loopback (plain or TLS with
-a private CA) and a factory for gateway processes that are stopped at teardown."""
+a private CA), a factory for gateway processes that are stopped at teardown, and a release
+repository with one signed model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.releases.repository import Repository
+from tests.gateway.release_support import sign
 from tests.gateway.support import Cloud, Gateway, gateway_config
 from tests.support.pki import TestCA
 
@@ -47,3 +50,11 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     for gateway in gateways:
         if gateway.proc is not None and gateway.proc.poll() is None:
             gateway.kill()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    """A repository with kws version 1 (float32) signed."""
+    repo = Repository.init(tmp_path / "repo")
+    sign(repo, "kws_f32_v1", "kws", 1)
+    return repo

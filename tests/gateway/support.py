@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefleet import tomlconfig
-from gateway.broker import free_port
+from firmware_sim.broker import free_port
 from protocol.telemetry import Inference, InputSummary, Record, RecordId, encode_batch
 from protocol.topics import device_topic
 

@@ -20,8 +20,8 @@ from edgefleet.errors import UserError
 from firmware_sim.fault_file import FaultFile, parse
 from firmware_sim.mcu import SimulatedMcu
 from firmware_sim.uart import UartServer
-from gateway.inventory import Device
-from gateway.rollout_service import mcu_candidates
+from gateway.devices.inventory import Device
+from gateway.rollouts.service import mcu_candidates
 from protocol.mcu_image import McuImageMeta
 from protocol.serial.messages import ErrorCode, InfoReply, ModelState, SlotFlag, SlotInfo
 from protocol.serial.messages import SlotState as S

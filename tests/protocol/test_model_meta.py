@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edgefleet.models import model_path
-from gateway.model_inspect import ReleaseOptions, build_model_meta, read_model
+from gateway.releases.model_inspect import ReleaseOptions, build_model_meta, read_model
 from protocol.drift import DriftReference, bin_counts, feature_summary, psi
 from protocol.model_meta import GateVectors, MetadataError, ModelMeta, TensorSpec
 

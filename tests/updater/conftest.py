@@ -15,8 +15,8 @@ from agent.updater.cycle import Cycle, CycleConfig
 from agent.updater.device import Device
 from agent.updater.states import State
 from agent.updater.store import Offer
-from gateway.model_inspect import ReleaseOptions
-from gateway.repository import Repository
+from gateway.releases.model_inspect import ReleaseOptions
+from gateway.releases.repository import Repository
 from tests.updater.support import model, release, served, sha
 
 TOO_SLOW = ReleaseOptions(samples=8, gate_samples=4, latency_budget_ms=0.0001)

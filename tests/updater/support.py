@@ -18,9 +18,9 @@ from agent.updater.device import Device
 from agent.updater.states import State
 from edgefleet.models import model_path
 from firmware_sim.fleet.releases import sign_model
-from gateway.model_inspect import ReleaseOptions
-from gateway.repo_server import RepositoryServer
-from gateway.repository import Repository
+from gateway.releases.model_inspect import ReleaseOptions
+from gateway.releases.repository import Repository
+from gateway.serving.server import RepositoryServer
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ReleaseOptions(samples=8, gate_samples=4)

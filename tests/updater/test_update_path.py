@@ -12,7 +12,7 @@ from agent.updater.download import DownloadError, DownloadLimits, fetch, target_
 from agent.updater.slots import SlotRecord
 from agent.updater.states import State
 from agent.updater.store import Offer
-from gateway.deltas import DeltaService
+from gateway.serving.deltas import DeltaService
 from protocol.delta import make_delta
 from tests.support.http_repo import RepositoryServer as SubvertibleServer
 from tests.updater.conftest import open_world

@@ -1,0 +1,311 @@
+"""``edgefleet keys`` and ``edgefleet release``: the operator's signing tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    keys = subparsers.add_parser(
+        "keys",
+        help="create and rotate the repository's signing keys",
+        description="Create and rotate the signing keys of a release repository. Root and "
+        "targets keys are offline keys: keep them away from the gateway. Snapshot, timestamp "
+        "and deltas keys are online keys that the gateway holds.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    init = keys_sub.add_parser("init", help="create keys and an empty signed repository")
+    _repo_arguments(init)
+    init.set_defaults(handler=_keys_init)
+    rotate = keys_sub.add_parser(
+        "rotate", help="replace a role's key through a new root that existing devices accept"
+    )
+    _repo_arguments(rotate)
+    rotate.add_argument(
+        "--role", required=True, choices=["root", "targets", "snapshot", "timestamp"]
+    )
+    rotate.set_defaults(handler=_keys_rotate)
+
+    release = subparsers.add_parser(
+        "release",
+        help="sign model versions and MCU images into a release repository",
+        description="Sign model versions as TUF targets carrying their ML metadata "
+        "(tensor signature, health-gate vectors, latency budget, drift references), and MCU "
+        "images (MCUboot, signed by imgtool) as targets that say they are for an MCU.",
+    )
+    release_sub = release.add_subparsers(dest="release_command", metavar="ACTION", required=True)
+    add = release_sub.add_parser(
+        "add",
+        help="sign a .tflite model as NAME/VERSION.tflite",
+        description="Run the model on reference inputs (seeded, or --reference-inputs), record "
+        "its outputs for the health gate and its drift reference histograms, and sign it with "
+        "the offline targets key.",
+    )
+    _repo_arguments(add)
+    add.add_argument("model", type=Path, metavar="MODEL.tflite")
+    add.add_argument("--name", required=True, help="model name, e.g. kws")
+    add.add_argument(
+        "--version",
+        required=True,
+        type=int,
+        help="integer version, higher than the latest signed one",
+    )
+    add.add_argument(
+        "--expires",
+        default="90d",
+        help="lifetime of the targets metadata (e.g. 90d, 12h; default 90d)",
+    )
+    add.add_argument(
+        "--reference-inputs",
+        type=Path,
+        metavar="INPUTS.npy",
+        help="float reference inputs [N, *input shape] instead of seeded ones",
+    )
+    add.add_argument(
+        "--samples", type=int, default=32, help="seeded reference inputs to generate (default 32)"
+    )
+    add.add_argument(
+        "--gate-samples",
+        type=int,
+        default=8,
+        help="reference inputs the health gate replays on the device (default 8)",
+    )
+    add.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    add.add_argument(
+        "--atol",
+        type=float,
+        help="output tolerance of the health gate (default: 2 quantization steps, "
+        "or 1e-3 for float outputs)",
+    )
+    add.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        help="latency budget per inference (default: 20x the time measured here, at least 50 ms)",
+    )
+    add.add_argument("--arena-bytes", type=int, help="tensor arena an MCU needs for this model")
+    add.add_argument(
+        "--hardware-tag",
+        action="append",
+        default=[],
+        dest="hardware_tags",
+        help="hardware the model is built for (repeatable)",
+    )
+    add.add_argument("--json", action="store_true", help="print the signed release as JSON")
+    add.set_defaults(handler=_release_add)
+
+    image = release_sub.add_parser(
+        "add-image",
+        help="sign an MCUboot image as NAME/VERSION.bin",
+        description="Sign an MCU image exactly as imgtool wrote it, with the version its MCUboot "
+        "header carries and its size, with the offline targets key. Agents with an [[mcu]] of "
+        "this name install it on that MCU during a rollout; the MCU checks the image's own "
+        "signature again.",
+    )
+    _repo_arguments(image)
+    image.add_argument("image", type=Path, metavar="IMAGE", help="image signed by imgtool")
+    image.add_argument("--name", required=True, help="MCU image name, e.g. sensor-fw")
+    image.add_argument(
+        "--version", required=True, type=int, help="integer version, higher than the latest"
+    )
+    image.add_argument(
+        "--expires", default="90d", help="lifetime of the targets metadata (default 90d)"
+    )
+    image.add_argument("--json", action="store_true", help="print the signed image as JSON")
+    image.set_defaults(handler=_release_add_image)
+
+    rollback = release_sub.add_parser(
+        "rollback",
+        help="sign an older version as a permitted downgrade",
+        description="Devices refuse a model version lower than the one they run unless the "
+        "targets key signed it as a rollback. This re-signs NAME/VERSION with that mark; a "
+        "rollout of it then takes devices back.",
+    )
+    _repo_arguments(rollback)
+    rollback.add_argument("--name", required=True)
+    rollback.add_argument("--version", required=True, type=int)
+    rollback.set_defaults(handler=_release_rollback)
+
+    listing = release_sub.add_parser("list", help="list signed model versions and MCU images")
+    _repo_arguments(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    listing.set_defaults(handler=_release_list)
+
+
+def _repo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", required=True, type=Path, help="repository folder")
+    parser.add_argument(
+        "--offline-keys",
+        type=Path,
+        help="folder of root.key and targets.key (default REPO/keys/offline)",
+    )
+    parser.add_argument(
+        "--online-keys",
+        type=Path,
+        help="folder of snapshot/timestamp/deltas keys (default REPO/keys/online)",
+    )
+
+
+def _key_dirs(args):
+    from gateway.releases.keystore import KeyDirs
+
+    return KeyDirs(
+        args.offline_keys or args.repo / "keys" / "offline",
+        args.online_keys or args.repo / "keys" / "online",
+    )
+
+
+def _keys_init(args) -> int:
+    from gateway.releases.repository import Repository
+
+    repo = Repository.init(args.repo, _key_dirs(args))
+    print(f"created repository {repo.dir}")
+    print(f"  offline keys (keep off the gateway): {repo.keys.offline}")
+    print(f"  online keys (for the gateway):       {repo.keys.online}")
+    print(f"  provision devices with:              {repo.metadata_dir / 'root.json'}")
+    return 0
+
+
+def _keys_rotate(args) -> int:
+    from gateway.releases.repository import Repository
+
+    repo = Repository(args.repo, _key_dirs(args))
+    keyid = repo.rotate_key(args.role)
+    print(f"rotated {args.role} key to {keyid[:16]} (root version {repo.root.signed.version})")
+    return 0
+
+
+def _release_json(release) -> dict:
+    """A model release or an MCU image; ``kind`` tells them apart."""
+    return {
+        "kind": release.meta.to_json().get("kind", "model"),
+        "name": release.name,
+        "version": release.version,
+        "target": release.path,
+        "length": release.length,
+        "sha256": release.sha256,
+        "meta": release.meta.to_json(),
+    }
+
+
+def _release_add(args) -> int:
+    from gateway.releases.model_inspect import ReleaseOptions, build_model_meta, read_model
+    from gateway.releases.repository import Repository, parse_duration
+
+    lifetime = parse_duration(args.expires)
+    repo = Repository(args.repo, _key_dirs(args))
+    latest = repo.latest_version(args.name)
+    if args.version <= latest:  # refuse before the model is even run
+        from gateway.releases.errors import ReleaseError
+
+        raise ReleaseError(
+            f"--version {args.version} of {args.name!r} is not higher than the latest ({latest})"
+        )
+    model = read_model(args.model)
+    options = ReleaseOptions(
+        samples=args.samples,
+        gate_samples=args.gate_samples,
+        seed=args.seed,
+        reference_inputs=args.reference_inputs,
+        atol=args.atol,
+        latency_budget_ms=args.latency_budget_ms,
+        arena_bytes=args.arena_bytes,
+        hardware_tags=tuple(args.hardware_tags),
+    )
+    inspected = build_model_meta(model, args.name, args.version, options, args.model)
+    release = repo.add_release(inspected.meta, model, inspected.gate_bytes, lifetime)
+    if args.json:
+        print(json.dumps(_release_json(release), indent=2))
+    else:
+        print(
+            f"signed {release.path}: {release.length} bytes, sha256 {release.sha256[:16]}, "
+            f"latency budget {release.meta.latency_budget_ms:g} ms"
+        )
+    return 0
+
+
+def _release_add_image(args) -> int:
+    from gateway.releases.errors import ReleaseError
+    from gateway.releases.repository import Repository, parse_duration
+    from protocol.mcu_image import McuImageError, inspect_image
+
+    lifetime = parse_duration(args.expires)
+    repo = Repository(args.repo, _key_dirs(args))
+    try:
+        data = args.image.read_bytes()
+        inspect_image(data)
+    except OSError as exc:
+        raise ReleaseError(f"cannot read image {args.image}: {exc.strerror}") from None
+    except McuImageError as exc:
+        raise ReleaseError(f"{args.image} is not an MCUboot image: {exc}") from None
+    image = repo.add_image(args.name, args.version, data, lifetime)
+    if args.json:
+        print(json.dumps(_release_json(image), indent=2))
+    else:
+        print(
+            f"signed {image.path}: MCU image {image.meta.image_version}, {image.length} bytes, "
+            f"sha256 {image.sha256[:16]}"
+        )
+    return 0
+
+
+def _release_rollback(args) -> int:
+    from gateway.releases.repository import Repository
+
+    release = Repository(args.repo, _key_dirs(args)).sign_rollback(args.name, args.version)
+    print(f"signed {release.path} as a permitted downgrade")
+    return 0
+
+
+def _release_list(args) -> int:
+    from gateway.releases.repository import Repository
+
+    repo = Repository(args.repo, _key_dirs(args))
+    releases, images = repo.releases(), repo.images()
+    if args.json:
+        print(json.dumps([_release_json(r) for r in (*releases, *images)], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"releases in {args.repo}")
+    for column in (
+        "model",
+        "version",
+        "bytes",
+        "sha256",
+        "input",
+        "output",
+        "budget ms",
+        "rollback",
+    ):
+        table.add_column(column, justify="right" if column in ("version", "bytes") else "left")
+
+    def tensors(specs) -> str:
+        return ", ".join(f"{s.dtype}[{'x'.join(map(str, s.shape))}]" for s in specs)
+
+    for r in releases:
+        table.add_row(
+            r.name,
+            str(r.version),
+            str(r.length),
+            r.sha256[:12],
+            tensors(r.meta.inputs),
+            tensors(r.meta.outputs),
+            f"{r.meta.latency_budget_ms:g}",
+            "yes" if r.meta.rollback else "",
+        )
+    console = Console()
+    if releases or not images:
+        console.print(table)
+    if images:
+        image_table = Table(title=f"MCU images in {args.repo}")
+        for column in ("name", "version", "image version", "bytes", "sha256"):
+            image_table.add_column(column, justify="right" if column == "bytes" else "left")
+        for i in images:
+            image_table.add_row(
+                i.name, str(i.version), i.meta.image_version, str(i.length), i.sha256[:12]
+            )
+        console.print(image_table)
+    return 0

@@ -1,0 +1,156 @@
+"""What a release signs about a model, read from the model itself.
+
+Loads the .tflite with LiteRT, reads its tensor signature, runs it on reference inputs (seeded,
+or the operator's own) to record the outputs the health gate will expect, times it, and builds
+drift reference histograms over those inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gateway.releases.errors import ReleaseError
+from protocol.drift import DriftReference
+from protocol.model_meta import GateRef, GateVectors, ModelMeta, TensorSpec
+
+TFLITE_IDENTIFIER = b"TFL3"
+DEFAULT_SAMPLES = 32
+DEFAULT_GATE_SAMPLES = 8
+MIN_LATENCY_BUDGET_MS = 50.0
+LATENCY_BUDGET_FACTOR = 20.0  # an operator's machine is often 10-20x faster than a Pi-class one
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    samples: int = DEFAULT_SAMPLES
+    gate_samples: int = DEFAULT_GATE_SAMPLES
+    seed: int = 0
+    reference_inputs: Path | None = None
+    atol: float | None = None
+    latency_budget_ms: float | None = None
+    arena_bytes: int | None = None
+    hardware_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InspectedModel:
+    meta: ModelMeta
+    gate_bytes: bytes
+
+
+def read_model(path: Path) -> bytes:
+    """The model's bytes, or a one-line refusal naming the file."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ReleaseError(f"{path}: no such model file") from None
+    except IsADirectoryError:
+        raise ReleaseError(f"{path}: is a directory, not a model file") from None
+    except OSError as exc:
+        raise ReleaseError(f"{path}: cannot read model file: {exc.strerror}") from None
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise ReleaseError(f"{path}: not a TFLite model (no TFL3 identifier)")
+    return data
+
+
+def _interpreter(data: bytes, path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_content=data)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReleaseError(f"{path}: LiteRT cannot load the model: {first_line}") from None
+    return interpreter
+
+
+def _reference_inputs(specs, options: ReleaseOptions, path: Path) -> list[np.ndarray]:
+    """Float reference inputs, ``[N, *tensor shape]`` per input tensor."""
+    if options.reference_inputs is None:
+        rng = np.random.default_rng(options.seed)
+        return [
+            rng.standard_normal((options.samples, *spec.shape)).astype(np.float32) for spec in specs
+        ]
+    if len(specs) != 1:
+        raise ReleaseError(f"{path}: --reference-inputs supports single-input models only")
+    source = options.reference_inputs
+    try:
+        array = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ReleaseError(f"{source}: cannot read reference inputs (.npy): {exc}") from None
+    shape = specs[0].shape
+    if array.shape[1:] == shape[1:] and shape[0] == 1:
+        array = array.reshape(len(array), *shape)
+    if array.ndim != len(shape) + 1 or array.shape[1:] != shape or len(array) == 0:
+        raise ReleaseError(
+            f"{source}: reference inputs have shape {array.shape}, expected [N, *{list(shape)}]"
+        )
+    return [array.astype(np.float32)]
+
+
+def build_model_meta(
+    data: bytes, name: str, version: int, options: ReleaseOptions, path: Path = Path("<model>")
+) -> InspectedModel:
+    """Run the model on its reference inputs and describe it for signing."""
+    if not 1 <= options.gate_samples <= options.samples:
+        raise ReleaseError(f"gate samples must be between 1 and {options.samples}")
+    interpreter = _interpreter(data, path)
+    inputs = [TensorSpec.from_details(d) for d in interpreter.get_input_details()]
+    outputs = [TensorSpec.from_details(d) for d in interpreter.get_output_details()]
+    float_inputs = _reference_inputs(inputs, options, path)
+    raw_inputs = [spec.quantize(batch) for spec, batch in zip(inputs, float_inputs, strict=True)]
+    count = len(raw_inputs[0])
+
+    raw_outputs: list[list[np.ndarray]] = [[] for _ in outputs]
+    latencies = []
+    for index in range(count):
+        for detail, batch in zip(interpreter.get_input_details(), raw_inputs, strict=True):
+            interpreter.set_tensor(detail["index"], batch[index])
+        started = time.perf_counter()
+        interpreter.invoke()
+        latencies.append((time.perf_counter() - started) * 1000)
+        for slot, detail in zip(raw_outputs, interpreter.get_output_details(), strict=True):
+            slot.append(interpreter.get_tensor(detail["index"]).copy())
+    outputs_raw = [np.stack(slot) for slot in raw_outputs]
+    float_outputs = [spec.dequantize(o) for spec, o in zip(outputs, outputs_raw, strict=True)]
+
+    gate_count = min(options.gate_samples, count)
+    gate = GateVectors(
+        tuple(batch[:gate_count] for batch in raw_inputs),
+        tuple(batch[:gate_count] for batch in outputs_raw),
+    )
+    gate_bytes = json.dumps(gate.to_json(), separators=(",", ":")).encode()
+    median_ms = statistics.median(latencies[1:] or latencies)
+    atol = options.atol
+    if atol is None:  # one quantization step, or a float tolerance for kernel differences
+        atol = max([2 * spec.scale for spec in outputs if spec.quantized] or [1e-3])
+    budget = options.latency_budget_ms or max(
+        MIN_LATENCY_BUDGET_MS, round(median_ms * LATENCY_BUDGET_FACTOR, 3)
+    )
+    meta = ModelMeta(
+        name=name,
+        version=version,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        gate=GateRef(
+            path=f"{name}/{version}.gate.json",
+            sha256=hashlib.sha256(gate_bytes).hexdigest(),
+            count=gate_count,
+            atol=float(atol),
+            min_top1_agreement=0.9,
+        ),
+        latency_budget_ms=float(budget),
+        drift=DriftReference.build(float_inputs[0], float_outputs[0]),
+        arena_bytes=options.arena_bytes,
+        hardware_tags=options.hardware_tags,
+        measured={"invoke_median_ms": round(median_ms, 4), "reference_samples": count},
+    )
+    return InspectedModel(meta, gate_bytes)

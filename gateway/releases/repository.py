@@ -1,0 +1,561 @@
+"""The release repository: TUF metadata over signed model and MCU image targets, on disk.
+
+Layout of a repository folder::
+
+    metadata/   N.root.json (every version kept), root.json (the newest, to provision devices),
+                N.targets.json, N.snapshot.json, N.deltas.json, timestamp.json
+    targets/    <name>/<sha256>.<version>.tflite and .gate.json, or <name>/<sha256>.<version>.bin
+                for an MCU image (consistent-snapshot names)
+    keys/offline/{root,targets}.key     keys/online/{snapshot,timestamp,deltas}.key
+
+Every change writes new versioned files first and ``timestamp.json`` last: until that rename a
+client still sees the previous release, so a crash or a refused input leaves the repository as
+it was. Reads go through ``timestamp -> snapshot -> targets``, never through a directory listing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization import DeserializationError
+
+from edgefleet.fsio import atomic_write_bytes
+from gateway.releases import keystore
+from gateway.releases.errors import ReleaseError
+from gateway.releases.keystore import KeyDirs
+from protocol.mcu_image import KIND as MCU_IMAGE
+from protocol.mcu_image import McuImageError, McuImageMeta, inspect_image
+from protocol.mcu_image import target_path as image_path
+from protocol.model_meta import NAME_PATTERN, ModelMeta
+
+SPEC_VERSION = "1.0.31"
+DELTAS_ROLE = "deltas"
+DELTAS_PATHS = ["*/deltas/*"]
+DEFAULT_EXPIRY = {
+    "root": timedelta(days=365),
+    "targets": timedelta(days=90),
+    DELTAS_ROLE: timedelta(days=30),
+    "snapshot": timedelta(days=30),
+    "timestamp": timedelta(days=7),
+}
+_MODEL_PATH = re.compile(r"(?P<name>[^/]+)/(?P<version>[0-9]+)\.tflite")
+_IMAGE_PATH = re.compile(r"(?P<name>[^/]+)/(?P<version>[0-9]+)\.bin")
+
+
+def expiry(role: str, lifetime: timedelta | None = None) -> datetime:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return now + (lifetime or DEFAULT_EXPIRY[role])
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` -> timedelta (positive)."""
+    match = re.fullmatch(r"([0-9]+)([dhms])", text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ReleaseError(f"bad duration {text!r}: use a positive number with d, h, m or s")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    version: int
+    path: str
+    length: int
+    sha256: str
+    meta: ModelMeta
+
+
+@dataclass(frozen=True)
+class McuImage:
+    """A signed MCU image: an MCUboot image file as ``imgtool`` wrote it."""
+
+    name: str
+    version: int
+    path: str
+    length: int
+    sha256: str
+    meta: McuImageMeta
+
+
+class Repository:
+    """Loads the current metadata of a repository folder and writes signed changes to it."""
+
+    def __init__(self, root_dir: Path, keys: KeyDirs | None = None):
+        self.dir = Path(root_dir)
+        self.keys = keys or KeyDirs(self.dir / "keys" / "offline", self.dir / "keys" / "online")
+        self.metadata_dir = self.dir / "metadata"
+        self.targets_dir = self.dir / "targets"
+        self._load()
+
+    # -- creation -------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, root_dir: Path, keys: KeyDirs | None = None) -> Repository:
+        """Create keys and version-1 metadata in an empty (or absent) folder."""
+        root_dir = Path(root_dir)
+        if (root_dir / "metadata").exists():
+            raise ReleaseError(f"{root_dir}: already holds a repository (metadata/ exists)")
+        keys = keys or KeyDirs(root_dir / "keys" / "offline", root_dir / "keys" / "online")
+        for role in keystore.OFFLINE_ROLES + keystore.ONLINE_ROLES:
+            if keys.path(role).exists():
+                raise ReleaseError(f"{keys.path(role)}: key file exists; refusing to overwrite it")
+        signers = {
+            role: keystore.generate() for role in (*keystore.OFFLINE_ROLES, *keystore.ONLINE_ROLES)
+        }
+        root = Metadata(Root(expires=expiry("root"), consistent_snapshot=True))
+        for role in ("root", "targets", "snapshot", "timestamp"):
+            root.signed.add_key(signers[role].public_key, role)
+        targets = Metadata(Targets(expires=expiry("targets")))
+        targets.signed.delegations = Delegations(
+            keys={},
+            roles={
+                DELTAS_ROLE: DelegatedRole(
+                    name=DELTAS_ROLE,
+                    keyids=[],
+                    threshold=1,
+                    terminating=True,
+                    paths=DELTAS_PATHS,
+                )
+            },
+        )
+        targets.signed.add_key(signers[DELTAS_ROLE].public_key, DELTAS_ROLE)
+        deltas = Metadata(Targets(expires=expiry(DELTAS_ROLE)))
+        snapshot = Metadata(Snapshot(expires=expiry("snapshot")))
+        snapshot.signed.meta[f"{DELTAS_ROLE}.json"] = MetaFile(version=1)
+        timestamp = Metadata(Timestamp(expires=expiry("timestamp")))
+
+        (root_dir / "metadata").mkdir(parents=True)
+        (root_dir / "targets").mkdir(exist_ok=True)
+        for role, signer in signers.items():
+            keystore.save(signer, keys.path(role))
+        for md, role in (
+            (root, "root"),
+            (targets, "targets"),
+            (deltas, DELTAS_ROLE),
+            (snapshot, "snapshot"),
+        ):
+            md.sign(signers[role])
+        timestamp.signed.snapshot_meta = _meta_file(snapshot)
+        timestamp.sign(signers["timestamp"])
+        repo = cls.__new__(cls)
+        repo.dir, repo.keys = root_dir, keys
+        repo.metadata_dir, repo.targets_dir = root_dir / "metadata", root_dir / "targets"
+        repo._write_versioned(targets, "targets")
+        repo._write_versioned(deltas, DELTAS_ROLE)
+        repo._write_versioned(snapshot, "snapshot")
+        repo._write_root(root)
+        repo._write(timestamp.to_bytes(), "timestamp.json")
+        repo._load()
+        return repo
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _read(self, filename: str, kind: type) -> Metadata:
+        path = self.metadata_dir / filename
+        try:
+            md = Metadata.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            raise ReleaseError(
+                f"{self.dir}: not an edgefleet repository ({path} missing)"
+            ) from None
+        except DeserializationError as exc:
+            raise ReleaseError(f"{path}: not valid TUF metadata: {exc}") from None
+        if not isinstance(md.signed, kind):
+            raise ReleaseError(f"{path}: holds {md.signed.type} metadata, not {kind.type}")
+        return md
+
+    def _load(self) -> None:
+        if not self.metadata_dir.is_dir():
+            raise ReleaseError(f"{self.dir}: not an edgefleet repository (no metadata/ folder)")
+        version = 1
+        while (self.metadata_dir / f"{version + 1}.root.json").exists():
+            version += 1
+        self.root = self._read(f"{version}.root.json", Root)
+        self.timestamp = self._read("timestamp.json", Timestamp)
+        self.snapshot = self._read(
+            f"{self.timestamp.signed.snapshot_meta.version}.snapshot.json", Snapshot
+        )
+        targets_meta = self.snapshot.signed.meta.get("targets.json")
+        if targets_meta is None:
+            raise ReleaseError(f"{self.dir}: snapshot does not list targets.json")
+        self.targets = self._read(f"{targets_meta.version}.targets.json", Targets)
+        deltas_meta = self.snapshot.signed.meta.get(f"{DELTAS_ROLE}.json")
+        if deltas_meta is None:
+            raise ReleaseError(f"{self.dir}: snapshot does not list {DELTAS_ROLE}.json")
+        self.deltas = self._read(f"{deltas_meta.version}.{DELTAS_ROLE}.json", Targets)
+
+    def reload(self) -> None:
+        """Re-read the metadata (another process, such as an import, may have changed it)."""
+        self._load()
+
+    def releases(self) -> list[Release]:
+        """Every signed model version, ordered by name then version."""
+        found = []
+        for path, target in self.targets.signed.targets.items():
+            match = _MODEL_PATH.fullmatch(path)
+            if not match:
+                continue
+            found.append(
+                Release(
+                    name=match["name"],
+                    version=int(match["version"]),
+                    path=path,
+                    length=target.length,
+                    sha256=target.hashes["sha256"],
+                    meta=ModelMeta.from_json(target.custom),
+                )
+            )
+        return sorted(found, key=lambda r: (r.name, r.version))
+
+    def images(self) -> list[McuImage]:
+        """Every signed MCU image version, ordered by name then version."""
+        found = []
+        for path, target in self.targets.signed.targets.items():
+            match = _IMAGE_PATH.fullmatch(path)
+            if not match or (target.custom or {}).get("kind") != MCU_IMAGE:
+                continue
+            found.append(
+                McuImage(
+                    name=match["name"],
+                    version=int(match["version"]),
+                    path=path,
+                    length=target.length,
+                    sha256=target.hashes["sha256"],
+                    meta=McuImageMeta.from_json(target.custom),
+                )
+            )
+        return sorted(found, key=lambda r: (r.name, r.version))
+
+    def latest_version(self, name: str) -> int:
+        """Models and MCU images share the versions of a name."""
+        versions = [r.version for r in (*self.releases(), *self.images()) if r.name == name]
+        return max(versions, default=0)
+
+    def _check_new_version(self, name: str, version: int, kind: str) -> None:
+        """A new version of a name: a name is either a model or an MCU image."""
+        if not NAME_PATTERN.fullmatch(name):
+            raise ReleaseError(f"bad {kind} name {name!r}: use letters, digits, '_', '.', '-'")
+        model = kind == "model"
+        if any(r.name == name for r in (self.images() if model else self.releases())):
+            other, this = ("an MCU image", "a model") if model else ("a model", "an MCU image")
+            raise ReleaseError(f"{name!r} is {other}; {this} needs a name of its own")
+        latest = self.latest_version(name)
+        if version <= latest:
+            raise ReleaseError(
+                f"version {version} of {name!r} is not higher than the latest ({latest})"
+            )
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def add_release(
+        self,
+        meta: ModelMeta,
+        model: bytes,
+        gate_bytes: bytes,
+        targets_lifetime: timedelta | None = None,
+    ) -> Release:
+        """Sign a new model version (and its gate vectors) as targets and publish it."""
+        self._check_new_version(meta.name, meta.version, "model")
+        targets_signer = keystore.load(self.keys.path("targets"))
+        self._check_signer(targets_signer, "targets")
+        online = self.online_signers()
+
+        model_path = f"{meta.name}/{meta.version}.tflite"
+        model_target = TargetFile.from_data(model_path, model, ["sha256"])
+        model_target.unrecognized_fields["custom"] = meta.to_json()
+        gate_target = TargetFile.from_data(meta.gate.path, gate_bytes, ["sha256"])
+        gate_target.unrecognized_fields["custom"] = {"gate_for": model_path}
+        self._store_target(gate_target, gate_bytes)
+        self._store_target(model_target, model)
+
+        targets = self.targets
+        targets.signed.targets[model_path] = model_target
+        targets.signed.targets[meta.gate.path] = gate_target
+        self._publish(targets, [targets_signer], online, targets_lifetime)
+        return next(r for r in self.releases() if r.path == model_path)
+
+    def add_image(
+        self,
+        name: str,
+        version: int,
+        data: bytes,
+        targets_lifetime: timedelta | None = None,
+    ) -> McuImage:
+        """Sign an MCUboot image (as ``imgtool`` wrote it) as ``<name>/<version>.bin``, with the
+        version its header carries, and publish it. The MCU checks the image's own signature;
+        this signature says the operator released it."""
+        try:
+            image_version = inspect_image(data)
+        except McuImageError as exc:
+            raise ReleaseError(f"not an MCUboot image: {exc}") from None
+        self._check_new_version(name, version, "MCU image")
+        targets_signer = keystore.load(self.keys.path("targets"))
+        self._check_signer(targets_signer, "targets")
+        online = self.online_signers()
+        meta = McuImageMeta(name, version, image_version, len(data))
+        path = image_path(name, version)
+        target = TargetFile.from_data(path, data, ["sha256"])
+        target.unrecognized_fields["custom"] = meta.to_json()
+        self._store_target(target, data)
+        self.targets.signed.targets[path] = target
+        self._publish(self.targets, [targets_signer], online, targets_lifetime)
+        return next(r for r in self.images() if r.path == path)
+
+    def sign_rollback(self, name: str, version: int) -> Release:
+        """Mark a signed version as a permitted downgrade: devices running a newer version
+        accept it only when the targets key says so."""
+        release = next((r for r in self.releases() if (r.name, r.version) == (name, version)), None)
+        if release is None:
+            raise ReleaseError(f"{name}/{version}.tflite is not a signed release")
+        if release.meta.rollback:
+            return release
+        targets_signer = keystore.load(self.keys.path("targets"))
+        self._check_signer(targets_signer, "targets")
+        online = self.online_signers()
+        target = self.targets.signed.targets[release.path]
+        target.unrecognized_fields["custom"] = dataclasses.replace(
+            release.meta, rollback=True
+        ).to_json()
+        self._publish(self.targets, [targets_signer], online)
+        return next(r for r in self.releases() if r.path == release.path)
+
+    def add_delta(self, path: str, data: bytes, custom: dict) -> TargetFile:
+        """Sign transport bytes (a delta) as a target of the delegated deltas role, with the
+        gateway's online key. A device still checks what a delta rebuilds against the
+        offline-signed model target."""
+        if not fnmatch_segments(path, DELTAS_PATHS[0]):
+            raise ReleaseError(f"delta path {path!r} is outside the deltas role ({DELTAS_PATHS})")
+        signer = keystore.load(self.keys.path(DELTAS_ROLE))
+        role = self.targets.signed.delegations.roles[DELTAS_ROLE]
+        if signer.public_key.keyid not in role.keyids:
+            raise ReleaseError(f"{self.keys.path(DELTAS_ROLE)}: not the deltas key")
+        online = self.online_signers()
+        target = TargetFile.from_data(path, data, ["sha256"])
+        target.unrecognized_fields["custom"] = custom
+        self._store_target(target, data)
+        self.deltas.signed.targets[path] = target
+        _bump(self.deltas, DELTAS_ROLE, [signer])
+        self._commit(self.deltas, DELTAS_ROLE, online)
+        return target
+
+    def import_targets(self, source: Repository) -> int:
+        """Take in what the operator signed offline in ``source``: newer roots, then its targets
+        metadata (byte for byte) and the target files it lists, re-publishing snapshot and
+        timestamp with this repository's online keys. Returns the number of new targets.
+
+        Everything is verified as a device would before anything is written: each new root by
+        the previous one and by itself, the targets metadata by the newest root, each file by
+        its signed length and hash.
+        """
+        trusted = self.root
+        new_roots: list[tuple[int, bytes]] = []
+        version = trusted.signed.version + 1
+        while (path := source.metadata_dir / f"{version}.root.json").exists():
+            data = path.read_bytes()
+            candidate = Metadata.from_bytes(data)
+            try:
+                trusted.verify_delegate("root", candidate)
+                candidate.verify_delegate("root", candidate)
+            except Exception as exc:
+                raise ReleaseError(f"{path}: not signed by the trusted root keys: {exc}") from None
+            if candidate.signed.version != version:
+                raise ReleaseError(f"{path}: holds root version {candidate.signed.version}")
+            new_roots.append((version, data))
+            trusted, version = candidate, version + 1
+
+        incoming = source.targets
+        incoming_path = source.metadata_dir / f"{incoming.signed.version}.targets.json"
+        try:
+            trusted.verify_delegate("targets", incoming)
+        except Exception as exc:
+            raise ReleaseError(f"{incoming_path}: not signed by the targets key: {exc}") from None
+        if incoming.signed.version < self.targets.signed.version:
+            raise ReleaseError(
+                f"{incoming_path}: targets version {incoming.signed.version} is older than the "
+                f"served {self.targets.signed.version}"
+            )
+        if incoming.signed.version == self.targets.signed.version and not new_roots:
+            return 0
+        self.root = trusted  # online keys are checked against the newest root
+        online = self.online_signers()
+        fresh = [p for p in incoming.signed.targets if p not in self.targets.signed.targets]
+        for target_path in fresh:
+            target = incoming.signed.targets[target_path]
+            blob = source.targets_dir / target.get_prefixed_paths()[0]
+            try:
+                data = blob.read_bytes()
+                target.verify_length_and_hashes(data)
+            except Exception as exc:  # OSError or tuf's LengthOrHashMismatchError
+                raise ReleaseError(f"{blob}: missing or not the signed bytes: {exc}") from None
+            self._store_target(target, data)
+        for number, data in new_roots:
+            self._write(data, f"{number}.root.json")
+        if new_roots:
+            self._write(new_roots[-1][1], "root.json")
+        self._commit(incoming, "targets", online, changed_bytes=incoming_path.read_bytes())
+        return len(fresh)
+
+    def rotate_key(self, role: str) -> str:
+        """Replace a role's key through a new root that clients holding the old root accept.
+
+        Returns the new key id. The old key co-signs the role's next metadata, so every crash
+        point leaves metadata that verifies under the old root or the new one.
+        """
+        if role not in ("root", "targets", "snapshot", "timestamp"):
+            raise ReleaseError(
+                f"cannot rotate role {role!r}: use root, targets, snapshot or timestamp"
+            )
+        root_signer = keystore.load(self.keys.path("root"))
+        self._check_signer(root_signer, "root")
+        old = root_signer if role == "root" else keystore.load(self.keys.path(role))
+        self._check_signer(old, role)
+        new = keystore.generate()
+        staged = self.keys.path(role).with_suffix(".key.next")
+        keystore.save(new, staged)
+
+        if role in ("targets", "snapshot", "timestamp"):
+            online = self.online_signers()
+            signers = {"targets": [keystore.load(self.keys.path("targets"))]}
+            signers[role] = [old, new]
+            self._publish(
+                self.targets,
+                signers["targets"],
+                online,
+                snapshot_signers=signers.get("snapshot"),
+                timestamp_signers=signers.get("timestamp"),
+            )
+        root = self.root
+        root.signed.revoke_key(old.public_key.keyid, role)
+        root.signed.add_key(new.public_key, role)
+        root.signed.version += 1
+        root.signed.expires = expiry("root")
+        root.signatures.clear()
+        root.sign(new if role == "root" else root_signer, append=True)
+        if role == "root":
+            root.sign(old, append=True)
+        self._write_root(root)
+        staged.replace(self.keys.path(role))
+        self._load()
+        return new.public_key.keyid
+
+    def refresh_timestamp(self, lifetime: timedelta | None = None) -> None:
+        """Re-sign the timestamp (the online key's routine job) with a new expiry."""
+        signer = keystore.load(self.keys.path("timestamp"))
+        self._check_signer(signer, "timestamp")
+        _bump(self.timestamp, "timestamp", [signer], lifetime)
+        self._write(self.timestamp.to_bytes(), "timestamp.json")
+        self._load()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def online_signers(self) -> dict[str, CryptoSigner]:
+        signers = {role: keystore.load(self.keys.path(role)) for role in ("snapshot", "timestamp")}
+        for role, signer in signers.items():
+            self._check_signer(signer, role)
+        return signers
+
+    def _check_signer(self, signer: CryptoSigner, role: str) -> None:
+        if signer.public_key.keyid not in self.root.signed.roles[role].keyids:
+            raise ReleaseError(
+                f"{self.keys.path(role)}: key {signer.public_key.keyid[:12]} is not a {role} "
+                f"key of this repository"
+            )
+
+    def _publish(
+        self,
+        targets: Metadata,
+        targets_signers: Iterable[CryptoSigner],
+        online: dict[str, CryptoSigner],
+        targets_lifetime: timedelta | None = None,
+        snapshot_signers: Iterable[CryptoSigner] | None = None,
+        timestamp_signers: Iterable[CryptoSigner] | None = None,
+    ) -> None:
+        """Bump and sign targets, then snapshot and timestamp."""
+        _bump(targets, "targets", targets_signers, targets_lifetime)
+        self._commit(targets, "targets", online, snapshot_signers, timestamp_signers)
+
+    def _commit(
+        self,
+        changed: Metadata,
+        role: str,
+        online: dict[str, CryptoSigner],
+        snapshot_signers: Iterable[CryptoSigner] | None = None,
+        timestamp_signers: Iterable[CryptoSigner] | None = None,
+        changed_bytes: bytes | None = None,
+    ) -> None:
+        """List a re-signed targets role in a new snapshot and timestamp; timestamp.json is
+        written last, so until then clients see the previous state. ``changed_bytes`` keeps
+        metadata signed elsewhere byte for byte."""
+        snapshot = self.snapshot
+        snapshot.signed.meta[f"{role}.json"] = MetaFile(version=changed.signed.version)
+        _bump(snapshot, "snapshot", snapshot_signers or [online["snapshot"]])
+        timestamp = self.timestamp
+        timestamp.signed.snapshot_meta = _meta_file(snapshot)
+        _bump(timestamp, "timestamp", timestamp_signers or [online["timestamp"]])
+
+        self._write(changed_bytes or changed.to_bytes(), f"{changed.signed.version}.{role}.json")
+        self._write_versioned(snapshot, "snapshot")
+        self._write(timestamp.to_bytes(), "timestamp.json")
+        self._load()
+
+    def _store_target(self, target: TargetFile, data: bytes) -> None:
+        for prefixed in target.get_prefixed_paths():
+            path = self.targets_dir / prefixed
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+
+    def _write(self, data: bytes, filename: str) -> None:
+        atomic_write_bytes(self.metadata_dir / filename, data)
+
+    def _write_versioned(self, md: Metadata, role: str) -> None:
+        self._write(md.to_bytes(), f"{md.signed.version}.{role}.json")
+
+    def _write_root(self, root: Metadata) -> None:
+        data = root.to_bytes()
+        self._write(data, f"{root.signed.version}.root.json")
+        self._write(data, "root.json")
+
+
+def fnmatch_segments(path: str, pattern: str) -> bool:
+    """TUF's delegation match: the pattern applies segment by segment."""
+    parts, pattern_parts = path.split("/"), pattern.split("/")
+    return len(parts) == len(pattern_parts) and all(
+        fnmatch.fnmatch(p, q) for p, q in zip(parts, pattern_parts, strict=True)
+    )
+
+
+def _bump(
+    md: Metadata, role: str, signers: Iterable[CryptoSigner], lifetime: timedelta | None = None
+) -> None:
+    md.signed.version += 1
+    md.signed.expires = expiry(role, lifetime)
+    _sign(md, signers)
+
+
+def _sign(md: Metadata, signers: Iterable[CryptoSigner]) -> None:
+    md.signatures.clear()
+    for signer in signers:
+        md.sign(signer, append=True)
+
+
+def _meta_file(snapshot: Metadata) -> MetaFile:
+    return MetaFile(version=snapshot.signed.version)

@@ -1,0 +1,2 @@
+"""Staged rollouts: pure decisions, their store, the controller, the daemon's service and the
+operator's commands."""

@@ -1,0 +1,291 @@
+"""Rollouts inside the daemon: the controller's tick loop, the devices' verdicts from the ingest,
+and the operator's commands from the admin API.
+
+Every controller call runs under one lock, so a verdict is never recorded between a command's
+PUBACK and the controller noting that it offered. The ingest only hands over the status and
+event messages it has committed (``feed`` queues them without waiting), so telemetry throughput
+does not depend on rollouts. Before a rollout starts, the deltas its devices need (from the
+version each runs to the target) are signed, because devices ask for a delta first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable, Iterable
+
+import structlog
+from aiohttp import web
+
+from edgefleet.errors import UserError
+from gateway.config import RolloutsConfig
+from gateway.devices.inventory import Device, Inventory
+from gateway.releases.repository import McuImage
+from gateway.rollouts.controller import RolloutController, RolloutError, Send
+from gateway.rollouts.decisions import DeviceFacts, DeviceState, Plan, Progress, stage_table
+from gateway.rollouts.store import Rollout, RolloutStore
+from gateway.serving.service import RepositoryService
+from protocol.mcu_image import parse_version
+from protocol.topics import Event, Status
+
+log = structlog.get_logger()
+
+
+def candidates(
+    devices: Iterable[Device], model: str, version: int
+) -> tuple[list[DeviceFacts], dict[str, str], set[int]]:
+    """Devices that could take ``model`` ``version``, those left out and why, and the versions
+    the candidates run now (the sources of the deltas to build). Hardware tags and arena size
+    are what the device reported in its status."""
+    facts: list[DeviceFacts] = []
+    skipped: dict[str, str] = {}
+    sources: set[int] = set()
+    for row in devices:
+        if row.state != "online":
+            skipped[row.device] = f"device is {row.state}"
+        elif row.model != model:
+            skipped[row.device] = f"runs {row.model!r}, not {model!r}" if row.model else "no model"
+        elif row.model_version is not None and row.model_version >= version:
+            skipped[row.device] = f"already runs version {row.model_version}"
+        else:
+            facts.append(DeviceFacts(row.device, frozenset(row.hardware_tags), row.arena_bytes))
+            if row.model_version:
+                sources.add(row.model_version)
+    return facts, skipped, sources
+
+
+def mcu_candidates(
+    devices: Iterable[Device], name: str, image_version: str
+) -> tuple[list[DeviceFacts], dict[str, str]]:
+    """Devices with an MCU tracking the image ``name`` that keeps an older image (or none
+    known yet), and those left out and why. Versions are the MCUboot header's, as the MCU
+    reported them in the device's status."""
+    facts: list[DeviceFacts] = []
+    skipped: dict[str, str] = {}
+    wanted = parse_version(image_version)
+    for row in devices:
+        mcu = next((m for m in row.mcus if m.get("name") == name), None)
+        if row.state != "online":
+            skipped[row.device] = f"device is {row.state}"
+        elif mcu is None:
+            skipped[row.device] = f"has no MCU {name!r}"
+        elif mcu.get("state") == "unreachable":
+            skipped[row.device] = f"MCU {name!r} is unreachable"
+        elif mcu.get("version") and parse_version(mcu["version"]) >= wanted:
+            skipped[row.device] = f"MCU {name!r} already keeps {mcu['version']}"
+        else:
+            facts.append(DeviceFacts(row.device))
+    return facts, skipped
+
+
+def summary(rollout: Rollout, progress: list[Progress]) -> dict:
+    plan = rollout.plan
+    return {
+        "id": plan.rollout_id,
+        "model": plan.model,
+        "version": plan.version,
+        "state": rollout.state.value,
+        "stage": rollout.stage,
+        "reason": rollout.reason,
+        "created_at": rollout.created_at,
+        "updated_at": rollout.updated_at,
+        "devices": len(progress),
+        "committed": sum(p.state == DeviceState.COMMITTED for p in progress),
+        "failed": sum(p.state == DeviceState.FAILED for p in progress),
+    }
+
+
+def detail(rollout: Rollout, progress: list[Progress], skipped: dict[str, str]) -> dict:
+    plan = rollout.plan
+    return summary(rollout, progress) | {
+        "plan": {
+            "stages": list(plan.stages),
+            "soak_s": plan.soak_s,
+            "max_failure_rate": plan.max_failure_rate,
+            "auto_rollback": plan.auto_rollback,
+        },
+        "stages": stage_table(plan, progress),
+        "progress": [
+            {"device": p.device, "stage": p.stage, "state": p.state.value}
+            for p in sorted(progress, key=lambda p: (p.stage, p.device))
+        ],
+        "skipped": [{"device": d, "reason": r} for d, r in sorted(skipped.items())],
+    }
+
+
+def plan_from(body: object) -> Plan:
+    """The JSON of ``POST /v1/rollouts`` -> a checked plan (``UserError`` says what is wrong)."""
+    if not isinstance(body, dict):
+        raise UserError("the body must be a JSON object")
+
+    def field(key: str, kind: type | tuple, default=...):
+        value = body.get(key, default)
+        if value is ... or not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise UserError(f"{key} is missing or has the wrong type")
+        return value
+
+    model, version = field("model", str), field("version", int)
+    stages = field("stages", list)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in stages):
+        raise UserError("stages must be whole percentages")
+    rollout_id = f"{model[:32]}-v{version}-{secrets.token_hex(3)}"  # command ids: <= 128
+    try:
+        return Plan(
+            rollout_id=rollout_id,
+            model=model,
+            version=version,
+            stages=tuple(stages),
+            soak_s=float(field("soak_s", (int, float), 0)),
+            max_failure_rate=float(field("max_failure_rate", (int, float), 0.05)),
+            auto_rollback=field("auto_rollback", bool, False),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+class RolloutService:
+    def __init__(
+        self,
+        config: RolloutsConfig,
+        repository: RepositoryService,
+        send: Send,
+        inventory: Inventory,
+        on_failure: Callable[[BaseException], None],
+    ):
+        self.config, self.repository, self.inventory = config, repository, inventory
+        self.send, self.on_failure = send, on_failure
+        self._lock = asyncio.Lock()
+        self._inbox: asyncio.Queue[list[Status | Event]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self.store: RolloutStore | None = None
+        self.controller: RolloutController | None = None
+
+    def feed(self, messages: list[Status | Event]) -> None:
+        """Called by the ingest after the commit that stored these messages."""
+        self._inbox.put_nowait(messages)
+
+    async def _apply(self) -> None:
+        while True:
+            messages = await self._inbox.get()
+            async with self._lock:
+                for message in messages:
+                    if isinstance(message, Event):
+                        self.controller.on_event(message)
+                    else:
+                        self.controller.on_status(message)
+
+    async def _tick(self) -> None:
+        while True:
+            async with self._lock:
+                try:
+                    await self.controller.tick()
+                except (ConnectionError, TimeoutError) as exc:  # sent again at the next tick
+                    log.warning("rollout command not delivered", error=repr(exc))
+            await asyncio.sleep(self.config.tick_s)
+
+    def _reconcile(self) -> None:
+        """A verdict acknowledged to the broker just before a crash was never applied; the
+        inventory, written in the same transaction as the ack, still shows a commit."""
+        for row in self.inventory.devices.values():
+            if row.update_state == "COMMITTED" and row.model and row.model_version:
+                self.controller.on_committed(row.device, row.model, row.model_version)
+
+    async def start(self, plan: Plan) -> dict:
+        release = await self.repository.release(plan.model, plan.version)
+        if release is None:
+            raise UserError(f"{plan.model} version {plan.version} is not a served release")
+        devices = self.inventory.devices.values()
+        if isinstance(release, McuImage):
+            facts, skipped = mcu_candidates(devices, plan.model, release.meta.image_version)
+            meta = None  # the MCU judges whether an image fits it
+        else:
+            facts, skipped, sources = candidates(devices, plan.model, plan.version)
+            offers = await self.repository.build_deltas(plan.model, plan.version, sources)
+            log.info("rollout deltas ready", offers=[(o.fetch, o.kind, o.length) for o in offers])
+            meta = release.meta
+        async with self._lock:
+            rollout = self.controller.start(plan, facts, meta, skipped)
+        return self.view(rollout.plan.rollout_id, rollout)
+
+    def view(self, rollout_id: str, rollout: Rollout | None = None) -> dict:
+        rollout = rollout or self.store.get(rollout_id)
+        if rollout is None:
+            raise RolloutError(f"no rollout {rollout_id!r}")
+        progress = self.store.progress(rollout_id)
+        return detail(rollout, progress, self.store.skipped(rollout_id))
+
+    def routes(self) -> list[web.RouteDef]:
+        def refused(exc: Exception) -> web.Response:
+            status = 404 if str(exc).startswith("no rollout") else 409
+            if isinstance(exc, UserError):
+                status = 400
+            return web.json_response({"error": str(exc)}, status=status)
+
+        async def listing(request: web.Request) -> web.Response:
+            rollouts = [
+                summary(r, self.store.progress(r.plan.rollout_id)) for r in self.store.list()
+            ]
+            return web.json_response({"rollouts": rollouts})
+
+        async def one(request: web.Request) -> web.Response:
+            try:
+                return web.json_response(self.view(request.match_info["id"]))
+            except RolloutError as exc:
+                return refused(exc)
+
+        async def create(request: web.Request) -> web.Response:
+            try:
+                body = await request.json()
+            except ValueError:
+                return web.json_response({"error": "the body is not JSON"}, status=400)
+            try:
+                return web.json_response(await self.start(plan_from(body)), status=201)
+            except (UserError, RolloutError) as exc:
+                return refused(exc)
+
+        async def act(request: web.Request) -> web.Response:
+            rollout_id, action = request.match_info["id"], request.match_info["action"]
+            try:
+                async with self._lock:
+                    getattr(self.controller, action)(rollout_id)
+                log.info("rollout_" + action, rollout=rollout_id)
+                return web.json_response(self.view(rollout_id))
+            except RolloutError as exc:
+                return refused(exc)
+
+        return [
+            web.get("/v1/rollouts", listing),
+            web.post("/v1/rollouts", create),
+            web.get("/v1/rollouts/{id}", one),
+            web.post("/v1/rollouts/{id}/{action:pause|resume|abort}", act),
+        ]
+
+    async def __aenter__(self) -> RolloutService:
+        self.config.database.parent.mkdir(parents=True, exist_ok=True)
+        self.store = await asyncio.to_thread(RolloutStore, self.config.database)
+        self.controller = RolloutController(
+            self.store, self.send, self.repository.url, reoffer_s=self.config.reoffer_s
+        )
+        self._reconcile()
+        for active in self.store.active():
+            log.info("rollout resumed", rollout=active.plan.rollout_id, state=active.state.value)
+        self._tasks = [
+            asyncio.create_task(self._apply(), name="rollout-verdicts"),
+            asyncio.create_task(self._tick(), name="rollout-tick"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._done)
+        return self
+
+    def _done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.on_failure(task.exception())
+
+    async def __aexit__(self, *exc) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.store.close()

@@ -1,0 +1,1 @@
+"""Telemetry from devices to the cloud: ingest, the uplink spool, the uplink and its sinks."""

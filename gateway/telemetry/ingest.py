@@ -1,0 +1,302 @@
+"""Telemetry, status and events from the broker into the database, acknowledged only after commit.
+
+aiomqtt 2.x acknowledges a QoS 1 message as soon as it is read, so the gateway uses paho-mqtt 2.x
+with ``manual_ack=True``: paho's network thread queues each message, a writer task takes
+everything queued (up to a limit), decodes and writes it in one transaction on the store thread,
+and only after ``COMMIT`` sends the PUBACKs (``Client.ack(mid, qos)``). Many messages share one
+fsync, and a crash before the commit leaves them unacknowledged, so the broker sends them again.
+
+The session is persistent (MQTT 5: clean start off and a session expiry; MQTT 3.1.1, for brokers
+without 5: clean session off), so the broker keeps queuing while the gateway is down and re-sends
+unacknowledged messages when it comes back. Receive Maximum (MQTT 5) asks the broker to bound the
+messages in flight; the gateway also enforces it by holding paho's thread while that many messages
+wait, which bounds its memory. A PUBACK is sent only on the connection the message came on: after
+a reconnect the broker re-sends instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import IngestConfig, MqttConfig
+from gateway.devices.inventory import Device, Inventory, apply_event, apply_status, touch
+from gateway.metrics import Metrics
+from gateway.mqtt_client import paho_client
+from gateway.store import Store, transaction
+from gateway.telemetry.records import split_batch
+from gateway.telemetry.spool import Spool, SpoolRow
+from protocol.topics import Event, ProtocolError, Status, parse_device_topic
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Inbound:
+    generation: int  # connection it arrived on
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    device: str
+    records: list[bytes]
+
+
+@dataclass(frozen=True)
+class Malformed:
+    kind: str
+    reason: str
+
+
+def subscriptions(config: MqttConfig) -> list[str]:
+    """Telemetry is shared between replicas when a group is set; status and events are not,
+    because retained messages are never sent on a shared subscription and every replica keeps
+    the whole inventory."""
+    base = f"{config.prefix}/dev/+"
+    telemetry = f"{base}/telemetry"
+    if config.share_group:
+        telemetry = f"$share/{config.share_group}/{telemetry}"
+    return [telemetry, f"{base}/status", f"{base}/events"]
+
+
+def classify(
+    topic: str, payload: bytes, prefix: str, full: bool
+) -> Telemetry | Status | Event | Malformed | None:
+    """One message -> what it says, ``Malformed`` with the reason, or None (a cleared retained
+    status)."""
+    try:
+        topic_prefix, device, kind = parse_device_topic(topic)
+    except ProtocolError as exc:
+        return Malformed("topic", str(exc))
+    if topic_prefix != prefix or kind == "cmd":
+        return Malformed("topic", f"unexpected topic {topic[:200]!r}")
+    if kind == "status" and not payload:
+        return None
+    try:
+        if kind == "telemetry":
+            batch_device, records = split_batch(payload, full)
+            message = Telemetry(batch_device, records)
+        elif kind == "status":
+            message = Status.decode(payload)
+        else:
+            message = Event.decode(payload)
+    except ProtocolError as exc:
+        return Malformed(kind, str(exc))
+    if message.device != device:
+        return Malformed(kind, f"payload of device {message.device!r} on the topic of {device!r}")
+    return message
+
+
+@dataclass
+class GroupResult:
+    records: int = 0
+    dropped: int = 0
+    changed: dict[str, Device] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+    malformed: list[tuple[str, str, str]] = field(default_factory=list)  # kind, topic, reason
+    device_messages: list[Status | Event] = field(default_factory=list)
+
+
+class Ingest:
+    """``async with Ingest(...)``: connected (and reconnecting) until the block ends."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        ingest: IngestConfig,
+        store: Store,
+        spool: Spool,
+        inventory: Inventory,
+        metrics: Metrics,
+        on_spooled: Callable[[], None],
+        on_failure: Callable[[BaseException], None],
+        on_device_messages: Callable[[list[Status | Event]], None] | None = None,
+    ):
+        """``on_device_messages`` gets each group's status and event messages after their
+        commit; it must not block (the rollout service only queues them)."""
+        self.config, self.ingest = config, ingest
+        self.store, self.spool, self.inventory, self.metrics = store, spool, inventory, metrics
+        self.on_spooled, self.on_failure = on_spooled, on_failure
+        self.on_device_messages = on_device_messages
+        self._inbox: deque[Inbound] = deque()
+        self._wake = asyncio.Event()
+        self._signalled = False
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._room = threading.Condition()
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self._task: asyncio.Task | None = None
+
+    # -- paho's network thread ------------------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt connect refused", reason=str(reason_code))
+            return
+        with self._lock:
+            self._generation += 1
+        self.metrics.connected.set(1)
+        topics = subscriptions(self.config)
+        client.subscribe([(t, 1) for t in topics])
+        log.info("mqtt connected", session_present=flags.session_present, topics=topics)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._lock:
+            self._generation += 1
+        self.metrics.connected.set(0)
+        log.warning("mqtt disconnected", reason=str(reason_code))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.error("mqtt subscription refused", reasons=refused)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        # Nothing here may raise: an exception would end paho's network thread.
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "(topic is not UTF-8)"
+        self._inbox.append(
+            Inbound(self._generation, message.mid, message.qos, topic, message.payload)
+        )
+        if not self._signalled:
+            self._signalled = True
+            self._loop.call_soon_threadsafe(self._wake.set)
+        # Backpressure: holding paho's thread stops it reading the socket until the writer has
+        # taken a group, so the inbox stays bounded even if the broker sends past Receive Maximum
+        # (mosquitto 2.0.11 does once PUBACKs flow).
+        with self._room:
+            while len(self._inbox) >= self.config.receive_maximum and not self._closing:
+                self._room.wait(1.0)
+
+    # -- store thread ---------------------------------------------------------------------------
+
+    def _persist_sync(self, conn, group: list[Inbound]) -> GroupResult:
+        result = GroupResult()
+        now = time.time()
+        rows: list[SpoolRow] = []
+        changed = result.changed
+        full = self.ingest.validation == "full"
+        for item in group:
+            message = classify(item.topic, item.payload, self.config.prefix, full)
+            if message is None:
+                continue
+            kind = type(message).__name__.lower()
+            result.kinds[kind] = result.kinds.get(kind, 0) + 1
+            if isinstance(message, Malformed):
+                result.malformed.append((message.kind, item.topic, message.reason))
+                continue
+            row = changed.get(message.device) or self.inventory.devices.get(message.device)
+            if isinstance(message, Telemetry):
+                rows.append(SpoolRow(len(message.records), b"\n".join(message.records)))
+                result.records += len(message.records)
+                changed[message.device] = touch(row, message.device, len(message.records), now)
+            elif isinstance(message, Status):
+                changed[message.device] = apply_status(row, message, now)
+                result.device_messages.append(message)
+            else:
+                changed[message.device] = apply_event(row, message, now)
+                result.device_messages.append(message)
+
+        def write() -> int:
+            dropped = self.spool.append_sync(conn, rows) if rows else 0
+            Inventory.save_sync(conn, changed.values())
+            return dropped
+
+        result.dropped = transaction(conn, write)
+        return result
+
+    # -- event loop -----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        limit = self.ingest.max_messages_per_commit
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._signalled = False
+            while self._inbox:
+                group = [self._inbox.popleft() for _ in range(min(limit, len(self._inbox)))]
+                with self._room:
+                    self._room.notify_all()
+                started = time.perf_counter()
+                result = await self.store.run(self._persist_sync, group)
+                self.metrics.commit_seconds.observe(time.perf_counter() - started)
+                self.inventory.replace(result.changed.values())
+                self._ack(group)
+                if result.records:
+                    self.on_spooled()
+                if result.device_messages and self.on_device_messages is not None:
+                    self.on_device_messages(result.device_messages)
+                self._account(result)
+
+    def _account(self, result: GroupResult) -> None:
+        for kind, count in result.kinds.items():
+            self.metrics.messages.labels(kind).inc(count)
+        self.metrics.records.inc(result.records)
+        for kind, topic, reason in result.malformed:
+            self.metrics.malformed.labels(kind).inc()
+            log.warning("malformed message", kind=kind, topic=topic[:200], reason=reason[:300])
+        if result.dropped:
+            log.warning("spool full: dropped oldest records", dropped=result.dropped)
+
+    def _ack(self, group: list[Inbound]) -> None:
+        with self._lock:
+            generation = self._generation
+        for item in group:
+            if item.qos and item.generation == generation:
+                self._client.ack(item.mid, item.qos)
+
+    def _client_for(self) -> mqtt.Client:
+        client = paho_client(self.config, self.config.client_id, persistent=True, manual_ack=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.on_failure(task.exception())
+
+    async def __aenter__(self) -> Ingest:
+        self._loop = asyncio.get_running_loop()
+        self._client = self._client_for()
+        self._task = asyncio.create_task(self._write_loop(), name="ingest-writer")
+        self._task.add_done_callback(self._done)
+        session: dict = {}  # MQTT 3.1.1: the persistent session comes from clean_session=False
+        if self.config.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.config.session_expiry_s
+            properties.ReceiveMaximum = self.config.receive_maximum
+            session = {"clean_start": False, "properties": properties}
+        self._client.connect_async(
+            self.config.host, self.config.port, keepalive=self.config.keepalive_s, **session
+        )
+        self._client.loop_start()
+        log.info("mqtt connecting", host=self.config.host, port=self.config.port)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        with self._room:
+            self._closing = True
+            self._room.notify_all()
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,127 @@
+"""Where batches go: the cloud over HTTPS, or a local directory for offline sites and the demo.
+
+A sink either returns (the batch is safe elsewhere: a 2xx, or a file durably renamed into place)
+or raises ``SinkError`` saying why not; the uplink decides what happens next. Both are idempotent
+by the batch key: the cloud gets it as ``Idempotency-Key``, the directory as the file name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+
+from edgefleet import __version__
+from edgefleet.fsio import atomic_write_bytes
+from gateway.config import UplinkConfig
+from gateway.telemetry.spool import Batch
+
+MAX_RETRY_AFTER_S = 3600.0
+
+
+class SinkError(Exception):
+    """The batch was not accepted; ``reason`` is a short label for metrics."""
+
+    def __init__(self, reason: str, detail: str = "", retry_after: float | None = None):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+class Sink(Protocol):
+    async def send(self, batch: Batch, body_gz: bytes) -> None: ...
+    async def __aenter__(self) -> Sink: ...
+    async def __aexit__(self, *exc) -> None: ...
+
+
+def compress(batch: Batch, level: int) -> bytes:
+    """gzip with no timestamp, so a retried batch is byte-for-byte the same."""
+    return gzip.compress(batch.body, compresslevel=level, mtime=0)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header in its delta-seconds form; dates are ignored."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER_S)
+
+
+class HttpSink:
+    """POST gzip NDJSON with ``Idempotency-Key``; TLS is always verified (``ca_file`` adds a CA)."""
+
+    def __init__(self, config: UplinkConfig, site: str):
+        self.config, self.site = config, site
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._headers = {
+            "Content-Type": "application/x-ndjson",
+            "Content-Encoding": "gzip",
+            "User-Agent": f"edgefleet-gateway/{__version__}",
+            "X-Edgefleet-Site": site,
+        }
+        if config.token_file is not None:
+            self._headers["Authorization"] = f"Bearer {config.token_file.read_text().strip()}"
+
+    async def __aenter__(self) -> HttpSink:
+        if self.config.url.startswith("https:"):
+            self._ssl = ssl.create_default_context(
+                cafile=str(self.config.ca_file) if self.config.ca_file else None
+            )
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        connector = aiohttp.TCPConnector(limit=self.config.concurrency * 2)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._session.close()
+
+    async def send(self, batch: Batch, body_gz: bytes) -> None:
+        headers = self._headers | {
+            "Idempotency-Key": batch.key,
+            "X-Edgefleet-Records": str(batch.records),
+        }
+        try:
+            async with self._session.post(
+                self.config.url, data=body_gz, headers=headers, ssl=self._ssl
+            ) as response:
+                await response.read()
+                if not 200 <= response.status < 300:
+                    raise SinkError(
+                        f"http_{response.status}",
+                        response.reason or "",
+                        retry_after(response.headers.get("Retry-After")),
+                    )
+        except TimeoutError:
+            raise SinkError("timeout", f"no answer in {self.config.timeout_s}s") from None
+        except aiohttp.ClientError as exc:
+            raise SinkError("connection", str(exc)[:300]) from None
+        except OSError as exc:
+            raise SinkError("connection", str(exc)[:300]) from None
+
+
+class DirSink:
+    """Each batch becomes ``<directory>/<key>.ndjson.gz``, written atomically and durably."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    async def __aenter__(self) -> DirSink:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+    async def send(self, batch: Batch, body_gz: bytes) -> None:
+        path = self.directory / f"{batch.key}.ndjson.gz"
+        try:
+            await asyncio.to_thread(atomic_write_bytes, path, body_gz)
+        except OSError as exc:
+            raise SinkError("disk", str(exc)[:300]) from None
+
+
+def make_sink(config: UplinkConfig, site: str) -> HttpSink | DirSink:
+    return HttpSink(config, site) if config.sink == "http" else DirSink(config.directory)
