@@ -10,8 +10,9 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -21,6 +22,9 @@ from edgefleet.fsio import atomic_write_bytes
 from gateway.config import AdminConfig
 from gateway.devices.inventory import Inventory
 from gateway.telemetry.spool import SpoolStats
+
+if TYPE_CHECKING:
+    from gateway.serving.renewal import Expiry
 
 log = structlog.get_logger()
 
@@ -39,13 +43,20 @@ def authorized(header: str | None, token: str) -> bool:
     return hmac.compare_digest(header[7:].strip().encode(), token.encode())
 
 
-def core_routes(site: str, inventory: Inventory, stats: SpoolStats) -> list[web.RouteDef]:
+def core_routes(
+    site: str,
+    inventory: Inventory,
+    stats: SpoolStats,
+    metadata_expiry: Callable[[], Expiry | None],
+) -> list[web.RouteDef]:
     async def devices(request: web.Request) -> web.Response:
         return web.json_response({"devices": [d.to_json() for d in inventory.snapshot()]})
 
     async def status(request: web.Request) -> web.Response:
+        expiry = metadata_expiry()
         return web.json_response(
             {
+                "metadata": expiry.to_json() if expiry else None,
                 "site": site,
                 "version": __version__,
                 "devices": len(inventory.devices),

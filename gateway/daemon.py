@@ -24,6 +24,7 @@ from gateway.devices.command_publisher import CommandPublisher
 from gateway.devices.inventory import Inventory
 from gateway.metrics import Metrics, MetricsServer
 from gateway.rollouts.service import RolloutService
+from gateway.serving.renewal import Expiry
 from gateway.serving.service import RepositoryService
 from gateway.store import Store
 from gateway.telemetry.ingest import Ingest
@@ -64,7 +65,13 @@ async def run(config: GatewayConfig) -> int:
         uplink = await stack.enter_async_context(
             Uplink(config.uplink, spool, sink, metrics, stopper.fail)
         )
-        routes = core_routes(config.site, inventory, spool.stats)
+        repository: RepositoryService | None = None
+
+        def metadata_expiry() -> Expiry | None:
+            return repository.expiry() if repository else None
+
+        metrics.watch_metadata(metadata_expiry)
+        routes = core_routes(config.site, inventory, spool.stats, metadata_expiry)
         rollouts = None
         if config.repository is not None:
             publisher = await stack.enter_async_context(

@@ -8,6 +8,7 @@ never a second copy that can disagree.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -18,6 +19,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from gateway.config import Listen
 from gateway.devices.inventory import Inventory
 from gateway.telemetry.spool import SpoolStats
+
+if TYPE_CHECKING:
+    from gateway.serving.renewal import Expiry
 
 log = structlog.get_logger()
 NS = "edgefleet_gateway"
@@ -39,6 +43,22 @@ class _StateCollector:
         yield GaugeMetricFamily(
             f"{NS}_devices_online", "Devices whose status is online", self.online()
         )
+
+
+class _ExpiryCollector:
+    def __init__(self, expiry: Callable[[], Expiry | None]):
+        self.expiry = expiry
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            f"{NS}_metadata_expires_seconds",
+            "Seconds until the served metadata of a role expires (negative: expired)",
+            labels=["role"],
+        )
+        expiry = self.expiry()
+        for role in expiry.expires if expiry else ():
+            family.add_metric([role], expiry.seconds_left(role))
+        yield family
 
 
 class Metrics:
@@ -71,6 +91,10 @@ class Metrics:
             f"{NS}_uplink_failures", "Failed upload attempts", ["reason"], registry=r
         )
         r.register(_StateCollector(stats, inventory.online))
+
+    def watch_metadata(self, expiry: Callable[[], Expiry | None]) -> None:
+        """Export seconds to expiry per role of the served metadata."""
+        self.registry.register(_ExpiryCollector(expiry))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ whose hash is signed here, so the targets metadata stays small.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -17,6 +18,9 @@ import numpy as np
 from protocol.drift import DriftReference
 
 FORMAT_VERSION = 1
+# Versions are whole numbers from 1 to the largest signed 32-bit integer: every store, every
+# language and every MCUboot build number along the way can hold them.
+MAX_VERSION = 2**31 - 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DTYPES = ("float32", "int8", "uint8", "int16", "int32", "int64", "float16", "bool")
 
@@ -185,9 +189,18 @@ class ModelMeta:
         except (KeyError, TypeError, ValueError) as exc:
             raise MetadataError(f"bad model metadata: {exc!r}") from exc
         _require(bool(NAME_PATTERN.fullmatch(meta.name)), f"bad model name {meta.name!r}")
-        _require(meta.version >= 1, "version must be >= 1")
+        _require(1 <= meta.version <= MAX_VERSION, f"version must be from 1 to {MAX_VERSION}")
+        _require(math.isfinite(meta.gate.atol) and meta.gate.atol >= 0, "gate atol must be >= 0")
+        _require(0 <= meta.gate.min_top1_agreement <= 1, "gate agreement must be from 0 to 1")
+        _require(
+            all(NAME_PATTERN.fullmatch(t) for t in meta.hardware_tags),
+            "hardware tags must be names ([A-Za-z0-9][A-Za-z0-9_.-]{0,63})",
+        )
         _require(meta.inputs and meta.outputs, "model metadata lists no tensors")
-        _require(meta.latency_budget_ms > 0, "latency budget must be positive")
+        _require(
+            math.isfinite(meta.latency_budget_ms) and meta.latency_budget_ms > 0,
+            "latency budget must be positive",
+        )
         _require(re.fullmatch(r"[0-9a-f]{64}", meta.gate.sha256) is not None, "bad gate sha256")
         return meta
 

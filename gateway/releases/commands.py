@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger()
+
 
 def register(subparsers) -> None:
     keys = subparsers.add_parser(
@@ -112,6 +116,11 @@ def register(subparsers) -> None:
     image.add_argument(
         "--expires", default="90d", help="lifetime of the targets metadata (default 90d)"
     )
+    image.add_argument(
+        "--force",
+        action="store_true",
+        help="sign even when the MCUboot header's major version is not --version",
+    )
     image.add_argument("--json", action="store_true", help="print the signed image as JSON")
     image.set_defaults(handler=_release_add_image)
 
@@ -127,7 +136,38 @@ def register(subparsers) -> None:
     rollback.add_argument("--version", required=True, type=int)
     rollback.set_defaults(handler=_release_rollback)
 
-    listing = release_sub.add_parser("list", help="list signed model versions and MCU images")
+    renew = release_sub.add_parser(
+        "renew",
+        help="re-sign the targets or root metadata with a new expiry",
+        description="Devices refuse expired metadata. The gateway renews the online roles "
+        "(timestamp, snapshot, deltas) itself; the offline ones only their keys can renew. "
+        "This re-signs ROLE with a new expiry; import the repository into the gateway "
+        "(gateway import-release) to serve it.",
+    )
+    _repo_arguments(renew)
+    renew.add_argument(
+        "--role",
+        choices=["targets", "root"],
+        default="targets",
+        help="the offline role to renew (default targets)",
+    )
+    renew.add_argument(
+        "--expires",
+        help="new lifetime, e.g. 90d (default: 90d for targets, 365d for root)",
+    )
+    renew.add_argument("--json", action="store_true", help="print the new expiry as JSON")
+    renew.set_defaults(handler=_release_renew)
+
+    expiry = release_sub.add_parser(
+        "expiry", help="when each role's metadata expires, with warnings for the offline ones"
+    )
+    _repo_arguments(expiry)
+    expiry.add_argument("--json", action="store_true", help="print JSON for scripts")
+    expiry.set_defaults(handler=_release_expiry)
+
+    listing = release_sub.add_parser(
+        "list", help="list signed model versions, MCU images and when the metadata expires"
+    )
     _repo_arguments(listing)
     listing.add_argument("--json", action="store_true", help="print JSON for scripts")
     listing.set_defaults(handler=_release_list)
@@ -190,9 +230,12 @@ def _release_json(release) -> dict:
 
 
 def _release_add(args) -> int:
+    from gateway.releases.errors import check_range
     from gateway.releases.model_inspect import ReleaseOptions, build_model_meta, read_model
     from gateway.releases.repository import Repository, parse_duration
+    from protocol.model_meta import MAX_VERSION
 
+    check_range("--version", args.version, 1, MAX_VERSION)
     lifetime = parse_duration(args.expires)
     repo = Repository(args.repo, _key_dirs(args))
     latest = repo.latest_version(args.name)
@@ -202,7 +245,6 @@ def _release_add(args) -> int:
         raise ReleaseError(
             f"--version {args.version} of {args.name!r} is not higher than the latest ({latest})"
         )
-    model = read_model(args.model)
     options = ReleaseOptions(
         samples=args.samples,
         gate_samples=args.gate_samples,
@@ -213,6 +255,8 @@ def _release_add(args) -> int:
         arena_bytes=args.arena_bytes,
         hardware_tags=tuple(args.hardware_tags),
     )
+    options.check()  # before the model is run
+    model = read_model(args.model)
     inspected = build_model_meta(model, args.name, args.version, options, args.model)
     release = repo.add_release(inspected.meta, model, inspected.gate_bytes, lifetime)
     if args.json:
@@ -226,19 +270,31 @@ def _release_add(args) -> int:
 
 
 def _release_add_image(args) -> int:
-    from gateway.releases.errors import ReleaseError
+    from gateway.releases.errors import ReleaseError, check_range
     from gateway.releases.repository import Repository, parse_duration
-    from protocol.mcu_image import McuImageError, inspect_image
+    from protocol.mcu_image import McuImageError, inspect_image, parse_version
+    from protocol.model_meta import MAX_VERSION
 
+    check_range("--version", args.version, 1, MAX_VERSION)
     lifetime = parse_duration(args.expires)
     repo = Repository(args.repo, _key_dirs(args))
     try:
         data = args.image.read_bytes()
-        inspect_image(data)
+        header_version = inspect_image(data)
     except OSError as exc:
         raise ReleaseError(f"cannot read image {args.image}: {exc.strerror}") from None
     except McuImageError as exc:
         raise ReleaseError(f"{args.image} is not an MCUboot image: {exc}") from None
+    repo.check_new_version(args.name, args.version, "MCU image")
+    major = parse_version(header_version)[0]
+    if major != args.version:
+        mismatch = (
+            f"{args.image}: its MCUboot header says version {header_version}, so its release "
+            f"version is {major}, not --version {args.version}"
+        )
+        if not args.force:
+            raise ReleaseError(f"{mismatch} (sign it again with imgtool --version, or --force)")
+        log.warning("image_version_mismatch", image=str(args.image), detail=mismatch)
     image = repo.add_image(args.name, args.version, data, lifetime)
     if args.json:
         print(json.dumps(_release_json(image), indent=2))
@@ -251,11 +307,60 @@ def _release_add_image(args) -> int:
 
 
 def _release_rollback(args) -> int:
+    from gateway.releases.errors import check_range
     from gateway.releases.repository import Repository
+    from protocol.model_meta import MAX_VERSION
 
+    check_range("--version", args.version, 1, MAX_VERSION)
     release = Repository(args.repo, _key_dirs(args)).sign_rollback(args.name, args.version)
     print(f"signed {release.path} as a permitted downgrade")
     return 0
+
+
+def _release_renew(args) -> int:
+    from gateway.releases.repository import Repository, parse_duration
+
+    lifetime = parse_duration(args.expires) if args.expires else None
+    expires = Repository(args.repo, _key_dirs(args)).renew_offline(args.role, lifetime)
+    if args.json:
+        print(json.dumps({"role": args.role, "expires": expires.isoformat()}))
+    else:
+        print(f"renewed {args.role} metadata: expires {expires.isoformat()}")
+    return 0
+
+
+def _expiry(repo):
+    from datetime import UTC, datetime
+
+    from gateway.serving.renewal import Expiry
+
+    return Expiry(repo.expiries(), datetime.now(UTC))
+
+
+def _release_expiry(args) -> int:
+    from gateway.releases.repository import Repository
+
+    expiry = _expiry(Repository(args.repo, _key_dirs(args)))
+    if args.json:
+        print(json.dumps(expiry.to_json(), indent=2))
+    else:
+        _print_expiry(expiry)
+    return 0
+
+
+def _print_expiry(expiry) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="metadata expiry")
+    for column in ("role", "expires", "days left"):
+        table.add_column(column, justify="right" if column == "days left" else "left")
+    for role, at in expiry.expires.items():
+        table.add_row(role, at.isoformat(), f"{expiry.seconds_left(role) / 86400:.1f}")
+    console = Console()
+    console.print(table)
+    for line in expiry.warnings():
+        console.print(f"warning: {line}", style="bold red", highlight=False)
 
 
 def _release_list(args) -> int:
@@ -308,4 +413,5 @@ def _release_list(args) -> int:
                 i.name, str(i.version), i.meta.image_version, str(i.length), i.sha256[:12]
             )
         console.print(image_table)
+    _print_expiry(_expiry(repo))
     return 0

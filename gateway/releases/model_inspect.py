@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.releases.errors import ReleaseError
+from gateway.releases.errors import ReleaseError, check_range
 from protocol.drift import DriftReference
-from protocol.model_meta import GateRef, GateVectors, ModelMeta, TensorSpec
+from protocol.model_meta import NAME_PATTERN, GateRef, GateVectors, ModelMeta, TensorSpec
+from protocol.topics import MAX_HARDWARE_TAGS
 
 TFLITE_IDENTIFIER = b"TFL3"
 DEFAULT_SAMPLES = 32
 DEFAULT_GATE_SAMPLES = 8
+MAX_SAMPLES = 100_000
 MIN_LATENCY_BUDGET_MS = 50.0
 LATENCY_BUDGET_FACTOR = 20.0  # an operator's machine is often 10-20x faster than a Pi-class one
 
@@ -37,6 +40,26 @@ class ReleaseOptions:
     latency_budget_ms: float | None = None
     arena_bytes: int | None = None
     hardware_tags: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Refuse what would sign a release no device can pass or match, naming the option."""
+        check_range("--samples", self.samples, 1, MAX_SAMPLES)
+        check_range("--gate-samples", self.gate_samples, 1, self.samples)
+        check_range("--seed", self.seed, 0, 2**32 - 1)
+        if self.atol is not None:
+            check_range("--atol", self.atol, 0, math.inf)
+        if self.latency_budget_ms is not None:
+            check_range("--latency-budget-ms", self.latency_budget_ms, 0.001, 3_600_000)
+        if self.arena_bytes is not None:
+            check_range("--arena-bytes", self.arena_bytes, 1, 2**31 - 1)
+        if len(self.hardware_tags) > MAX_HARDWARE_TAGS:
+            raise ReleaseError(f"--hardware-tag: at most {MAX_HARDWARE_TAGS} tags")
+        for tag in self.hardware_tags:
+            if not NAME_PATTERN.fullmatch(tag):
+                raise ReleaseError(
+                    f"--hardware-tag {tag!r}: a tag is a name of letters, digits, '_', '.' and "
+                    "'-' (at most 64), as devices report them"
+                )
 
 
 @dataclass(frozen=True)
@@ -100,8 +123,7 @@ def build_model_meta(
     data: bytes, name: str, version: int, options: ReleaseOptions, path: Path = Path("<model>")
 ) -> InspectedModel:
     """Run the model on its reference inputs and describe it for signing."""
-    if not 1 <= options.gate_samples <= options.samples:
-        raise ReleaseError(f"gate samples must be between 1 and {options.samples}")
+    options.check()
     interpreter = _interpreter(data, path)
     inputs = [TensorSpec.from_details(d) for d in interpreter.get_input_details()]
     outputs = [TensorSpec.from_details(d) for d in interpreter.get_output_details()]

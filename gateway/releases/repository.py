@@ -16,7 +16,6 @@ it was. Reads go through ``timestamp -> snapshot -> targets``, never through a d
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,12 +38,12 @@ from tuf.api.serialization import DeserializationError
 
 from edgefleet.fsio import atomic_write_bytes
 from gateway.releases import keystore
-from gateway.releases.errors import ReleaseError
+from gateway.releases.errors import ReleaseError, check_range
 from gateway.releases.keystore import KeyDirs
 from protocol.mcu_image import KIND as MCU_IMAGE
 from protocol.mcu_image import McuImageError, McuImageMeta, inspect_image
 from protocol.mcu_image import target_path as image_path
-from protocol.model_meta import NAME_PATTERN, ModelMeta
+from protocol.model_meta import MAX_VERSION, NAME_PATTERN, MetadataError, ModelMeta
 
 SPEC_VERSION = "1.0.31"
 DELTAS_ROLE = "deltas"
@@ -56,6 +55,7 @@ DEFAULT_EXPIRY = {
     "snapshot": timedelta(days=30),
     "timestamp": timedelta(days=7),
 }
+ONLINE_ROLES = (DELTAS_ROLE, "snapshot", "timestamp")  # the gateway re-signs these
 _MODEL_PATH = re.compile(r"(?P<name>[^/]+)/(?P<version>[0-9]+)\.tflite")
 _IMAGE_PATH = re.compile(r"(?P<name>[^/]+)/(?P<version>[0-9]+)\.bin")
 
@@ -250,10 +250,11 @@ class Repository:
         versions = [r.version for r in (*self.releases(), *self.images()) if r.name == name]
         return max(versions, default=0)
 
-    def _check_new_version(self, name: str, version: int, kind: str) -> None:
+    def check_new_version(self, name: str, version: int, kind: str) -> None:
         """A new version of a name: a name is either a model or an MCU image."""
         if not NAME_PATTERN.fullmatch(name):
             raise ReleaseError(f"bad {kind} name {name!r}: use letters, digits, '_', '.', '-'")
+        check_range(f"the version of {name!r}", version, 1, MAX_VERSION)
         model = kind == "model"
         if any(r.name == name for r in (self.images() if model else self.releases())):
             other, this = ("an MCU image", "a model") if model else ("a model", "an MCU image")
@@ -274,7 +275,7 @@ class Repository:
         targets_lifetime: timedelta | None = None,
     ) -> Release:
         """Sign a new model version (and its gate vectors) as targets and publish it."""
-        self._check_new_version(meta.name, meta.version, "model")
+        self.check_new_version(meta.name, meta.version, "model")
         targets_signer = keystore.load(self.keys.path("targets"))
         self._check_signer(targets_signer, "targets")
         online = self.online_signers()
@@ -307,7 +308,7 @@ class Repository:
             image_version = inspect_image(data)
         except McuImageError as exc:
             raise ReleaseError(f"not an MCUboot image: {exc}") from None
-        self._check_new_version(name, version, "MCU image")
+        self.check_new_version(name, version, "MCU image")
         targets_signer = keystore.load(self.keys.path("targets"))
         self._check_signer(targets_signer, "targets")
         online = self.online_signers()
@@ -342,12 +343,9 @@ class Repository:
         """Sign transport bytes (a delta) as a target of the delegated deltas role, with the
         gateway's online key. A device still checks what a delta rebuilds against the
         offline-signed model target."""
-        if not fnmatch_segments(path, DELTAS_PATHS[0]):
+        if not self.targets.signed.delegations.roles[DELTAS_ROLE].is_delegated_path(path):
             raise ReleaseError(f"delta path {path!r} is outside the deltas role ({DELTAS_PATHS})")
-        signer = keystore.load(self.keys.path(DELTAS_ROLE))
-        role = self.targets.signed.delegations.roles[DELTAS_ROLE]
-        if signer.public_key.keyid not in role.keyids:
-            raise ReleaseError(f"{self.keys.path(DELTAS_ROLE)}: not the deltas key")
+        signer = self._deltas_signer()
         online = self.online_signers()
         target = TargetFile.from_data(path, data, ["sha256"])
         target.unrecognized_fields["custom"] = custom
@@ -395,9 +393,11 @@ class Repository:
             )
         if incoming.signed.version == self.targets.signed.version and not new_roots:
             return 0
+        fresh = [p for p in incoming.signed.targets if p not in self.targets.signed.targets]
+        for target_path in fresh:
+            _check_servable(target_path, incoming.signed.targets[target_path], incoming_path)
         self.root = trusted  # online keys are checked against the newest root
         online = self.online_signers()
-        fresh = [p for p in incoming.signed.targets if p not in self.targets.signed.targets]
         for target_path in fresh:
             target = incoming.signed.targets[target_path]
             blob = source.targets_dir / target.get_prefixed_paths()[0]
@@ -457,6 +457,50 @@ class Repository:
         self._load()
         return new.public_key.keyid
 
+    def expiries(self) -> dict[str, datetime]:
+        """When each role's current metadata expires."""
+        return {
+            "root": self.root.signed.expires,
+            "targets": self.targets.signed.expires,
+            DELTAS_ROLE: self.deltas.signed.expires,
+            "snapshot": self.snapshot.signed.expires,
+            "timestamp": self.timestamp.signed.expires,
+        }
+
+    def renew_online(self, roles: Iterable[str], lifetimes: dict[str, timedelta]) -> list[str]:
+        """Re-sign the online ``roles`` with new expiries, in one new snapshot and timestamp at
+        most; returns every role re-signed (a new deltas role brings a new snapshot, a new
+        snapshot a new timestamp)."""
+        roles = set(roles)
+        online = self.online_signers()
+        if DELTAS_ROLE in roles:
+            _bump(self.deltas, DELTAS_ROLE, [self._deltas_signer()], lifetimes[DELTAS_ROLE])
+            self._commit(self.deltas, DELTAS_ROLE, online, lifetimes=lifetimes)
+            return list(ONLINE_ROLES)
+        if "snapshot" in roles:
+            self._commit(None, "snapshot", online, lifetimes=lifetimes)
+            return ["snapshot", "timestamp"]
+        self.refresh_timestamp(lifetimes["timestamp"])
+        return ["timestamp"]
+
+    def renew_offline(self, role: str, lifetime: timedelta | None = None) -> datetime:
+        """Re-sign root or targets with a new expiry (the offline keys' routine job); returns
+        the new expiry. Devices take a new root through the chain of roots they trust."""
+        if role == "targets":
+            signer = keystore.load(self.keys.path("targets"))
+            self._check_signer(signer, "targets")
+            self._publish(self.targets, [signer], self.online_signers(), lifetime)
+            return self.targets.signed.expires
+        if role != "root":
+            raise ReleaseError(f"cannot renew role {role!r}: the offline roles are root, targets")
+        signer = keystore.load(self.keys.path("root"))
+        self._check_signer(signer, "root")
+        root = self.root
+        _bump(root, "root", [signer], lifetime)
+        self._write_root(root)
+        self._load()
+        return self.root.signed.expires
+
     def refresh_timestamp(self, lifetime: timedelta | None = None) -> None:
         """Re-sign the timestamp (the online key's routine job) with a new expiry."""
         signer = keystore.load(self.keys.path("timestamp"))
@@ -472,6 +516,13 @@ class Repository:
         for role, signer in signers.items():
             self._check_signer(signer, role)
         return signers
+
+    def _deltas_signer(self) -> CryptoSigner:
+        signer = keystore.load(self.keys.path(DELTAS_ROLE))
+        role = self.targets.signed.delegations.roles[DELTAS_ROLE]
+        if signer.public_key.keyid not in role.keyids:
+            raise ReleaseError(f"{self.keys.path(DELTAS_ROLE)}: not the deltas key")
+        return signer
 
     def _check_signer(self, signer: CryptoSigner, role: str) -> None:
         if signer.public_key.keyid not in self.root.signed.roles[role].keyids:
@@ -495,24 +546,39 @@ class Repository:
 
     def _commit(
         self,
-        changed: Metadata,
+        changed: Metadata | None,
         role: str,
         online: dict[str, CryptoSigner],
         snapshot_signers: Iterable[CryptoSigner] | None = None,
         timestamp_signers: Iterable[CryptoSigner] | None = None,
         changed_bytes: bytes | None = None,
+        lifetimes: dict[str, timedelta] | None = None,
     ) -> None:
-        """List a re-signed targets role in a new snapshot and timestamp; timestamp.json is
-        written last, so until then clients see the previous state. ``changed_bytes`` keeps
-        metadata signed elsewhere byte for byte."""
+        """List a re-signed targets role (or none: a renewal) in a new snapshot and timestamp;
+        timestamp.json is written last, so until then clients see the previous state.
+        ``changed_bytes`` keeps metadata signed elsewhere byte for byte."""
+        lifetimes = lifetimes or {}
         snapshot = self.snapshot
-        snapshot.signed.meta[f"{role}.json"] = MetaFile(version=changed.signed.version)
-        _bump(snapshot, "snapshot", snapshot_signers or [online["snapshot"]])
+        if changed is not None:
+            snapshot.signed.meta[f"{role}.json"] = MetaFile(version=changed.signed.version)
+        _bump(
+            snapshot,
+            "snapshot",
+            snapshot_signers or [online["snapshot"]],
+            lifetimes.get("snapshot"),
+        )
         timestamp = self.timestamp
         timestamp.signed.snapshot_meta = _meta_file(snapshot)
-        _bump(timestamp, "timestamp", timestamp_signers or [online["timestamp"]])
+        _bump(
+            timestamp,
+            "timestamp",
+            timestamp_signers or [online["timestamp"]],
+            lifetimes.get("timestamp"),
+        )
 
-        self._write(changed_bytes or changed.to_bytes(), f"{changed.signed.version}.{role}.json")
+        if changed is not None:
+            data = changed_bytes or changed.to_bytes()
+            self._write(data, f"{changed.signed.version}.{role}.json")
         self._write_versioned(snapshot, "snapshot")
         self._write(timestamp.to_bytes(), "timestamp.json")
         self._load()
@@ -535,12 +601,21 @@ class Repository:
         self._write(data, "root.json")
 
 
-def fnmatch_segments(path: str, pattern: str) -> bool:
-    """TUF's delegation match: the pattern applies segment by segment."""
-    parts, pattern_parts = path.split("/"), pattern.split("/")
-    return len(parts) == len(pattern_parts) and all(
-        fnmatch.fnmatch(p, q) for p, q in zip(parts, pattern_parts, strict=True)
-    )
+def _check_servable(path: str, target: TargetFile, source: Path) -> None:
+    """Refuse a signed target the gateway could not serve or roll out: a version out of range,
+    or ML metadata a device would refuse (signed by an older or foreign tool)."""
+    match = _MODEL_PATH.fullmatch(path) or _IMAGE_PATH.fullmatch(path)
+    if match is None:
+        return
+    if not 1 <= int(match["version"]) <= MAX_VERSION:
+        raise ReleaseError(f"{source}: {path}: versions run from 1 to {MAX_VERSION}")
+    try:
+        if path.endswith(".tflite"):
+            ModelMeta.from_json(target.custom)
+        elif (target.custom or {}).get("kind") == MCU_IMAGE:
+            McuImageMeta.from_json(target.custom)
+    except (MetadataError, McuImageError) as exc:
+        raise ReleaseError(f"{source}: {path}: {exc}") from None
 
 
 def _bump(

@@ -27,6 +27,7 @@ from gateway.rollouts.decisions import DeviceFacts, DeviceState, Plan, Progress,
 from gateway.rollouts.store import Rollout, RolloutStore
 from gateway.serving.service import RepositoryService
 from protocol.mcu_image import parse_version
+from protocol.model_meta import MAX_VERSION
 from protocol.topics import Event, Status
 
 log = structlog.get_logger()
@@ -126,6 +127,8 @@ def plan_from(body: object) -> Plan:
         return value
 
     model, version = field("model", str), field("version", int)
+    if not 1 <= version <= MAX_VERSION:
+        raise UserError(f"version must be from 1 to {MAX_VERSION}")
     stages = field("stages", list)
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in stages):
         raise UserError("stages must be whole percentages")

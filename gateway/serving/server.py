@@ -7,13 +7,27 @@ reachable; the keys beside them never are.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
+TIMESTAMP_PATH = "/metadata/timestamp.json"
 
-def make_app(repo_dir: Path) -> web.Application:
-    app = web.Application()
+
+def make_app(
+    repo_dir: Path, before_timestamp: Callable[[], Awaitable[None]] | None = None
+) -> web.Application:
+    """``before_timestamp`` runs before ``timestamp.json`` is served: the start of every
+    device's refresh, the moment to make sure what it is about to read has not expired."""
+
+    @web.middleware
+    async def fresh(request: web.Request, handler):
+        if before_timestamp is not None and request.path == TIMESTAMP_PATH:
+            await before_timestamp()
+        return await handler(request)
+
+    app = web.Application(middlewares=[fresh])
     app.router.add_static("/metadata", Path(repo_dir) / "metadata")
     app.router.add_static("/targets", Path(repo_dir) / "targets")
 
@@ -27,8 +41,15 @@ def make_app(repo_dir: Path) -> web.Application:
 class RepositoryServer:
     """``async with RepositoryServer(dir, port=0) as server: server.url``."""
 
-    def __init__(self, repo_dir: Path, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        repo_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        before_timestamp: Callable[[], Awaitable[None]] | None = None,
+    ):
         self.repo_dir = Path(repo_dir)
+        self.before_timestamp = before_timestamp
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -38,7 +59,9 @@ class RepositoryServer:
         return f"http://{self.host}:{self.port}"
 
     async def __aenter__(self) -> RepositoryServer:
-        self._runner = web.AppRunner(make_app(self.repo_dir), access_log=None)
+        self._runner = web.AppRunner(
+            make_app(self.repo_dir, self.before_timestamp), access_log=None
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

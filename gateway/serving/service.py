@@ -1,10 +1,10 @@
-"""The served repository inside the daemon: HTTP server, timestamp renewal, imports and deltas.
+"""The served repository inside the daemon: HTTP server, metadata renewal, imports and deltas.
 
-Imports, delta signing and timestamp renewals each write a new snapshot and timestamp, so two at
+Imports, delta signing and renewals each write a new snapshot and timestamp, so two at
 once would sign the same version numbers over each other. They all run here, in threads, one at
 a time under one lock; that is why ``edgefleet gateway import-release`` asks the running daemon
 instead of writing the folder itself. Before the first import there is nothing to serve: the
-HTTP server and the timestamp keeper start when the repository appears.
+HTTP server and the metadata keeper start when the repository appears.
 """
 
 from __future__ import annotations
@@ -24,20 +24,10 @@ from gateway.config import RepositoryConfig
 from gateway.releases.repository import McuImage, Release, Repository
 from gateway.serving.deltas import DeltaService, Offer
 from gateway.serving.release_import import ImportResult, gateway_keys, import_release
+from gateway.serving.renewal import Expiry, MetadataKeeper
 from gateway.serving.server import RepositoryServer
-from gateway.serving.timestamp_keeper import TimestampKeeper
 
 log = structlog.get_logger()
-
-
-class _LockedKeeper(TimestampKeeper):
-    def __init__(self, repo: Repository, interval: float, lock: threading.Lock):
-        super().__init__(repo, interval)
-        self.lock = lock
-
-    def check(self, now=None) -> bool:
-        with self.lock:
-            return super().check(now)
 
 
 class RepositoryService:
@@ -45,6 +35,7 @@ class RepositoryService:
         self.config = config
         self.lock = threading.Lock()
         self.repo: Repository | None = None
+        self.keeper: MetadataKeeper | None = None
         self._deltas: DeltaService | None = None
         self._stack = AsyncExitStack()
         self._serving = asyncio.Lock()
@@ -67,14 +58,20 @@ class RepositoryService:
     async def _start_serving(self) -> None:
         repo = await asyncio.to_thread(self._open)
         listen = self.config.listen
+        keeper = MetadataKeeper(repo, self.lock, self.config.timestamp_check_s)
+        await keeper.refresh_if_due()  # nothing expired is served, even once
         await self._stack.enter_async_context(
-            RepositoryServer(self.config.dir, listen.host, listen.port)
+            RepositoryServer(self.config.dir, listen.host, listen.port, keeper.refresh_if_due)
         )
-        await self._stack.enter_async_context(
-            _LockedKeeper(repo, self.config.timestamp_check_s, self.lock)
-        )
+        self.keeper = await self._stack.enter_async_context(keeper)
         self.repo, self._deltas = repo, DeltaService(repo)
         log.info("repository serving", listen=str(listen), url=self.url)
+
+    def expiry(self) -> Expiry | None:
+        """When the served metadata expires, seen now (None before the first import)."""
+        if self.keeper is None or self.keeper.expiry is None:
+            return None
+        return Expiry(self.keeper.expiry.expires, self.keeper.clock())
 
     async def import_from(self, source: Path) -> ImportResult:
         def work() -> ImportResult:

@@ -23,7 +23,7 @@ from tests.gateway.releases.test_release_cli import refused, tree_digest
 def image(tmp_path_factory):
     root = tmp_path_factory.mktemp("image")
     signed = root / "sensor.bin"
-    sign(keygen(root / "key.pem"), model_path("kws_int8_v1"), signed, "1.2.3", Layout().slot_size)
+    sign(keygen(root / "key.pem"), model_path("kws_int8_v1"), signed, "2.2.3", Layout().slot_size)
     return signed
 
 
@@ -41,7 +41,7 @@ def test_add_image_signs_it_for_an_mcu_and_import_carries_it(repo, image, tmp_pa
         "kind": "mcu-image",
         "name": "sensor",
         "version": 2,
-        "image_version": "1.2.3+0",
+        "image_version": "2.2.3+0",
         "size": image.stat().st_size,
     }
     assert main(["release", "list", "--repo", str(repo.dir), "--json"]) == 0
@@ -72,6 +72,8 @@ def test_refusals_are_one_line_and_leave_the_repository(repo, image, tmp_path, c
         (tmp_path / "missing.bin", "sensor", "3", ("cannot read image",)),
         (image, "sensor", "2", ("not higher than the latest (2)",)),
         (image, "kws", "5", ("'kws' is a model", "an MCU image needs a name of its own")),
+        (image, "sensor", "3", ("header says version 2.2.3", "not --version 3", "--force")),
+        (image, "sensor", str(2**31), ("--version must be from 1 to 2147483647",)),
     ):
         refused(capsys, add_image(repo, path, name, version), *needles)
     assert tree_digest(repo.dir) == before
@@ -79,3 +81,9 @@ def test_refusals_are_one_line_and_leave_the_repository(repo, image, tmp_path, c
     with pytest.raises(ReleaseError, match="'sensor' is an MCU image; a model needs a name"):
         sign_model(repo, "kws_f32_v1", "sensor", 9)
     assert tree_digest(repo.dir) == before
+
+
+def test_force_signs_an_image_whose_header_says_another_version(repo, image, capsys):
+    assert add_image(repo, image, "sensor", "7", "--force", "--json") == 0
+    signed = json.loads(capsys.readouterr().out)
+    assert (signed["version"], signed["meta"]["image_version"]) == (7, "2.2.3+0")

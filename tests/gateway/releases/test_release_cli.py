@@ -165,6 +165,39 @@ def test_bad_input_leaves_the_repository_as_it_was(repo_dir, tmp_path, capsys, c
     assert tree_digest(repo_dir) == before
 
 
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (("--atol", "-1"), ("--atol must be from 0 to inf, not -1",)),
+        (("--atol", "nan"), ("--atol must be",)),
+        (("--hardware-tag", "a b"), ("--hardware-tag 'a b'", "as devices report them")),
+        (("--samples", "0"), ("--samples must be from 1 to 100000, not 0",)),
+        (("--gate-samples", "9"), ("--gate-samples must be from 1 to 8, not 9",)),
+        (("--latency-budget-ms", "0"), ("--latency-budget-ms must be",)),
+        (("--arena-bytes", "-5"), ("--arena-bytes must be from 1",)),
+    ],
+)
+def test_options_no_device_could_pass_are_refused(repo_dir, capsys, extra, needles):
+    """A release signed with these would fail every device's gate or match none of them."""
+    before = tree_digest(repo_dir)
+    capsys.readouterr()
+    refused(capsys, add(repo_dir, model_path("kws_int8_v2_head"), "2", *extra), *needles)
+    assert tree_digest(repo_dir) == before
+
+
+@pytest.mark.parametrize("version", ["99999999999999999999", "2147483648", "0", "-3"])
+def test_versions_outside_32_bits_are_refused_and_the_next_release_still_signs(
+    repo_dir, capsys, version
+):
+    before = tree_digest(repo_dir)
+    capsys.readouterr()
+    refused(capsys, add(repo_dir, model_path("kws_int8_v2_head"), version), "--version must be")
+    assert tree_digest(repo_dir) == before
+    assert add(repo_dir, model_path("kws_int8_v2_head"), "2147483647") == 0
+    releases = Repository(repo_dir).releases()
+    assert [r.version for r in releases] == [1, 2147483647]
+
+
 def test_missing_key_file(repo_dir, tmp_path, capsys):
     before = tree_digest(repo_dir)
     capsys.readouterr()

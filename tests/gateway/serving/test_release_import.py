@@ -75,3 +75,18 @@ def test_wrong_online_keys_are_refused(tmp_path, repo):
     with pytest.raises(ReleaseError, match=r"is not a (snapshot|timestamp) key"):
         import_release(repo.dir, tmp_path / "served2", other.keys.online)
     assert not (tmp_path / "served2").exists()
+
+
+def test_targets_the_gateway_could_not_serve_are_refused(repo, served, monkeypatch):
+    """A version past 32 bits, signed by a tool that did not check it, never reaches the
+    gateway's repository (its rollouts would fail in SQLite)."""
+    from gateway.releases import repository as module
+    from protocol.model_meta import MetadataError
+
+    monkeypatch.setattr(module.Repository, "check_new_version", lambda *args: None)
+    with pytest.raises(MetadataError):  # the operator's own listing refuses it as well
+        sign(repo, "kws_f32_v2_head", "kws", 2**31)
+    before = sorted(p.name for p in (served / "metadata").iterdir())
+    with pytest.raises(ReleaseError, match=r"kws/2147483648\.tflite: versions run from 1 to"):
+        import_release(repo.dir, served, repo.keys.online)
+    assert sorted(p.name for p in (served / "metadata").iterdir()) == before
