@@ -68,7 +68,11 @@ def register(subparsers) -> None:
         help="float reference inputs [N, *input shape] instead of seeded ones",
     )
     add.add_argument(
-        "--samples", type=int, default=32, help="seeded reference inputs to generate (default 32)"
+        "--samples",
+        type=int,
+        default=1000,
+        help="seeded reference inputs to generate: the drift reference histograms come from "
+        "them (default 1000; fewer than 500 give false drift alarms)",
     )
     add.add_argument(
         "--gate-samples",

@@ -189,3 +189,31 @@ async def test_agent_reports_drift_alarm_from_release_reference(tmp_path, broker
     for agent in agents.values():
         assert agent.terminate() == 0
     collector.close()
+
+
+@pytest.mark.parametrize("model", ["kws_f32_v1", "kws_int8_v1"])
+async def test_a_default_release_does_not_cry_wolf_on_a_stationary_source(models, model):
+    """The reference as `release add` builds it with its defaults, the agent's default drift
+    settings, 30 minutes of a stationary source at 10 Hz: no alarm; a shifted source alarms
+    in its first window."""
+    from agent.config import DriftConfig
+    from gateway.releases.model_inspect import ReleaseOptions, build_model_meta, read_model
+
+    meta = build_model_meta(read_model(models(model)), "kws", 1, ReleaseOptions()).meta
+    engine, settings = Engine(models(model)), DriftConfig()
+
+    def verdicts(samples):
+        live = LiveDrift(
+            meta.drift,
+            len(meta.drift.inputs),
+            engine.classes,
+            settings.window,
+            settings.psi_alarm,
+            settings.bins,
+        )
+        return live.update(feature_summary(samples), engine.infer(samples).scores)
+
+    steady = verdicts(await synthetic(engine.sample_shape, 1, 30 * 60 * 10))
+    assert len(steady) == 36 and not any(v.alarm for v in steady), [v.max_psi for v in steady]
+    shifted = verdicts(await synthetic(engine.sample_shape, 1, settings.window, drift=0.2))
+    assert len(shifted) == 1 and shifted[0].alarm
