@@ -82,6 +82,11 @@ async def run(config: GatewayConfig) -> int:
                 RolloutService(config.rollouts, repository, publisher.send, inventory, stopper.fail)
             )
             routes += repository.routes() + rollouts.routes()
+            metrics.watch_level(
+                "rollout_devices_blocked",
+                "Devices of running rollouts that cannot fetch or verify the update yet",
+                lambda: rollouts.controller.blocked,
+            )
         await stack.enter_async_context(
             Ingest(
                 config.mqtt,

@@ -45,6 +45,14 @@ class _StateCollector:
         )
 
 
+class _LevelCollector:
+    def __init__(self, name: str, text: str, level: Callable[[], float]):
+        self.name, self.text, self.level = name, text, level
+
+    def collect(self):
+        yield GaugeMetricFamily(self.name, self.text, self.level())
+
+
 class _ExpiryCollector:
     def __init__(self, expiry: Callable[[], Expiry | None]):
         self.expiry = expiry
@@ -91,6 +99,10 @@ class Metrics:
             f"{NS}_uplink_failures", "Failed upload attempts", ["reason"], registry=r
         )
         r.register(_StateCollector(stats, inventory.online))
+
+    def watch_level(self, name: str, text: str, level: Callable[[], float]) -> None:
+        """Export a level another part keeps, read at each scrape."""
+        self.registry.register(_LevelCollector(f"{NS}_{name}", text, level))
 
     def watch_metadata(self, expiry: Callable[[], Expiry | None]) -> None:
         """Export seconds to expiry per role of the served metadata."""

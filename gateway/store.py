@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import structlog
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids name batches
@@ -30,6 +29,8 @@ CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (device TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
+# Script N brings a database from schema N to N + 1, in one transaction with the version.
+MIGRATIONS: tuple[str, ...] = (SCHEMA,)
 
 log = structlog.get_logger()
 
@@ -38,27 +39,33 @@ class StoreError(RuntimeError):
     """The database on disk is not one this gateway can use."""
 
 
-def _open(path: Path) -> sqlite3.Connection:
+def _open(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0:
-        conn.executescript(f"BEGIN;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
-    elif version != SCHEMA_VERSION:
+    if version > len(migrations):
         conn.close()
-        raise StoreError(f"{path}: database schema {version}, this gateway knows {SCHEMA_VERSION}")
+        raise StoreError(
+            f"{path}: database schema {version} is newer than this gateway's {len(migrations)}"
+        )
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        conn.executescript(f"BEGIN;{script}PRAGMA user_version={number};COMMIT;")
+        if version:
+            log.info("database_migrated", path=str(path), schema=number)
     return conn
 
 
 class Store:
     """``async with Store(path) as store``: ``await store.run(fn, *args)`` calls
-    ``fn(connection, *args)`` on the database thread."""
+    ``fn(connection, *args)`` on the database thread. ``migrations`` is the schema's history
+    (the gateway's own by default)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, migrations: Sequence[str] = MIGRATIONS):
         self.path = path
+        self.migrations = migrations
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-db")
         self._conn: sqlite3.Connection | None = None
 
@@ -68,7 +75,7 @@ class Store:
 
     async def __aenter__(self) -> Store:
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._executor, _open, self.path)
+        self._conn = await loop.run_in_executor(self._executor, _open, self.path, self.migrations)
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -53,9 +53,11 @@ EVENT_KINDS = (
     "update_rolled_back",
     "update_refused",
     "update_failed",
+    "update_blocked",  # cannot fetch or verify the offered update yet; retrying
     "error",
 )
 COMMAND_KINDS = ("update", "rollback", "config")
+MAX_RETRY_FOR_S = 7 * 86400
 
 
 class ProtocolError(ValueError):
@@ -395,8 +397,9 @@ class Event:
 class Command:
     """What the gateway asks of a device.
 
-    ``update``: model, version, rollout, repository (an http(s) URL); ``rollback``: model and
-    optionally the version to return to; ``config``: a flat object of settings to change.
+    ``update``: model, version, rollout, repository (an http(s) URL), and how long the device
+    keeps retrying an update it cannot fetch or verify (``retry_for_s``); ``rollback``: model
+    and optionally the version to return to; ``config``: a flat object of settings to change.
     """
 
     id: str
@@ -406,10 +409,11 @@ class Command:
     rollout: str | None = None
     repository: str | None = None
     settings: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    retry_for_s: int | None = None
 
     def encode(self) -> bytes:
         data: dict[str, Any] = {"schema": SCHEMA_VERSION, "id": self.id, "kind": self.kind}
-        for key in ("model", "version", "rollout", "repository"):
+        for key in ("model", "version", "rollout", "repository", "retry_for_s"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.settings:
@@ -435,6 +439,11 @@ class Command:
             rollout=get(data, "rollout", (str, type(None)), None),
             repository=get(data, "repository", (str, type(None)), None),
             settings=_scalars(data, "settings"),
+            retry_for_s=get(data, "retry_for_s", (int, type(None)), None),
+        )
+        _require(
+            command.retry_for_s is None or 0 <= command.retry_for_s <= MAX_RETRY_FOR_S,
+            f"retry_for_s must be from 0 to {MAX_RETRY_FOR_S}",
         )
         if kind == "update":
             _require(

@@ -25,11 +25,11 @@ def parse_stages(text: str) -> list[int]:
     return stages
 
 
-def parse_soak(text: str) -> float:
+def parse_duration(text: str, option: str = "--soak") -> float:
     """``"10m"``, ``"30s"``, ``"1h"``, ``"0"`` -> seconds."""
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smh]?)", text.strip())
     if not match:
-        raise UserError(f"--soak {text!r}: give a duration like 30s, 10m or 1h")
+        raise UserError(f"{option} {text!r}: give a duration like 30s, 10m or 1h")
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
@@ -44,8 +44,10 @@ def parse_rate(text: str) -> float:
 
 
 def parse_version(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(f"--version {text!r}: give a version number >= 1")
+    from protocol.model_meta import MAX_VERSION
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_VERSION:
+        raise UserError(f"--version {text!r}: give a version number from 1 to {MAX_VERSION}")
     return int(text)
 
 
@@ -62,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--max-failure-rate", default="0.05", help="a stage above it pauses")
     start.add_argument(
         "--auto-rollback", action="store_true", help="command a failed stage's devices back"
+    )
+    start.add_argument(
+        "--blocked-deadline",
+        default="1h",
+        help="how long a device may stay blocked (unable to fetch or verify the update) before "
+        "it counts as failed (default 1h)",
     )
     start.add_argument(
         "--wait", action="store_true", help="show progress until it ends; exit 0 only if completed"
@@ -107,7 +115,8 @@ def start_rollout(args: argparse.Namespace) -> int:
         "model": args.model,
         "version": parse_version(args.version),
         "stages": parse_stages(args.stages),
-        "soak_s": parse_soak(args.soak),
+        "soak_s": parse_duration(args.soak),
+        "blocked_deadline_s": parse_duration(args.blocked_deadline, "--blocked-deadline"),
         "max_failure_rate": parse_rate(args.max_failure_rate),
         "auto_rollback": args.auto_rollback,
     }
@@ -183,7 +192,8 @@ def print_list(rollouts: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "model", "version", "state", "stage", "devices", "committed", "failed")
+    columns = ("devices", "committed", "failed", "blocked")
+    table = Table("id", "model", "version", "state", "stage", *columns)
     for r in rollouts:
         table.add_row(
             r["id"],
@@ -191,9 +201,7 @@ def print_list(rollouts: list[dict]) -> None:
             str(r["version"]),
             r["state"],
             str(r["stage"]),
-            str(r["devices"]),
-            str(r["committed"]),
-            str(r["failed"]),
+            *(str(r[c]) for c in columns),
         )
     Console().print(table)
 
@@ -211,13 +219,21 @@ def print_detail(view: dict) -> None:
     )
     console.print(
         f"soak {plan['soak_s']:g}s, max failure rate {plan['max_failure_rate']:g}, "
-        f"auto-rollback {'on' if plan['auto_rollback'] else 'off'}"
+        f"auto-rollback {'on' if plan['auto_rollback'] else 'off'}, "
+        f"blocked deadline {plan['blocked_deadline_s']:g}s"
     )
-    table = Table("stage", "percent", "devices", "pending", "offered", "committed", "failed")
+    columns = ("devices", "pending", "offered", "blocked", "committed", "failed")
+    table = Table("stage", "percent", *columns)
     for row in view["stages"]:
-        counts = (row[key] for key in ("devices", "pending", "offered", "committed", "failed"))
+        counts = (row[key] for key in columns)
         table.add_row(str(row["stage"] + 1), f"{row['percent']}%", *map(str, counts))
     console.print(table)
+    held = [p for p in view["progress"] if p["state"] in ("blocked", "failed")]
+    if held:
+        devices = Table("device", "state", "reason")
+        for p in held:
+            devices.add_row(p["device"], p["state"], p["detail"])
+        console.print(devices)
     if view["skipped"]:
         skipped = Table("skipped device", "reason")
         for row in view["skipped"]:

@@ -1,5 +1,7 @@
 """Drives staged rollouts: offers the update to each stage's devices over MQTT, records their
-verdicts from events and retained status, and applies the pure decisions of ``rollout``."""
+verdicts from events and retained status, and applies the pure decisions of
+``gateway.rollouts.decisions``. Every store call is awaited: the database works on its own
+thread."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from gateway.rollouts.decisions import (
     assign_stages,
     decide,
     eligibility,
+    overdue,
 )
 from gateway.rollouts.store import Rollout, RolloutStore
 from protocol.model_meta import ModelMeta
@@ -34,11 +37,23 @@ FAILURE_EVENTS = (
     "error",
     "command_rejected",
 )
+# An agent that cannot fetch or verify the update yet says so, and goes on trying.
+BLOCKED_EVENTS = ("update_blocked",)
+# Progress after a block: the device got past it.
+UNBLOCKED_EVENTS = ("update_offered", "update_downloaded", "update_installed", "update_trial")
 REOFFER_S = 60.0
 
 
 class RolloutError(ValueError):
-    """A rollout command that cannot be carried out (unknown id, wrong state)."""
+    """A rollout command that cannot be carried out."""
+
+
+class UnknownRollout(RolloutError):
+    """No rollout has this id."""
+
+
+class RolloutConflict(RolloutError):
+    """The rollout exists but is in a state that does not allow the command."""
 
 
 class RolloutController:
@@ -55,8 +70,9 @@ class RolloutController:
         self.repository_url = repository_url
         self.clock = clock
         self.reoffer_s = reoffer_s
+        self.blocked = 0  # devices blocked in the running rollouts, as of the last tick
 
-    def start(
+    async def start(
         self,
         plan: Plan,
         devices: Sequence[DeviceFacts],
@@ -65,63 +81,81 @@ class RolloutController:
     ) -> Rollout:
         """``skipped``: devices left out before eligibility (offline, another model...) and why.
         ``meta`` is None for an MCU image: there is no hardware fit to judge here."""
-        if self.store.get(plan.rollout_id):
-            raise RolloutError(f"rollout {plan.rollout_id!r} exists already")
-        busy = [r.plan.rollout_id for r in self.store.active() if r.plan.model == plan.model]
+        if await self.store.get(plan.rollout_id):
+            raise RolloutConflict(f"rollout {plan.rollout_id!r} exists already")
+        active = await self.store.active()
+        busy = [r.plan.rollout_id for r in active if r.plan.model == plan.model]
         if busy:
-            raise RolloutError(f"model {plan.model!r} is already being rolled out by {busy[0]!r}")
+            raise RolloutConflict(
+                f"model {plan.model!r} is already being rolled out by {busy[0]!r}"
+            )
         skipped = dict(skipped or {}) | {
             d.device: why for d in devices if meta and (why := eligibility(d, meta))
         }
         stages = assign_stages(plan, [d.device for d in devices if d.device not in skipped])
-        self.store.create(plan, stages, skipped, self.clock())
+        await self.store.create(plan, stages, skipped, self.clock())
         log.info(
             "rollout_started", rollout=plan.rollout_id, devices=len(stages), skipped=len(skipped)
         )
-        return self.store.get(plan.rollout_id)
+        return await self.store.get(plan.rollout_id)
 
     def _command(self, plan: Plan, device: str, kind: str) -> Command:
+        update = kind == "update"
         return Command(
             id=f"{plan.rollout_id}.{kind}.{device}",
             kind=kind,
             model=plan.model,
-            version=plan.version if kind == "update" else None,
+            version=plan.version if update else None,
             rollout=plan.rollout_id,
-            repository=self.repository_url if kind == "update" else None,
+            repository=self.repository_url if update else None,
+            retry_for_s=round(plan.blocked_deadline_s) if update else None,
         )
 
     async def tick(self) -> None:
         """One pass over the running rollouts."""
-        for rollout in self.store.active():
+        blocked = 0
+        for rollout in await self.store.active():
             if rollout.state == RolloutState.RUNNING:
-                await self._advance(rollout)
+                blocked += await self._advance(rollout)
+        self.blocked = blocked
 
-    async def _advance(self, rollout: Rollout) -> None:
+    async def _advance(self, rollout: Rollout) -> int:
+        """Move one rollout on; returns how many of its devices are blocked."""
         plan, stage, now = rollout.plan, rollout.stage, self.clock()
-        progress = self.store.progress(plan.rollout_id)
+        progress = await self.store.progress(plan.rollout_id)
         due = [p.device for p in progress if p.stage <= stage and self._due(p, now)]
+        late = overdue(plan, progress, now)
+        for p in late:
+            reason = f"blocked for more than {plan.blocked_deadline_s:g} s: {p.detail}"
+            await self.store.mark(plan.rollout_id, p.device, DeviceState.FAILED, now, reason)
+            log.warning("rollout_device_blocked_too_long", rollout=plan.rollout_id, device=p.device)
         if due:
             await self._offer(plan, due, now)
-            progress = self.store.progress(plan.rollout_id)
+        if due or late:
+            progress = await self.store.progress(plan.rollout_id)
         decision = decide(plan, stage, progress, now)
         if decision.action == Action.ADVANCE:
-            self.store.set_state(
+            await self.store.set_state(
                 plan.rollout_id, RolloutState.RUNNING, stage + 1, decision.reason, now
             )
             log.info("rollout_stage", rollout=plan.rollout_id, stage=stage + 1)
         elif decision.action == Action.PAUSE:
-            self.store.set_state(plan.rollout_id, RolloutState.PAUSED, stage, decision.reason, now)
+            await self.store.set_state(
+                plan.rollout_id, RolloutState.PAUSED, stage, decision.reason, now
+            )
             log.warning("rollout_paused", rollout=plan.rollout_id, reason=decision.reason)
             for device in decision.rollback:
                 await self.send(device, self._command(plan, device, "rollback"))
         elif decision.action == Action.COMPLETE:
-            self.store.set_state(
+            await self.store.set_state(
                 plan.rollout_id, RolloutState.COMPLETED, stage, decision.reason, now
             )
             log.info("rollout_completed", rollout=plan.rollout_id)
+        return sum(p.state == DeviceState.BLOCKED for p in progress)
 
     def _due(self, p: Progress, now: float) -> bool:
-        """Never offered, or offered so long ago that the offer may have been lost."""
+        """Never offered, or offered so long ago that the offer may have been lost. A blocked
+        device is not offered again: it holds the offer and keeps trying."""
         if p.state == DeviceState.PENDING:
             return True
         offered = p.state == DeviceState.OFFERED and p.offered_at is not None
@@ -136,59 +170,73 @@ class RolloutController:
         )
         sent = [d for d, result in zip(devices, results, strict=True) if result is None]
         if sent:
-            self.store.mark_offered(plan.rollout_id, sent, now)
+            await self.store.mark_offered(plan.rollout_id, sent, now)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    def on_event(self, event: Event) -> None:
+    async def on_event(self, event: Event) -> None:
         rollout_id = event.detail.get("rollout")
-        if not isinstance(rollout_id, str) or self.store.get(rollout_id) is None:
+        if not isinstance(rollout_id, str) or await self.store.get(rollout_id) is None:
             return
+        device, now = event.device, self.clock()
+        reason = str(event.detail.get("reason", event.kind))
         if event.kind == "update_committed":
-            self.store.mark(rollout_id, event.device, DeviceState.COMMITTED, self.clock())
+            await self.store.mark(rollout_id, device, DeviceState.COMMITTED, now)
         elif event.kind in FAILURE_EVENTS:
-            detail = str(event.detail.get("reason", event.kind))
-            self.store.mark(rollout_id, event.device, DeviceState.FAILED, self.clock(), detail)
+            await self.store.mark(rollout_id, device, DeviceState.FAILED, now, reason)
+        elif event.kind in BLOCKED_EVENTS:
+            if await self._state_in(rollout_id, device, DeviceState.OFFERED, DeviceState.BLOCKED):
+                await self.store.mark(rollout_id, device, DeviceState.BLOCKED, now, reason)
+                log.info("rollout_device_blocked", rollout=rollout_id, device=device, reason=reason)
+        elif event.kind in UNBLOCKED_EVENTS and await self._state_in(
+            rollout_id, device, DeviceState.BLOCKED
+        ):
+            await self.store.mark(rollout_id, device, DeviceState.OFFERED, now)
 
-    def on_status(self, status: Status) -> None:
+    async def _state_in(self, rollout_id: str, device: str, *states: DeviceState) -> bool:
+        return await self.store.device_state(rollout_id, device) in states
+
+    async def on_status(self, status: Status) -> None:
         """A retained status that shows the target committed counts even if the event was
         missed (the gateway was down when it was sent)."""
         if status.model is None or status.update_state != "COMMITTED":
             return
-        self.on_committed(status.device, status.model.name, status.model.version)
+        await self.on_committed(status.device, status.model.name, status.model.version)
 
-    def on_committed(self, device: str, model: str, version: int) -> None:
+    async def on_committed(self, device: str, model: str, version: int) -> None:
         """The device runs ``model`` ``version`` committed: an offer of it has succeeded."""
-        for rollout in self.store.active():
+        for rollout in await self.store.active():
             plan = rollout.plan
             if (model, version) != (plan.model, plan.version):
                 continue
-            if self.store.device_state(plan.rollout_id, device) == DeviceState.OFFERED:
-                self.store.mark(plan.rollout_id, device, DeviceState.COMMITTED, self.clock())
+            if await self._state_in(
+                plan.rollout_id, device, DeviceState.OFFERED, DeviceState.BLOCKED
+            ):
+                await self.store.mark(plan.rollout_id, device, DeviceState.COMMITTED, self.clock())
 
-    def _require(self, rollout_id: str, *states: RolloutState) -> Rollout:
-        rollout = self.store.get(rollout_id)
+    async def _require(self, rollout_id: str, *states: RolloutState) -> Rollout:
+        rollout = await self.store.get(rollout_id)
         if rollout is None:
-            raise RolloutError(f"no rollout {rollout_id!r}")
+            raise UnknownRollout(f"no rollout {rollout_id!r}")
         if rollout.state not in states:
-            raise RolloutError(f"rollout {rollout_id!r} is {rollout.state}")
+            raise RolloutConflict(f"rollout {rollout_id!r} is {rollout.state}")
         return rollout
 
-    def pause(self, rollout_id: str) -> None:
-        rollout = self._require(rollout_id, RolloutState.RUNNING)
-        self.store.set_state(
+    async def pause(self, rollout_id: str) -> None:
+        rollout = await self._require(rollout_id, RolloutState.RUNNING)
+        await self.store.set_state(
             rollout_id, RolloutState.PAUSED, rollout.stage, "paused by operator", self.clock()
         )
 
-    def resume(self, rollout_id: str) -> None:
-        rollout = self._require(rollout_id, RolloutState.PAUSED)
-        self.store.set_state(
+    async def resume(self, rollout_id: str) -> None:
+        rollout = await self._require(rollout_id, RolloutState.PAUSED)
+        await self.store.set_state(
             rollout_id, RolloutState.RUNNING, rollout.stage, "resumed by operator", self.clock()
         )
 
-    def abort(self, rollout_id: str) -> None:
-        rollout = self._require(rollout_id, RolloutState.RUNNING, RolloutState.PAUSED)
-        self.store.set_state(
+    async def abort(self, rollout_id: str) -> None:
+        rollout = await self._require(rollout_id, RolloutState.RUNNING, RolloutState.PAUSED)
+        await self.store.set_state(
             rollout_id, RolloutState.ABORTED, rollout.stage, "aborted by operator", self.clock()
         )

@@ -5,6 +5,12 @@ devices). Cohorts come from a hash of (rollout id, device id), so the same devic
 canary however often the controller restarts. A stage advances when all its devices have
 committed and soaked; a stage whose failure rate passes the threshold pauses the rollout, and
 with auto-rollback its devices are commanded back.
+
+Only verdicts about the model count as failures (health gate, probation, a crash loop in
+trial, hardware that does not fit). A device that cannot fetch or verify the update (the
+repository unreachable, metadata stale or expired, a corrupted delta) reports itself blocked
+and keeps trying; it counts as failed only once it has been blocked for longer than the plan's
+``blocked_deadline_s``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from enum import StrEnum
 
 from protocol.model_meta import ModelMeta
 
+MAX_BLOCKED_DEADLINE_S = 7 * 86400
+
 
 class RolloutState(StrEnum):
     RUNNING = "running"
@@ -28,6 +36,7 @@ class RolloutState(StrEnum):
 class DeviceState(StrEnum):
     PENDING = "pending"  # in a later stage
     OFFERED = "offered"  # command sent, no verdict yet
+    BLOCKED = "blocked"  # cannot fetch or verify the update yet; retrying
     COMMITTED = "committed"
     FAILED = "failed"  # rolled back, refused the update, or reported an error
 
@@ -48,6 +57,7 @@ class Plan:
     soak_s: float
     max_failure_rate: float
     auto_rollback: bool = False
+    blocked_deadline_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not self.stages or any(not 0 < s <= 100 for s in self.stages):
@@ -58,6 +68,8 @@ class Plan:
             raise ValueError("max failure rate is a fraction in 0..1")
         if self.soak_s < 0:
             raise ValueError("soak must not be negative")
+        if not 0 < self.blocked_deadline_s <= MAX_BLOCKED_DEADLINE_S:
+            raise ValueError("the blocked deadline must be from 1 s to 7 days")
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,8 @@ class Progress:
     state: DeviceState
     committed_at: float | None = None
     offered_at: float | None = None
+    detail: str = ""  # why it failed or is blocked
+    blocked_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,17 @@ def assign_stages(plan: Plan, devices: Iterable[str]) -> dict[str, int]:
     return stages
 
 
+def overdue(plan: Plan, progress: Sequence[Progress], now: float) -> list[Progress]:
+    """Blocked devices that have waited past the plan's deadline: they now count as failed."""
+    return [
+        p
+        for p in progress
+        if p.state == DeviceState.BLOCKED
+        and p.blocked_since is not None
+        and now - p.blocked_since > plan.blocked_deadline_s
+    ]
+
+
 def decide(plan: Plan, stage: int, progress: Sequence[Progress], now: float) -> Decision:
     """What the controller does next for the current ``stage``."""
     current = [p for p in progress if p.stage <= stage]
@@ -133,9 +158,11 @@ def decide(plan: Plan, stage: int, progress: Sequence[Progress], now: float) -> 
         return Decision(
             Action.PAUSE, f"failure rate {rate:.0%} > {plan.max_failure_rate:.0%}", rate, rollback
         )
-    waiting = [p for p in current if p.state == DeviceState.OFFERED]
+    waiting = [p for p in current if p.state in (DeviceState.OFFERED, DeviceState.BLOCKED)]
     if waiting:
-        return Decision(Action.WAIT, f"{len(waiting)} devices still updating", rate)
+        blocked = sum(p.state == DeviceState.BLOCKED for p in waiting)
+        held = f" ({blocked} blocked)" if blocked else ""
+        return Decision(Action.WAIT, f"{len(waiting)} devices still updating{held}", rate)
     soaking = [
         p
         for p in current

@@ -22,7 +22,13 @@ from edgefleet.errors import UserError
 from gateway.config import RolloutsConfig
 from gateway.devices.inventory import Device, Inventory
 from gateway.releases.repository import McuImage
-from gateway.rollouts.controller import RolloutController, RolloutError, Send
+from gateway.rollouts.controller import (
+    RolloutConflict,
+    RolloutController,
+    RolloutError,
+    Send,
+    UnknownRollout,
+)
 from gateway.rollouts.decisions import DeviceFacts, DeviceState, Plan, Progress, stage_table
 from gateway.rollouts.store import Rollout, RolloutStore
 from gateway.serving.service import RepositoryService
@@ -80,6 +86,15 @@ def mcu_candidates(
     return facts, skipped
 
 
+def http_status(exc: Exception) -> int:
+    """The admin API's answer to a refused rollout request."""
+    if isinstance(exc, UnknownRollout):
+        return 404
+    if isinstance(exc, RolloutConflict):
+        return 409
+    return 400  # UserError: the request itself is wrong
+
+
 def summary(rollout: Rollout, progress: list[Progress]) -> dict:
     plan = rollout.plan
     return {
@@ -94,6 +109,7 @@ def summary(rollout: Rollout, progress: list[Progress]) -> dict:
         "devices": len(progress),
         "committed": sum(p.state == DeviceState.COMMITTED for p in progress),
         "failed": sum(p.state == DeviceState.FAILED for p in progress),
+        "blocked": sum(p.state == DeviceState.BLOCKED for p in progress),
     }
 
 
@@ -105,10 +121,17 @@ def detail(rollout: Rollout, progress: list[Progress], skipped: dict[str, str]) 
             "soak_s": plan.soak_s,
             "max_failure_rate": plan.max_failure_rate,
             "auto_rollback": plan.auto_rollback,
+            "blocked_deadline_s": plan.blocked_deadline_s,
         },
         "stages": stage_table(plan, progress),
         "progress": [
-            {"device": p.device, "stage": p.stage, "state": p.state.value}
+            {
+                "device": p.device,
+                "stage": p.stage,
+                "state": p.state.value,
+                "detail": p.detail,
+                "blocked_since": p.blocked_since,
+            }
             for p in sorted(progress, key=lambda p: (p.stage, p.device))
         ],
         "skipped": [{"device": d, "reason": r} for d, r in sorted(skipped.items())],
@@ -142,6 +165,7 @@ def plan_from(body: object) -> Plan:
             soak_s=float(field("soak_s", (int, float), 0)),
             max_failure_rate=float(field("max_failure_rate", (int, float), 0.05)),
             auto_rollback=field("auto_rollback", bool, False),
+            blocked_deadline_s=float(field("blocked_deadline_s", (int, float), 3600)),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -161,6 +185,7 @@ class RolloutService:
         self._lock = asyncio.Lock()
         self._inbox: asyncio.Queue[list[Status | Event]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._stack = contextlib.AsyncExitStack()
         self.store: RolloutStore | None = None
         self.controller: RolloutController | None = None
 
@@ -174,9 +199,9 @@ class RolloutService:
             async with self._lock:
                 for message in messages:
                     if isinstance(message, Event):
-                        self.controller.on_event(message)
+                        await self.controller.on_event(message)
                     else:
-                        self.controller.on_status(message)
+                        await self.controller.on_status(message)
 
     async def _tick(self) -> None:
         while True:
@@ -187,12 +212,12 @@ class RolloutService:
                     log.warning("rollout command not delivered", error=repr(exc))
             await asyncio.sleep(self.config.tick_s)
 
-    def _reconcile(self) -> None:
+    async def _reconcile(self) -> None:
         """A verdict acknowledged to the broker just before a crash was never applied; the
         inventory, written in the same transaction as the ack, still shows a commit."""
         for row in self.inventory.devices.values():
             if row.update_state == "COMMITTED" and row.model and row.model_version:
-                self.controller.on_committed(row.device, row.model, row.model_version)
+                await self.controller.on_committed(row.device, row.model, row.model_version)
 
     async def start(self, plan: Plan) -> dict:
         release = await self.repository.release(plan.model, plan.version)
@@ -208,32 +233,30 @@ class RolloutService:
             log.info("rollout deltas ready", offers=[(o.fetch, o.kind, o.length) for o in offers])
             meta = release.meta
         async with self._lock:
-            rollout = self.controller.start(plan, facts, meta, skipped)
-        return self.view(rollout.plan.rollout_id, rollout)
+            rollout = await self.controller.start(plan, facts, meta, skipped)
+        return await self.view(rollout.plan.rollout_id, rollout)
 
-    def view(self, rollout_id: str, rollout: Rollout | None = None) -> dict:
-        rollout = rollout or self.store.get(rollout_id)
+    async def view(self, rollout_id: str, rollout: Rollout | None = None) -> dict:
+        rollout = rollout or await self.store.get(rollout_id)
         if rollout is None:
-            raise RolloutError(f"no rollout {rollout_id!r}")
-        progress = self.store.progress(rollout_id)
-        return detail(rollout, progress, self.store.skipped(rollout_id))
+            raise UnknownRollout(f"no rollout {rollout_id!r}")
+        progress = await self.store.progress(rollout_id)
+        return detail(rollout, progress, await self.store.skipped(rollout_id))
 
     def routes(self) -> list[web.RouteDef]:
         def refused(exc: Exception) -> web.Response:
-            status = 404 if str(exc).startswith("no rollout") else 409
-            if isinstance(exc, UserError):
-                status = 400
-            return web.json_response({"error": str(exc)}, status=status)
+            return web.json_response({"error": str(exc)}, status=http_status(exc))
 
         async def listing(request: web.Request) -> web.Response:
             rollouts = [
-                summary(r, self.store.progress(r.plan.rollout_id)) for r in self.store.list()
+                summary(r, await self.store.progress(r.plan.rollout_id))
+                for r in await self.store.list()
             ]
             return web.json_response({"rollouts": rollouts})
 
         async def one(request: web.Request) -> web.Response:
             try:
-                return web.json_response(self.view(request.match_info["id"]))
+                return web.json_response(await self.view(request.match_info["id"]))
             except RolloutError as exc:
                 return refused(exc)
 
@@ -251,9 +274,9 @@ class RolloutService:
             rollout_id, action = request.match_info["id"], request.match_info["action"]
             try:
                 async with self._lock:
-                    getattr(self.controller, action)(rollout_id)
+                    await getattr(self.controller, action)(rollout_id)
                 log.info("rollout_" + action, rollout=rollout_id)
-                return web.json_response(self.view(rollout_id))
+                return web.json_response(await self.view(rollout_id))
             except RolloutError as exc:
                 return refused(exc)
 
@@ -265,14 +288,13 @@ class RolloutService:
         ]
 
     async def __aenter__(self) -> RolloutService:
-        self.config.database.parent.mkdir(parents=True, exist_ok=True)
-        self.store = await asyncio.to_thread(RolloutStore, self.config.database)
+        self.store = await self._stack.enter_async_context(RolloutStore(self.config.database))
         self.controller = RolloutController(
             self.store, self.send, self.repository.url, reoffer_s=self.config.reoffer_s
         )
-        self._reconcile()
-        for active in self.store.active():
-            log.info("rollout resumed", rollout=active.plan.rollout_id, state=active.state.value)
+        await self._reconcile()
+        for active in await self.store.active():
+            log.info("rollout_resumed", rollout=active.plan.rollout_id, state=active.state.value)
         self._tasks = [
             asyncio.create_task(self._apply(), name="rollout-verdicts"),
             asyncio.create_task(self._tick(), name="rollout-tick"),
@@ -291,4 +313,4 @@ class RolloutService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.store.close()
+        await self._stack.aclose()

@@ -1,17 +1,23 @@
-"""Rollouts on disk (SQLite): a gateway restart carries on where it stopped."""
+"""Rollouts on disk (SQLite): a gateway restart carries on where it stopped.
+
+The database follows the gateway store's rules: a versioned schema migrated in one transaction
+per step, ``synchronous=FULL``, and every call on the store's own thread, so the event loop
+never waits for an fsync.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.rollouts.decisions import DeviceState, Plan, Progress, RolloutState
+from gateway.store import Store, transaction
 
-SCHEMA = """
+# ``IF NOT EXISTS``: databases made before the schema had a version hold these tables already.
+SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS rollouts (
     id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
@@ -43,6 +49,16 @@ CREATE TABLE IF NOT EXISTS rollout_skipped (
     PRIMARY KEY (rollout_id, device)
 );
 """
+# Devices held up by transport or freshness problems, and how long a rollout waits for them.
+SCHEMA_2 = """
+ALTER TABLE rollouts ADD COLUMN blocked_deadline_s REAL NOT NULL DEFAULT 3600;
+ALTER TABLE rollout_devices ADD COLUMN blocked_since REAL;
+"""
+MIGRATIONS = (SCHEMA_1, SCHEMA_2)
+ROLLOUT_COLUMNS = (
+    "id, model, version, stages, soak_s, max_failure_rate, auto_rollback, state, stage, reason, "
+    "created_at, updated_at, blocked_deadline_s"
+)
 
 
 @dataclass(frozen=True)
@@ -56,31 +72,24 @@ class Rollout:
 
 
 class RolloutStore:
+    """``async with RolloutStore(path) as store``; every method runs on the database thread."""
+
     def __init__(self, path: Path):
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._store = Store(path, MIGRATIONS)
 
-    def close(self) -> None:
-        self._db.close()
+    async def __aenter__(self) -> RolloutStore:
+        await self._store.__aenter__()
+        return self
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    async def __aexit__(self, *exc) -> None:
+        await self._store.__aexit__(*exc)
 
-    def create(
+    async def create(
         self, plan: Plan, stages: dict[str, int], skipped: dict[str, str], now: float
     ) -> None:
-        with self.transaction() as db:
+        def work(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO rollouts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     plan.rollout_id,
                     plan.model,
@@ -94,6 +103,7 @@ class RolloutStore:
                     "",
                     now,
                     now,
+                    plan.blocked_deadline_s,
                 ),
             )
             db.executemany(
@@ -105,81 +115,109 @@ class RolloutStore:
                 [(plan.rollout_id, d, r) for d, r in skipped.items()],
             )
 
-    def get(self, rollout_id: str) -> Rollout | None:
-        row = self._db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
-        return _rollout(row) if row else None
+        await self._write(work)
 
-    def list(self) -> list[Rollout]:
-        rows = self._db.execute("SELECT * FROM rollouts ORDER BY created_at").fetchall()
-        return [_rollout(r) for r in rows]
+    async def get(self, rollout_id: str) -> Rollout | None:
+        def work(db: sqlite3.Connection) -> Rollout | None:
+            row = db.execute(
+                f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?", (rollout_id,)
+            ).fetchone()
+            return _rollout(row) if row else None
 
-    def active(self) -> list[Rollout]:
-        rows = self._db.execute(
-            "SELECT * FROM rollouts WHERE state IN (?, ?) ORDER BY created_at",
+        return await self._store.run(work)
+
+    async def list(self) -> list[Rollout]:
+        return await self._rollouts(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at")
+
+    async def active(self) -> list[Rollout]:
+        return await self._rollouts(
+            f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state IN (?, ?) ORDER BY created_at",
             (RolloutState.RUNNING, RolloutState.PAUSED),
-        ).fetchall()
-        return [_rollout(r) for r in rows]
+        )
 
-    def progress(self, rollout_id: str) -> list[Progress]:
-        rows = self._db.execute(
-            "SELECT device, stage, state, committed_at, offered_at FROM rollout_devices "
-            "WHERE rollout_id = ?",
-            (rollout_id,),
-        ).fetchall()
-        return [Progress(d, s, DeviceState(st), c, o) for d, s, st, c, o in rows]
+    async def progress(self, rollout_id: str) -> list[Progress]:
+        def work(db: sqlite3.Connection) -> list[Progress]:
+            rows = db.execute(
+                "SELECT device, stage, state, committed_at, offered_at, detail, blocked_since "
+                "FROM rollout_devices WHERE rollout_id = ?",
+                (rollout_id,),
+            ).fetchall()
+            return [Progress(d, s, DeviceState(st), *rest) for d, s, st, *rest in rows]
 
-    def device_state(self, rollout_id: str, device: str) -> DeviceState | None:
-        row = self._db.execute(
-            "SELECT state FROM rollout_devices WHERE rollout_id = ? AND device = ?",
-            (rollout_id, device),
-        ).fetchone()
-        return DeviceState(row[0]) if row else None
+        return await self._store.run(work)
 
-    def skipped(self, rollout_id: str) -> dict[str, str]:
-        rows = self._db.execute(
-            "SELECT device, reason FROM rollout_skipped WHERE rollout_id = ?", (rollout_id,)
-        ).fetchall()
-        return dict(rows)
+    async def device_state(self, rollout_id: str, device: str) -> DeviceState | None:
+        def work(db: sqlite3.Connection) -> DeviceState | None:
+            row = db.execute(
+                "SELECT state FROM rollout_devices WHERE rollout_id = ? AND device = ?",
+                (rollout_id, device),
+            ).fetchone()
+            return DeviceState(row[0]) if row else None
 
-    def set_state(
+        return await self._store.run(work)
+
+    async def skipped(self, rollout_id: str) -> dict[str, str]:
+        def work(db: sqlite3.Connection) -> dict[str, str]:
+            rows = db.execute(
+                "SELECT device, reason FROM rollout_skipped WHERE rollout_id = ?", (rollout_id,)
+            ).fetchall()
+            return dict(rows)
+
+        return await self._store.run(work)
+
+    async def set_state(
         self, rollout_id: str, state: RolloutState, stage: int, reason: str, now: float
     ) -> None:
-        with self.transaction() as db:
-            db.execute(
+        await self._write(
+            lambda db: db.execute(
                 "UPDATE rollouts SET state = ?, stage = ?, reason = ?, updated_at = ? WHERE id = ?",
                 (state, stage, reason, now, rollout_id),
             )
+        )
 
-    def mark(
+    async def mark(
         self, rollout_id: str, device: str, state: DeviceState, now: float, detail: str = ""
     ) -> bool:
         """Record a device's verdict (offers: ``mark_offered``); False when the device is not in
         this rollout. A commit reported again (events come at least once) keeps the time of the
-        first, which the soak counts from."""
-        assignment, times = "", ()
+        first, which the soak counts from; a device blocked again keeps the time it was first
+        blocked, which the rollout's deadline counts from."""
+        assignments, times = "", ()
         if state == DeviceState.COMMITTED:
-            assignment = ", committed_at = CASE WHEN state = ? THEN committed_at ELSE ? END"
+            assignments = ", committed_at = CASE WHEN state = ? THEN committed_at ELSE ? END"
             times = (DeviceState.COMMITTED, now)
-        params = (state, detail, *times, rollout_id, device)
-        with self.transaction() as db:
-            cursor = db.execute(
-                f"UPDATE rollout_devices SET state = ?, detail = ?{assignment} "
-                "WHERE rollout_id = ? AND device = ?",
-                params,
-            )
+        blocked_since = "CASE WHEN state = ? THEN blocked_since ELSE ? END"
+        blocked = (DeviceState.BLOCKED, now) if state == DeviceState.BLOCKED else (None, None)
+        sql = (
+            f"UPDATE rollout_devices SET blocked_since = {blocked_since}, state = ?, detail = ?"
+            f"{assignments} WHERE rollout_id = ? AND device = ?"
+        )
+        params = (*blocked, state, detail, *times, rollout_id, device)
+        cursor = await self._write(lambda db: db.execute(sql, params))
         return cursor.rowcount == 1
 
-    def mark_offered(self, rollout_id: str, devices: Sequence[str], now: float) -> None:
+    async def mark_offered(self, rollout_id: str, devices: Sequence[str], now: float) -> None:
         """Offers sent in one pass, recorded in one transaction (one fsync, not one each)."""
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE rollout_devices SET state = ?, detail = '', offered_at = ? "
-                "WHERE rollout_id = ? AND device = ?",
+        await self._write(
+            lambda db: db.executemany(
+                "UPDATE rollout_devices SET state = ?, detail = '', offered_at = ?, "
+                "blocked_since = NULL WHERE rollout_id = ? AND device = ?",
                 [(DeviceState.OFFERED, now, rollout_id, device) for device in devices],
             )
+        )
+
+    async def _write(self, fn):
+        return await self._store.run(lambda db: transaction(db, lambda: fn(db)))
+
+    async def _rollouts(self, sql: str, params: tuple = ()) -> list[Rollout]:
+        return await self._store.run(
+            lambda db: [_rollout(r) for r in db.execute(sql, params).fetchall()]
+        )
 
 
 def _rollout(row: tuple) -> Rollout:
-    (rid, model, version, stages, soak, rate, auto, state, stage, reason, created, updated) = row
-    plan = Plan(rid, model, version, tuple(json.loads(stages)), soak, rate, bool(auto))
+    (rid, model, version, stages, soak, rate, auto, state, stage, reason, created, updated) = row[
+        :12
+    ]
+    plan = Plan(rid, model, version, tuple(json.loads(stages)), soak, rate, bool(auto), row[12])
     return Rollout(plan, RolloutState(state), stage, reason, created, updated)

@@ -27,43 +27,42 @@ class Clock:
 
 
 @pytest.fixture
-def fleet(tmp_path):
+async def fleet(tmp_path):
     sent = []
 
     async def send(device, command):
         sent.append((device, command))
 
     clock = Clock()
-    store = RolloutStore(tmp_path / "rollouts.db")
-    controller = RolloutController(store, send, "http://127.0.0.1:1/", clock=clock)
-    yield controller, sent, clock, tmp_path
-    store.close()
+    async with RolloutStore(tmp_path / "rollouts.db") as store:
+        controller = RolloutController(store, send, "http://127.0.0.1:1/", clock=clock)
+        yield controller, sent, clock, tmp_path
 
 
-def answer(controller, sent, good: bool, seen: set):
+async def answer(controller, sent, good: bool, seen: set):
     for device, command in sent:
         if command.kind != "update" or device in seen:
             continue
         seen.add(device)
         kind = "update_committed" if good else "update_rolled_back"
-        controller.on_event(Event(device, 0, kind, {"rollout": command.rollout}))
+        await controller.on_event(Event(device, 0, kind, {"rollout": command.rollout}))
 
 
 async def run(controller, sent, clock, good, limit=50):
     seen: set[str] = set()
     for _ in range(limit):
         await controller.tick()
-        answer(controller, sent, good, seen)
+        await answer(controller, sent, good, seen)
         clock.now += 1
-        rollout = controller.store.get("r1")
+        rollout = await controller.store.get("r1")
         if rollout.state != RolloutState.RUNNING:
             return rollout
-    return controller.store.get("r1")
+    return await controller.store.get("r1")
 
 
 async def test_a_good_model_reaches_every_device(fleet):
     controller, sent, clock, _ = fleet
-    controller.start(Plan("r1", "kws", 2, (5, 50, 100), 0, 0.05), DEVICES, Meta)
+    await controller.start(Plan("r1", "kws", 2, (5, 50, 100), 0, 0.05), DEVICES, Meta)
     rollout = await run(controller, sent, clock, good=True)
     assert rollout.state == RolloutState.COMPLETED
     offered = [d for d, c in sent if c.kind == "update"]
@@ -73,7 +72,9 @@ async def test_a_good_model_reaches_every_device(fleet):
 
 async def test_a_bad_model_pauses_at_the_canary_and_rolls_it_back(fleet):
     controller, sent, clock, _ = fleet
-    controller.start(Plan("r1", "kws", 2, (5, 50, 100), 0, 0.05, auto_rollback=True), DEVICES, Meta)
+    await controller.start(
+        Plan("r1", "kws", 2, (5, 50, 100), 0, 0.05, auto_rollback=True), DEVICES, Meta
+    )
     rollout = await run(controller, sent, clock, good=False)
     assert rollout.state == RolloutState.PAUSED and rollout.stage == 0
     updates = [d for d, c in sent if c.kind == "update"]
@@ -83,30 +84,32 @@ async def test_a_bad_model_pauses_at_the_canary_and_rolls_it_back(fleet):
 
 async def test_soak_holds_the_next_stage(fleet):
     controller, sent, clock, _ = fleet
-    controller.start(Plan("r1", "kws", 2, (5, 100), 30, 0.05), DEVICES, Meta)
+    await controller.start(Plan("r1", "kws", 2, (5, 100), 30, 0.05), DEVICES, Meta)
     await controller.tick()
-    answer(controller, sent, True, set())
+    await answer(controller, sent, True, set())
     for _ in range(2):
         clock.now += 10
         await controller.tick()
-        assert controller.store.get("r1").stage == 0
+        assert (await controller.store.get("r1")).stage == 0
     clock.now += 15
     await controller.tick()
-    assert controller.store.get("r1").stage == 1
+    assert (await controller.store.get("r1")).stage == 1
 
 
 async def test_a_repeated_commit_event_does_not_restart_the_soak(fleet):
     """Events are delivered at least once: a device that reconnects sends its commit again,
     and the soak still counts from the first one."""
     controller, sent, clock, _ = fleet
-    controller.start(Plan("r1", "kws", 2, (5, 100), 30, 0.05), DEVICES, Meta)
+    await controller.start(Plan("r1", "kws", 2, (5, 100), 30, 0.05), DEVICES, Meta)
     await controller.tick()
     ((device, command),) = sent
     for _ in range(4):
-        controller.on_event(Event(device, 0, "update_committed", {"rollout": command.rollout}))
+        await controller.on_event(
+            Event(device, 0, "update_committed", {"rollout": command.rollout})
+        )
         clock.now += 10
         await controller.tick()
-    assert controller.store.get("r1").stage == 1
+    assert (await controller.store.get("r1")).stage == 1
 
 
 async def test_offers_the_broker_did_not_take_are_sent_again(tmp_path):
@@ -119,41 +122,43 @@ async def test_offers_the_broker_did_not_take_are_sent_again(tmp_path):
             raise TimeoutError(f"no PUBACK for {device}")
         sent.append(device)
 
-    store = RolloutStore(tmp_path / "rollouts.db")
-    controller = RolloutController(store, send, "http://127.0.0.1:1/", clock=Clock())
-    controller.start(Plan("r1", "kws", 2, (50, 100), 0, 0.05), DEVICES, Meta)
-    first_stage = {p.device for p in store.progress("r1") if p.stage == 0}
-    assert len(first_stage) == 10
-    refuse |= set(sorted(first_stage)[3:5])
-    with pytest.raises(TimeoutError):
+    async with RolloutStore(tmp_path / "rollouts.db") as store:
+        controller = RolloutController(store, send, "http://127.0.0.1:1/", clock=Clock())
+        await controller.start(Plan("r1", "kws", 2, (50, 100), 0, 0.05), DEVICES, Meta)
+        first_stage = {p.device for p in await store.progress("r1") if p.stage == 0}
+        assert len(first_stage) == 10
+        refuse |= set(sorted(first_stage)[3:5])
+        with pytest.raises(TimeoutError):
+            await controller.tick()
+        states = {p.device: p.state for p in await store.progress("r1")}
+        assert set(sent) == first_stage - refuse
+        assert all(states[d] == DeviceState.OFFERED for d in sent)
+        assert all(states[d] == DeviceState.PENDING for d in refuse)
+        refuse.clear()
         await controller.tick()
-    states = {p.device: p.state for p in store.progress("r1")}
-    assert set(sent) == first_stage - refuse
-    assert all(states[d] == DeviceState.OFFERED for d in sent)
-    assert all(states[d] == DeviceState.PENDING for d in refuse)
-    refuse.clear()
-    await controller.tick()
-    assert sorted(sent) == sorted(first_stage)  # each offered once: the two, now
-    assert {p.device for p in store.progress("r1") if p.state == DeviceState.OFFERED} == first_stage
-    store.close()
+        assert sorted(sent) == sorted(first_stage)  # each offered once: the two, now
+        offered = {p.device for p in await store.progress("r1") if p.state == DeviceState.OFFERED}
+        assert offered == first_stage
 
 
 async def test_a_restarted_gateway_carries_on(fleet):
     controller, sent, clock, tmp_path = fleet
-    controller.start(Plan("r1", "kws", 2, (5, 50, 100), 0, 0.05), DEVICES, Meta)
+    await controller.start(Plan("r1", "kws", 2, (5, 50, 100), 0, 0.05), DEVICES, Meta)
     await controller.tick()
     await controller.tick()
-    controller.store.close()
-    store = RolloutStore(tmp_path / "rollouts.db")  # the same file, as after a kill -9
-    again = RolloutController(store, controller.send, "http://127.0.0.1:1/", clock=clock)
-    # the canary committed while the gateway was down: its retained status says so
-    canary = sent[0][0]
-    again.on_status(
-        Status(canary, "online", 0, model=ModelInfo("kws", 2, "0" * 64), update_state="COMMITTED")
-    )
-    assert {p.device: p.state for p in store.progress("r1")}[canary] == DeviceState.COMMITTED
-    rollout = await run(again, sent, clock, good=True)
-    assert rollout.state == RolloutState.COMPLETED
+    # the same file, opened again as after a kill -9
+    async with RolloutStore(tmp_path / "rollouts.db") as store:
+        again = RolloutController(store, controller.send, "http://127.0.0.1:1/", clock=clock)
+        # the canary committed while the gateway was down: its retained status says so
+        canary = sent[0][0]
+        committed = ModelInfo("kws", 2, "0" * 64)
+        await again.on_status(
+            Status(canary, "online", 0, model=committed, update_state="COMMITTED")
+        )
+        states = {p.device: p.state for p in await store.progress("r1")}
+        assert states[canary] == DeviceState.COMMITTED
+        rollout = await run(again, sent, clock, good=True)
+        assert rollout.state == RolloutState.COMPLETED
 
 
 async def test_ineligible_devices_are_skipped_and_listed(fleet):
@@ -164,20 +169,121 @@ async def test_ineligible_devices_are_skipped_and_listed(fleet):
         arena_bytes = None
 
     devices = [DeviceFacts("a", frozenset({"npu"})), DeviceFacts("b")]
-    controller.start(Plan("r1", "kws", 2, (100,), 0, 0.0), devices, NeedsNpu)
-    assert controller.store.skipped("r1") == {"b": "lacks hardware tags ['npu']"}
-    assert [p.device for p in controller.store.progress("r1")] == ["a"]
+    await controller.start(Plan("r1", "kws", 2, (100,), 0, 0.0), devices, NeedsNpu)
+    assert await controller.store.skipped("r1") == {"b": "lacks hardware tags ['npu']"}
+    assert [p.device for p in await controller.store.progress("r1")] == ["a"]
 
 
 async def test_operator_commands_check_the_state(fleet):
     controller, _, _, _ = fleet
-    controller.start(Plan("r1", "kws", 2, (100,), 0, 0.0), DEVICES, Meta)
+    await controller.start(Plan("r1", "kws", 2, (100,), 0, 0.0), DEVICES, Meta)
     with pytest.raises(RolloutError, match="already being rolled out"):
-        controller.start(Plan("r2", "kws", 3, (100,), 0, 0.0), DEVICES, Meta)
+        await controller.start(Plan("r2", "kws", 3, (100,), 0, 0.0), DEVICES, Meta)
     with pytest.raises(RolloutError, match="is running"):
-        controller.resume("r1")
-    controller.pause("r1")
-    controller.resume("r1")
-    controller.abort("r1")
+        await controller.resume("r1")
+    await controller.pause("r1")
+    await controller.resume("r1")
+    await controller.abort("r1")
     with pytest.raises(RolloutError, match="no rollout"):
-        controller.pause("nope")
+        await controller.pause("nope")
+
+
+async def blocked(controller, device, rollout, reason="expired: timestamp.json is expired"):
+    detail = {"rollout": rollout, "reason": reason}
+    await controller.on_event(Event(device, 0, "update_blocked", detail))
+
+
+async def test_a_blocked_device_holds_the_stage_without_failing_it(fleet):
+    """A device that cannot fetch or verify the update (stale metadata, a corrupted delta, an
+    unreachable repository) is no verdict on the model: the canary waits for it, and the
+    rollout goes on once it gets through."""
+    controller, sent, clock, _ = fleet
+    plan = Plan("r1", "kws", 2, (5, 100), 0, 0.0, blocked_deadline_s=600)
+    await controller.start(plan, DEVICES, Meta)
+    await controller.tick()
+    ((device, command),) = sent
+    assert command.retry_for_s == 600  # the device retries as long as the rollout waits
+    for _ in range(5):
+        await blocked(controller, device, "r1")
+        clock.now += 60
+        await controller.tick()
+    rollout = await controller.store.get("r1")
+    assert (rollout.state, rollout.stage) == (RolloutState.RUNNING, 0)
+    assert controller.blocked == 1
+    (progress,) = [p for p in await controller.store.progress("r1") if p.device == device]
+    assert progress.state == DeviceState.BLOCKED and progress.detail.startswith("expired")
+    assert progress.blocked_since == 1000.0  # the first block, however often it is reported
+    assert len(sent) == 1  # a blocked device keeps its offer; it is not offered again
+    await controller.on_event(Event(device, 0, "update_downloaded", {"rollout": "r1"}))
+    (progress,) = [p for p in await controller.store.progress("r1") if p.device == device]
+    assert progress.state == DeviceState.OFFERED and progress.blocked_since is None
+    await controller.on_event(Event(device, 0, "update_committed", {"rollout": "r1"}))
+    rollout = await run(controller, sent, clock, good=True)
+    assert rollout.state == RolloutState.COMPLETED
+
+
+async def test_a_device_blocked_past_the_deadline_counts_as_failed(fleet):
+    controller, sent, clock, _ = fleet
+    plan = Plan("r1", "kws", 2, (5, 100), 0, 0.0, blocked_deadline_s=600)
+    await controller.start(plan, DEVICES, Meta)
+    await controller.tick()
+    ((device, _),) = sent
+    await blocked(controller, device, "r1", "unreachable: connection refused")
+    clock.now += 599
+    await controller.tick()
+    assert (await controller.store.get("r1")).state == RolloutState.RUNNING
+    clock.now += 2
+    await controller.tick()
+    rollout = await controller.store.get("r1")
+    assert rollout.state == RolloutState.PAUSED and "failure rate 100%" in rollout.reason
+    (progress,) = [p for p in await controller.store.progress("r1") if p.device == device]
+    assert progress.state == DeviceState.FAILED
+    assert progress.detail == "blocked for more than 600 s: unreachable: connection refused"
+
+
+async def test_a_blocked_device_whose_status_shows_the_commit_counts(fleet):
+    controller, sent, _, _ = fleet
+    await controller.start(Plan("r1", "kws", 2, (5, 100), 0, 0.0), DEVICES, Meta)
+    await controller.tick()
+    ((device, _),) = sent
+    await blocked(controller, device, "r1")
+    committed = ModelInfo("kws", 2, "0" * 64)
+    await controller.on_status(
+        Status(device, "online", 0, model=committed, update_state="COMMITTED")
+    )
+    states = {p.device: p.state for p in await controller.store.progress("r1")}
+    assert states[device] == DeviceState.COMMITTED
+
+
+async def test_a_database_from_before_the_schema_had_versions_is_migrated(tmp_path):
+    import sqlite3
+
+    from gateway.rollouts.store import SCHEMA_1
+    from gateway.store import StoreError
+
+    path = tmp_path / "rollouts.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA_1)
+    old.execute("INSERT INTO rollouts VALUES ('r0','kws',1,'[100]',0,0.05,0,'completed',0,'',1,2)")
+    old.commit()
+    old.close()
+    async with RolloutStore(path) as store:
+        (rollout,) = await store.list()
+        assert rollout.plan.rollout_id == "r0" and rollout.plan.blocked_deadline_s == 3600
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    newer = sqlite3.connect(path)
+    newer.execute("PRAGMA user_version=9")
+    newer.close()
+    with pytest.raises(StoreError, match="schema 9 is newer than this gateway's 2"):
+        async with RolloutStore(path):
+            pass
+
+
+def test_refusals_map_to_http_statuses():
+    from edgefleet.errors import UserError
+    from gateway.rollouts.controller import RolloutConflict, UnknownRollout
+    from gateway.rollouts.service import http_status
+
+    assert http_status(UnknownRollout("no rollout 'x'")) == 404
+    assert http_status(RolloutConflict("rollout 'x' is paused")) == 409
+    assert http_status(UserError("stages must be whole percentages")) == 400

@@ -91,4 +91,5 @@ def test_stage_table_counts():
         "offered": 0,
         "committed": 1,
         "failed": 1,
+        "blocked": 0,
     }

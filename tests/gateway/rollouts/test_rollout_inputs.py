@@ -6,7 +6,7 @@ import pytest
 
 from edgefleet.errors import UserError
 from gateway.devices.inventory import Device
-from gateway.rollouts.commands import parse_rate, parse_soak, parse_stages, parse_version
+from gateway.rollouts.commands import parse_duration, parse_rate, parse_stages, parse_version
 from gateway.rollouts.service import candidates, plan_from
 
 
@@ -106,14 +106,14 @@ def test_a_bad_plan_is_refused(body):
 
 def test_cli_values():
     assert parse_stages("1,10,50,100") == [1, 10, 50, 100]
-    assert [parse_soak(t) for t in ("0", "45", "30s", "10m", "1.5h")] == [0, 45, 30, 600, 5400]
+    assert [parse_duration(t) for t in ("0", "45", "30s", "10m", "1.5h")] == [0, 45, 30, 600, 5400]
     assert parse_rate("0.05") == 0.05 and parse_version("3") == 3
     for parse, text in (
         (parse_stages, "10,5,100"),
         (parse_stages, "1,50"),
         (parse_stages, "0,100"),
         (parse_stages, "a"),
-        (parse_soak, "10 minutes"),
+        (parse_duration, "10 minutes"),
         (parse_rate, "nan"),
         (parse_rate, "-0.1"),
         (parse_version, "0"),

@@ -190,10 +190,11 @@ def test_status_json_and_operator_commands(start_gateway, operator, fleet):
     view = status(gateway, rollout_id)
     assert set(view) >= {
         "id", "model", "version", "state", "stage", "reason", "devices", "committed", "failed",
-        "plan", "stages", "progress", "skipped",
+        "blocked", "plan", "stages", "progress", "skipped",
     }  # fmt: skip
     assert view["plan"] == {
-        "stages": [50, 100], "soak_s": 3600.0, "max_failure_rate": 0.05, "auto_rollback": False
+        "stages": [50, 100], "soak_s": 3600.0, "max_failure_rate": 0.05, "auto_rollback": False,
+        "blocked_deadline_s": 3600.0,
     }  # fmt: skip
     assert [(s["stage"], s["percent"], s["devices"]) for s in view["stages"]] == [
         (0, 50, 2), (1, 100, 1),
