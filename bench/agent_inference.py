@@ -66,7 +66,7 @@ class StatusWatch:
         self.latest: Status | None = None
         self._lock = threading.Lock()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-watch")
-        self._client.username_pw_set("bench", "bench")
+        self._client.username_pw_set("bench", "bench-password")
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
         self._client.subscribe("edgefleet/+/dev/+/status", qos=1)
@@ -95,7 +95,9 @@ class StatusWatch:
 def write_config(work: Path, name: str, broker: Mosquitto, **tables: dict) -> Path:
     base = {
         "device": {"id": name, "site": "bench"},
-        "mqtt": {"url": broker.url},
+        "mqtt": dict(
+            zip(("username", "password"), broker.login(name), strict=True), url=broker.url
+        ),
         "state": {"dir": str(work / f"state-{name}")},
         "telemetry": {"status_interval_s": 1.0},
     }
@@ -227,7 +229,9 @@ def main() -> int:
         np.save(work / "inputs.npy", inputs)
 
         (work / "broker").mkdir()
-        broker = Mosquitto(BrokerConfig(work / "broker", free_port(), users={"bench": "bench"}))
+        broker = Mosquitto(
+            BrokerConfig(work / "broker", free_port(), users={"bench": "bench-password"})
+        )
         broker.start()
         watch = StatusWatch(broker.config.port)
         try:

@@ -144,7 +144,7 @@ def cloud_call(port: int, path: str, method: str = "GET") -> dict:
 
 
 def publisher_main(
-    port: int, devices: list[str], records: int, batch: int, rate: float | None, go, cpu
+    port: int, devices: dict[str, str], records: int, batch: int, rate: float | None, go, cpu
 ) -> None:
     """Each device publishes ``records`` records in batches; ``rate`` (records/s for all these
     devices together) or as fast as the broker acknowledges, at most 64 batches in flight."""
@@ -154,6 +154,7 @@ def publisher_main(
     for device in devices:
         window = threading.Semaphore(64)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device)
+        client.username_pw_set(device, devices[device])
         client.on_publish = lambda c, u, mid, rc, p, w=window: w.release()
         client.connect("127.0.0.1", port, keepalive=60)
         client.loop_start()
@@ -192,9 +193,12 @@ def publisher_main(
 
 
 class Devices:
-    def __init__(self, port: int, processes: int, per_process: int, tag: str):
-        self.port, self.tag = port, tag
-        self.names = [[f"{tag}-{p}-{d}" for d in range(per_process)] for p in range(processes)]
+    def __init__(self, broker: Mosquitto, processes: int, per_process: int, tag: str):
+        self.port, self.tag = broker.config.port, tag
+        self.names = [
+            dict(broker.login(f"{tag}-{p}-{d}") for d in range(per_process))
+            for p in range(processes)
+        ]
         self.cpu = mp.Value("d", 0.0)  # CPU seconds of the publisher processes
 
     def run(self, records_per_device: int, batch: int, rate: float | None) -> list[mp.Process]:
@@ -257,7 +261,6 @@ data_dir = "{work / "gw"}"
 
 [mqtt]
 url = "{broker.url}"
-client_id = "bench-gateway"
 username = "{GATEWAY_USER[0]}"
 password = "{GATEWAY_USER[1]}"
 
@@ -328,7 +331,7 @@ def main() -> int:
         devices = args.processes * args.devices
         per_device = args.records // devices
         total = per_device * devices
-        fast = Devices(broker.config.port, args.processes, args.devices, "fast")
+        fast = Devices(broker, args.processes, args.devices, "fast")
         others = {"mosquitto": broker._proc.pid, "cloud": cloud.pid}
         cpu0 = proc_cpu(gateway.pid)
         others0 = {name: proc_cpu(pid) for name, pid in others.items()}
@@ -360,7 +363,7 @@ def main() -> int:
             gateway.send_signal(signal.SIGTERM)
             gateway.wait(30)
             per_device = args.backlog_records // devices
-            for proc in Devices(broker.config.port, args.processes, args.devices, "queued").run(
+            for proc in Devices(broker, args.processes, args.devices, "queued").run(
                 per_device, args.batch, None
             ):
                 proc.join()
@@ -380,7 +383,7 @@ def main() -> int:
 
         if args.outage_seconds > 0:
             cloud_call(cloud_port, "/mode/down", "POST")
-            slow = Devices(broker.config.port, 1, 10, "slow")
+            slow = Devices(broker, 1, 10, "slow")
             per_device = max(1, int(args.outage_rate * args.outage_seconds / 10))
             rss: list[float] = []
             procs = slow.run(per_device, args.batch, args.outage_rate)

@@ -263,7 +263,7 @@ def start_real_agents(
     for i in range(count):
         device = f"ag{i:02d}"
         shutil.copytree(work / "template", work / f"state-{device}" / "update")
-        tables = agent_config(work, broker.url, model_path("kws_f32_v1"), device=device)
+        tables = agent_config(work, broker, model_path("kws_f32_v1"), device=device)
         tables["inference"] = {"rate_hz": 25.0}
         tables["update"] = {"trusted_root": root}
         tables["update.probation"] = FAST_PROBATION

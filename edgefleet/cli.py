@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "gateway.releases.commands",
     "gateway.daemon_commands",
     "gateway.rollouts.commands",
+    "gateway.devices.commands",
     "agent.commands",
     "agent.trust_commands",
     "agent.updater.commands",

@@ -24,6 +24,8 @@ def read(path: Path, label: str) -> dict:
         return tomllib.loads(raw.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"{label}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise UserError(f"{label}: not valid TOML: nested too deep") from None
 
 
 class Table:

@@ -1,25 +1,30 @@
 """A mosquitto broker for a site: its configuration (listener, persistence, per-device ACL,
 optional TLS) and a process handle that can start, stop, kill -9 and restart it on the same port.
 
-The ACL follows the MQTT contract: a device, identified by its client id (``%c``), may write only
-its own telemetry/status/events topics and read only its own cmd topic; the gateway user may
-read and write everything under the topic root.
+The ACL follows the MQTT contract (``protocol.broker_auth``): every client logs in, its client
+id is its user name, a device may write only its own telemetry/status/events topics and read
+only its own cmd topic, and site users may read and write everything under the topic root.
+Logins added while the broker runs take effect through a reload (SIGHUP).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefleet.fsio import atomic_write_bytes
 from edgefleet.processes import die_with_parent, terminate, wait_listening
+from protocol import broker_auth
 
-DEVICE_WRITE_TOPICS = ("telemetry", "status", "events")
-DEVICE_READ_TOPICS = ("cmd",)
 AUTOSAVE_S = 30
+MAX_PACKET_BYTES = 256 * 1024
 
 
 class BrokerError(RuntimeError):
@@ -42,8 +47,8 @@ class BrokerConfig:
     port: int
     host: str = "127.0.0.1"
     topic_root: str = "edgefleet"
-    users: dict[str, str] = field(default_factory=dict)  # username -> password (gateway users)
-    allow_anonymous: bool = True
+    users: dict[str, str] = field(default_factory=dict)  # site users (gateway): name -> password
+    devices: dict[str, str] = field(default_factory=dict)  # device id -> password
     tls: BrokerTLS | None = None
     max_queued_messages: int = 100_000
 
@@ -62,21 +67,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def acl_text(config: BrokerConfig) -> str:
-    root = config.topic_root
-    lines = ["# devices: only their own topics (client id = device id)"]
-    lines += [f"pattern write {root}/+/dev/%c/{name}" for name in DEVICE_WRITE_TOPICS]
-    lines += [f"pattern read {root}/+/dev/%c/{name}" for name in DEVICE_READ_TOPICS]
-    for user in sorted(config.users):
-        lines += ["", f"user {user}", f"topic readwrite {root}/#"]
-    return "\n".join(lines) + "\n"
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def config_text(config: BrokerConfig) -> str:
+    """mosquitto.conf: no anonymous clients, client id = user name, TLS off loopback."""
     work = config.workdir
+    if config.tls is None and not _loopback(config.host):
+        raise BrokerError(f"a listener on {config.host} (not loopback) needs TLS")
     lines = [
         f"listener {config.port} {config.host}",
-        f"allow_anonymous {'true' if config.allow_anonymous else 'false'}",
+        "allow_anonymous false",
+        "use_username_as_clientid true",
+        f"max_packet_size {MAX_PACKET_BYTES}",
         "persistence true",
         f"persistence_location {work / 'data'}/",
         # A graceful stop saves everything; autosave bounds what a crash loses. Each save
@@ -95,8 +102,7 @@ def config_text(config: BrokerConfig) -> str:
         # mosquitto drops root for the 'mosquitto' user, who cannot write a private work dir;
         # a broker started by this class lives in such a dir (tests, simulator), so it stays.
         lines.append("user root")
-    if config.users:
-        lines.append(f"password_file {work / 'passwd'}")
+    lines.append(f"password_file {work / 'passwd'}")
     if config.tls:
         lines += [
             f"cafile {config.tls.ca_file}",
@@ -104,14 +110,28 @@ def config_text(config: BrokerConfig) -> str:
             f"keyfile {config.tls.key_file}",
             f"require_certificate {'true' if config.tls.require_client_cert else 'false'}",
         ]
+        if config.tls.require_client_cert:  # the certificate's common name is the user name
+            lines.append("use_identity_as_username true")
     return "\n".join(lines) + "\n"
 
 
-def write_password_file(path: Path, users: dict[str, str]) -> None:
-    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    path.write_text("")
-    for user, password in users.items():
-        subprocess.run([tool, "-b", str(path), user, password], check=True, capture_output=True)
+def probe_login(host: str, port: int, user: str, password: str, timeout: float = 5.0) -> int:
+    """The CONNACK return code for an MQTT 3.1.1 login (0: accepted, 5: not authorized)."""
+
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    body = text("MQTT") + bytes([4, 0xC2, 0, 10]) + text(user) + text(user) + text(password)
+    with socket.create_connection((host, port), timeout) as sock:
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        answer = b""
+        while len(answer) < 4 and (chunk := sock.recv(4 - len(answer))):
+            answer += chunk
+        if len(answer) < 4 or answer[0] != 0x20:
+            return -1
+        sock.sendall(b"\xe0\x00")
+        return answer[3]
 
 
 class Mosquitto:
@@ -119,7 +139,42 @@ class Mosquitto:
 
     def __init__(self, config: BrokerConfig):
         self.config = config
+        self.users, self.devices = dict(config.users), dict(config.devices)
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def login(
+        self, name: str, site: bool = False, password: str | None = None, timeout: float = 10.0
+    ) -> tuple[str, str]:
+        """``(user, password)`` for a device (or a site user), created on first use; a running
+        broker reloads and is asked until it accepts the new login (TLS listeners take
+        certificates, not passwords, so there only the ACL is reloaded)."""
+        logins = self.users if site else self.devices
+        if name in logins:
+            return name, logins[name]
+        logins[name] = password or broker_auth.new_password()
+        self._write_logins()
+        if self.running:
+            self._proc.send_signal(signal.SIGHUP)
+            if self.config.tls is None:
+                self._wait_accepted(name, logins[name], timeout)
+            else:
+                time.sleep(0.5)  # nothing to log in with; a reload takes milliseconds
+        return name, logins[name]
+
+    def _wait_accepted(self, user: str, password: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while probe_login(self.config.host, self.config.port, user, password) != 0:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"mosquitto did not take the login {user} in {timeout}s")
+            time.sleep(0.02)
+
+    def _write_logins(self) -> None:
+        work = self.config.workdir
+        acl = broker_auth.acl_text(self.config.topic_root, list(self.users))
+        atomic_write_bytes(work / "acl", acl.encode(), mode=0o600)
+        entries = {**self.devices, **self.users}
+        lines = [broker_auth.password_line(user, pw) for user, pw in entries.items()]
+        atomic_write_bytes(work / "passwd", "".join(f"{line}\n" for line in lines).encode(), 0o600)
 
     @property
     def url(self) -> str:
@@ -135,14 +190,9 @@ class Mosquitto:
             return
         work = self.config.workdir
         (work / "data").mkdir(parents=True, exist_ok=True)
-        (work / "acl").write_text(acl_text(self.config))
-        if self.config.users:
-            write_password_file(work / "passwd", self.config.users)
+        self._write_logins()
         conf = work / "mosquitto.conf"
         conf.write_text(config_text(self.config))
-        for path in (work / "acl", work / "passwd"):
-            if path.exists():
-                path.chmod(0o600)
         self._proc = subprocess.Popen(
             [str(find_mosquitto()), "-c", str(conf)],
             stdout=subprocess.DEVNULL,

@@ -2,23 +2,20 @@
 
 Parts contribute routes (``web.RouteDef``) when the daemon composes them, so a new part adds its
 commands without this module knowing it. The token lives in a file readable only by the
-gateway's user; the daemon creates it on first start and the CLI reads it.
+gateway's user (``admin_token``); the daemon creates it on first start and the CLI reads it.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
-import secrets
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
 from edgefleet import __version__
-from edgefleet.fsio import atomic_write_bytes
+from gateway import admin_token
 from gateway.config import AdminConfig
 from gateway.devices.inventory import Inventory
 from gateway.telemetry.spool import SpoolStats
@@ -27,20 +24,6 @@ if TYPE_CHECKING:
     from gateway.serving.renewal import Expiry
 
 log = structlog.get_logger()
-
-
-def ensure_token(path: Path) -> str:
-    """The admin token, created (mode 0600) on first use."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, secrets.token_urlsafe(32).encode() + b"\n", mode=0o600)
-    return path.read_text().strip()
-
-
-def authorized(header: str | None, token: str) -> bool:
-    if not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
 
 
 def core_routes(
@@ -74,17 +57,17 @@ def core_routes(
 
 
 class AdminServer:
-    def __init__(self, config: AdminConfig, routes: Iterable[web.RouteDef]):
-        self.config = config
+    def __init__(self, config: AdminConfig, token: bytes, routes: Iterable[web.RouteDef]):
+        self.config, self.token = config, token
         self.routes = list(routes)
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> AdminServer:
-        token = ensure_token(self.config.token_file)
+        token = self.token
 
         @web.middleware
         async def auth(request: web.Request, handler):
-            if not authorized(request.headers.get("Authorization"), token):
+            if not admin_token.authorized(request.headers.get("Authorization"), token):
                 return web.json_response({"error": "unauthorized"}, status=401)
             return await handler(request)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from edgefleet.errors import UserError
+from gateway import admin_token
 from gateway.config import AdminConfig
 
 TIMEOUT_S = 10.0
@@ -32,12 +33,7 @@ async def request(
     body: dict | None = None,
     timeout_s: float = TIMEOUT_S,
 ) -> dict:
-    try:
-        token = config.token_file.read_text().strip()
-    except OSError as exc:
-        raise UserError(
-            f"cannot read the admin token {config.token_file}: {exc.strerror}"
-        ) from None
+    token = admin_token.read(config.token_file).decode("ascii")
     listen = config.listen
     if listen.path is not None:
         connector = aiohttp.UnixConnector(path=str(listen.path))

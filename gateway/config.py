@@ -167,9 +167,13 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
         table.fail("url", "has a bad port")
-    client_id = table.value("client_id", str, f"edgefleet-gateway-{site}")
+    username = table.value("username", str, None)
+    # The broker makes the user name the client id; a different one here would only mislead.
+    client_id = table.value("client_id", str, username or f"edgefleet-gateway-{site}")
     if not 1 <= len(client_id) <= 128 or not client_id.isascii():
         table.fail("client_id", "must be 1..128 ASCII characters")
+    if username is not None and client_id != username:
+        table.fail("client_id", "must equal mqtt.username (the broker binds the two)")
     prefix = table.value("prefix", str, default_prefix(site))
     if not prefix or set(prefix) & set("#+$") or prefix.endswith("/"):
         table.fail("prefix", "must be a topic without wildcards, '$' or a trailing '/'")
@@ -194,7 +198,7 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
         tls=parts.scheme == "mqtts",
         client_id=client_id,
         prefix=prefix,
-        username=table.value("username", str, None),
+        username=username,
         password=password,
         ca_file=table.existing_file("ca_file"),
         cert_file=cert_file,

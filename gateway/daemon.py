@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 import structlog
 
 from edgefleet.sdnotify import Notifier, watchdog
+from gateway import admin_token
 from gateway.admin import AdminServer, core_routes
 from gateway.config import GatewayConfig
 from gateway.devices.command_publisher import CommandPublisher
@@ -54,6 +55,7 @@ async def run(config: GatewayConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopper.event.set)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    token = admin_token.ensure(config.admin.token_file)  # a weak token stops the start here
     notifier = Notifier()
     async with AsyncExitStack() as stack:
         stack.callback(notifier.close)
@@ -102,7 +104,7 @@ async def run(config: GatewayConfig) -> int:
         )
         if config.metrics is not None:
             await stack.enter_async_context(MetricsServer(config.metrics, metrics))
-        await stack.enter_async_context(AdminServer(config.admin, routes))
+        await stack.enter_async_context(AdminServer(config.admin, token, routes))
         log.info(
             "gateway running",
             site=config.site,

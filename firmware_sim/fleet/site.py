@@ -18,6 +18,7 @@ from firmware_sim.broker import BrokerConfig, BrokerError, Mosquitto, find_mosqu
 from firmware_sim.fleet.embedded_broker import EMBEDDED, EmbeddedBroker
 from gateway import admin_client
 from gateway import config as gateway_config
+from protocol.broker_auth import command_user
 
 GATEWAY_USER = "gateway"
 MONITOR_USER = "monitor"
@@ -39,6 +40,8 @@ class SiteBroker:
         workdir.mkdir(parents=True, exist_ok=True)
         # amqtt ignores passwords, but keeps the sessions of named clients only
         self.users = {user: secrets.token_urlsafe(16) for user in (GATEWAY_USER, MONITOR_USER)}
+        # the gateway's command connection is a session of its own, hence a user of its own
+        self.users[command_user(GATEWAY_USER)] = self.users[GATEWAY_USER]
         if choice is None:
             config = BrokerConfig(workdir=workdir, port=free_port(), users=self.users)
             self.process = Mosquitto(config)
@@ -73,7 +76,11 @@ class SiteBroker:
         return (name, self.users[name]) if name in self.users else None
 
     def device_login(self, device: str) -> dict:
-        """``[mqtt]`` keys for a device: amqtt forgets the sessions of clients without a name."""
+        """``[mqtt]`` keys for a device: mosquitto's password-file login (the user name is the
+        device id); amqtt ignores passwords but forgets the sessions of clients without a name."""
+        if isinstance(self.process, Mosquitto):
+            user, password = self.process.login(device)
+            return {"username": user, "password": password}
         return {"username": device} if self.kind == "embedded" else {}
 
     def why_not_controllable(self) -> str | None:
@@ -164,7 +171,7 @@ def gateway_tables(
     user = broker.user(GATEWAY_USER)
     mqtt = {
         "url": broker.url,
-        "client_id": f"gateway-{site}",
+        "client_id": GATEWAY_USER if user else f"gateway-{site}",
         "reconnect_max_s": 1.0,
         "protocol": broker.protocol,
     }

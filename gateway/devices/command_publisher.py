@@ -1,6 +1,7 @@
 """Commands to devices: QoS 1 on ``<prefix>/dev/<id>/cmd``, each send done at the broker's PUBACK.
 
-A connection of its own (client id ``<mqtt.client_id>-cmd``, clean start) rather than the
+A connection of its own (user name and client id ``<mqtt.username>-cmd``, or client id
+``<mqtt.client_id>-cmd`` without a user name; clean start) rather than the
 ingest's: the ingest holds its network thread for backpressure, which would also hold back the
 PUBACKs of commands, and the ingest's persistent session is for receiving only. A send that is
 not acknowledged within the timeout raises, so the caller does not record an offer the broker
@@ -11,6 +12,7 @@ same update.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import paho.mqtt.client as mqtt
@@ -18,6 +20,7 @@ import structlog
 
 from gateway.config import MqttConfig
 from gateway.mqtt_client import paho_client
+from protocol.broker_auth import command_user
 from protocol.topics import Command, device_topic
 
 log = structlog.get_logger()
@@ -74,7 +77,9 @@ class CommandPublisher:
     async def __aenter__(self) -> CommandPublisher:
         self._loop = asyncio.get_running_loop()
         config = self.config
-        client = paho_client(config, f"{config.client_id}-cmd"[:128], persistent=False)
+        if config.username is not None:  # the broker binds the client id to the user name
+            config = dataclasses.replace(config, username=command_user(config.username))
+        client = paho_client(config, command_user(config.client_id)[:128], persistent=False)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -48,12 +48,21 @@ def write_config(path: Path, tables: dict[str, dict | list[dict]]) -> Path:
 
 
 def agent_config(
-    tmp: Path, broker_url: str, model_path: Path, device: str = "dev1", **tables: dict
+    tmp: Path, broker, model_path: Path, device: str = "dev1", url: str | None = None, **tables
 ) -> dict[str, dict]:
-    """A config for a fast-moving agent; ``tables`` override or add keys per table."""
+    """A config for a fast-moving agent logged in at ``broker`` as ``device`` (through ``url``
+    when it goes another way, e.g. a relay); ``tables`` override or add keys per table."""
+    user, password = broker.login(device)
     config = {
         "device": {"id": device, "site": "site1"},
-        "mqtt": {"url": broker_url, "timeout_s": 3.0, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
+        "mqtt": {
+            "url": url or broker.url,
+            "username": user,
+            "password": password,
+            "timeout_s": 3.0,
+            "backoff_base_s": 0.05,
+            "backoff_max_s": 0.5,
+        },
         "state": {"dir": tmp / f"state-{device}"},
         "model": {"path": model_path},
         "source": {"kind": "synthetic", "seed": 1},

@@ -38,7 +38,7 @@ def counter(collector: Collector, name: str) -> int:
 def test_malformed_and_oversize_commands(tmp_path, broker, models):
     collector = Collector(broker.config.port)
     config = write_config(
-        tmp_path / "agent.toml", agent_config(tmp_path, broker.url, models("kws_f32_v1"))
+        tmp_path / "agent.toml", agent_config(tmp_path, broker, models("kws_f32_v1"))
     )
     agent = AgentProcess(config)
     agent.wait_logged("mqtt_connected")
@@ -75,7 +75,7 @@ def test_model_file_that_is_not_tflite(tmp_path, broker):
     collector = Collector(broker.config.port)
     model = tmp_path / "broken.tflite"
     model.write_bytes(b"PK\x03\x04 this is a zip file, not a model" * 10)
-    config = write_config(tmp_path / "agent.toml", agent_config(tmp_path, broker.url, model))
+    config = write_config(tmp_path / "agent.toml", agent_config(tmp_path, broker, model))
     agent = AgentProcess(config)
     status = wait_for(
         lambda: (s := collector.status("dev1")) and s.state == "online" and s, 20, "status"
@@ -97,7 +97,7 @@ def test_serial_sensor_lines(tmp_path, broker, models):
     port = os.ttyname(device)
     tables = agent_config(
         tmp_path,
-        broker.url,
+        broker,
         models("kws_f32_v1"),
         source={"kind": "serial", "port": port, "baud": 115200, "max_line_bytes": 8192},
     )

@@ -35,7 +35,7 @@ def spool_depth(path) -> int:
 
 def test_kill9_mid_stream_then_restart(tmp_path, broker, collector, models):
     config = write_config(
-        tmp_path / "agent.toml", agent_config(tmp_path, broker.url, models("kws_f32_v1"))
+        tmp_path / "agent.toml", agent_config(tmp_path, broker, models("kws_f32_v1"))
     )
     spool = tmp_path / "state-dev1" / "spool.db"
     agent = AgentProcess(config)
@@ -61,7 +61,7 @@ def test_kill9_mid_stream_then_restart(tmp_path, broker, collector, models):
 
 def test_broker_stop_and_restart(tmp_path, broker, collector, models):
     config = write_config(
-        tmp_path / "agent.toml", agent_config(tmp_path, broker.url, models("kws_int8_v1"))
+        tmp_path / "agent.toml", agent_config(tmp_path, broker, models("kws_int8_v1"))
     )
     spool = tmp_path / "state-dev1" / "spool.db"
     agent = AgentProcess(config)
@@ -89,7 +89,7 @@ def start_fast_agent(tmp_path, broker, collector, models, spool_bytes):
     """An agent inferring at 1 kHz into a small spool, once its first records are delivered."""
     tables = agent_config(
         tmp_path,
-        broker.url,
+        broker,
         models("kws_f32_v1"),
         telemetry={"spool_bytes": spool_bytes, "batch_records": 20},
         inference={"rate_hz": 1000.0},
@@ -130,7 +130,7 @@ FAST_DEATH = {"timeout_s": 1.0, "keepalive_s": 5}
 
 
 def test_publish_lost_in_flight_is_sent_again(tmp_path, broker, faulty, collector, models):
-    tables = agent_config(tmp_path, faulty.url, models("kws_f32_v1"), mqtt=FAST_DEATH)
+    tables = agent_config(tmp_path, broker, models("kws_f32_v1"), url=faulty.url, mqtt=FAST_DEATH)
     config = write_config(tmp_path / "agent.toml", tables)
     spool = tmp_path / "state-dev1" / "spool.db"
     agent = AgentProcess(config)
@@ -152,8 +152,9 @@ def test_publish_lost_in_flight_is_sent_again(tmp_path, broker, faulty, collecto
 def test_records_possibly_delivered_are_never_dropped(tmp_path, broker, faulty, collector, models):
     tables = agent_config(
         tmp_path,
-        faulty.url,
+        broker,
         models("kws_f32_v1"),
+        url=faulty.url,
         mqtt=FAST_DEATH,
         telemetry={"spool_bytes": 32 * 1024, "batch_records": 20},
         inference={"rate_hz": 1000.0},
@@ -180,7 +181,7 @@ def test_records_possibly_delivered_are_never_dropped(tmp_path, broker, faulty, 
 
 
 def test_late_acknowledgements_keep_the_connection(tmp_path, broker, faulty, collector, models):
-    tables = agent_config(tmp_path, faulty.url, models("kws_f32_v1"), mqtt=FAST_DEATH)
+    tables = agent_config(tmp_path, broker, models("kws_f32_v1"), url=faulty.url, mqtt=FAST_DEATH)
     spool = tmp_path / "state-dev1" / "spool.db"
     agent = AgentProcess(write_config(tmp_path / "agent.toml", tables))
     agent.wait_logged("mqtt_connected")
@@ -203,12 +204,14 @@ def test_mqtts_with_client_certificate(tmp_path, make_broker, models):
     broker = make_broker(tls=True)
     ca = broker.ca
     gateway = ca.issue("test-collector")
+    broker.login("test-collector", site=True)  # the certificate's name is the user name
     collector = Collector(broker.config.port, tls=(ca.ca.cert, gateway.cert, gateway.key))
     device = ca.issue("dev1")
     tables = agent_config(
         tmp_path,
-        broker.url.replace("127.0.0.1", "localhost"),
+        broker,
         models("kws_int8_v1"),
+        url=broker.url.replace("127.0.0.1", "localhost"),
         mqtt={"ca": ca.ca.cert, "cert": device.cert, "key": device.key},
     )
     agent = AgentProcess(write_config(tmp_path / "agent.toml", tables))
@@ -238,7 +241,7 @@ def test_kill9_during_an_outage_that_overflows_the_spool(tmp_path, broker, colle
 
 def test_sigterm_with_drain_sends_the_whole_spool(tmp_path, broker, collector, models):
     """Batches wait for a full minute, so only the drain on stop can send them."""
-    tables = agent_config(tmp_path, broker.url, models("kws_f32_v1"))
+    tables = agent_config(tmp_path, broker, models("kws_f32_v1"))
     tables["telemetry"].update(batch_records=10_000, batch_age_s=60.0, drain_s=10.0)
     config = write_config(tmp_path / "agent.toml", tables)
     spool = tmp_path / "state-dev1" / "spool.db"

@@ -149,7 +149,7 @@ async def test_agent_reports_drift_alarm_from_release_reference(tmp_path, broker
     for device, drift in (("steady", 0.0), ("drifting", 0.5)):
         tables = agent_config(
             tmp_path,
-            broker.url,
+            broker,
             models("kws_f32_v1"),
             device=device,
             model={"meta": meta},

@@ -48,7 +48,7 @@ def test_sigterm_clean_exit_with_systemd_notify(tmp_path, broker, models):
     collector = Collector(broker.config.port)
     notify = NotifySocket(tmp_path / "notify")
     config = write_config(
-        tmp_path / "agent.toml", agent_config(tmp_path, broker.url, models("kws_f32_v1"))
+        tmp_path / "agent.toml", agent_config(tmp_path, broker, models("kws_f32_v1"))
     )
     agent = AgentProcess(config, env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"})
     wait_for(lambda: notify.has("READY", "1"), 20, "READY=1")
@@ -85,7 +85,7 @@ def test_last_will_marks_a_killed_agent_offline(tmp_path, broker, models):
     collector = Collector(broker.config.port)
     config = write_config(
         tmp_path / "agent.toml",
-        agent_config(tmp_path, broker.url, models("kws_f32_v1"), mqtt={"keepalive_s": 5}),
+        agent_config(tmp_path, broker, models("kws_f32_v1"), mqtt={"keepalive_s": 5}),
     )
     agent = AgentProcess(config)
     wait_for(lambda: (s := collector.status("dev1")) and s.state == "online", 20, "online")
@@ -124,7 +124,7 @@ def test_bad_config_one_line_exit_2(tmp_path, text, expected):
 
 def test_sigterm_while_the_broker_is_down(tmp_path, broker, models):
     config = write_config(
-        tmp_path / "agent.toml", agent_config(tmp_path, broker.url, models("kws_f32_v1"))
+        tmp_path / "agent.toml", agent_config(tmp_path, broker, models("kws_f32_v1"))
     )
     agent = AgentProcess(config)
     agent.wait_logged("mqtt_connected")

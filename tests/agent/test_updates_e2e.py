@@ -88,7 +88,7 @@ class Device1:
     def __init__(self, tmp_path: Path, world: World, broker, **probation):
         self.state_dir = tmp_path / "state-dev1"
         shutil.copytree(world.template, self.update_dir, symlinks=True)
-        tables = agent_config(tmp_path, broker.url, model_path("kws_f32_v1"))
+        tables = agent_config(tmp_path, broker, model_path("kws_f32_v1"))
         tables["update"] = {"trusted_root": world.root}
         tables["update.probation"] = PROBATION | probation
         self.config = write_config(tmp_path / "agent.toml", tables)
@@ -253,7 +253,7 @@ def test_tampered_model_is_refused_and_the_device_stays_on_v1(tmp_path, broker, 
 
 
 def test_without_an_update_section_offers_are_rejected_with_the_reason(tmp_path, broker, gateway):
-    tables = agent_config(tmp_path, broker.url, model_path("kws_f32_v1"))
+    tables = agent_config(tmp_path, broker, model_path("kws_f32_v1"))
     agent = AgentProcess(write_config(tmp_path / "agent.toml", tables))
     rejected = offer_and_wait(gateway, 2, "r-none", ("command_rejected",))
     assert "[update]" in str(rejected.detail["reason"])

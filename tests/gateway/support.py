@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgefleet import tomlconfig
 from firmware_sim.broker import free_port
+from protocol.broker_auth import command_user
 from protocol.telemetry import Inference, InputSummary, Record, RecordId, encode_batch
 from protocol.topics import device_topic
 
@@ -169,14 +170,14 @@ class Publisher:
 
     def __init__(
         self,
-        port: int,
+        broker,
         device: str,
         batch: int = 25,
         interval: float = 0.02,
         limit: int | None = None,
     ):
         self.port, self.device, self.batch, self.interval, self.limit = (
-            port,
+            broker.config.port,
             device,
             batch,
             interval,
@@ -189,6 +190,7 @@ class Publisher:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311
         )
+        self.client.username_pw_set(*broker.login(device))
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = lambda *a: self.connected.set()
         self.client.on_disconnect = lambda *a: self.connected.clear()
@@ -246,15 +248,14 @@ class Publisher:
 
 
 def gateway_config(workdir: Path, broker, cloud_url: str | None, **overrides) -> dict:
-    from tests.conftest import GATEWAY_USER
-
+    user, password = broker.login(f"gw-{workdir.name}", site=True)
+    broker.login(command_user(user), site=True, password=password)
     config = {
         "gateway": {"site": "site1", "data_dir": workdir / "data"},
         "mqtt": {
             "url": broker.url,
-            "client_id": f"gw-{workdir.name}",
-            "username": GATEWAY_USER[0],
-            "password": GATEWAY_USER[1],
+            "username": user,
+            "password": password,
             "reconnect_max_s": 1.0,
         },
         "uplink": (

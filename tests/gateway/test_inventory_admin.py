@@ -17,12 +17,13 @@ from tests.gateway.support import PREFIX, make_record, wait_for
 BOOT = "00112233445566aa"
 
 
-def _device(port: int, device: str) -> mqtt.Client:
+def _device(broker, device: str) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device)
+    client.username_pw_set(*broker.login(device))
     client.will_set(
         device_topic(PREFIX, device, "status"), Status.offline(device).encode(), 1, True
     )
-    client.connect("127.0.0.1", port)
+    client.connect("127.0.0.1", broker.config.port)
     client.loop_start()
     return client
 
@@ -41,8 +42,7 @@ def _devices(gateway) -> dict[str, dict]:
 
 async def test_inventory_cli_admin_token_and_dir_sink(broker, make_gateway):
     gateway = make_gateway(broker, None)
-    port = broker.config.port
-    cam = _device(port, "cam-1")
+    cam = _device(broker, "cam-1")
     status = Status(
         device="cam-1",
         state="online",
@@ -62,7 +62,7 @@ async def test_inventory_cli_admin_token_and_dir_sink(broker, make_gateway):
     spoofed = encode_batch("cam-2", [make_record("cam-2", BOOT, 0)])
     _publish(cam, "cam-1", "telemetry", spoofed)
 
-    pump = _device(port, "pump-7")
+    pump = _device(broker, "pump-7")
     _publish(pump, "pump-7", "status", Status("pump-7", "online", 1).encode(), retain=True)
     wait_for(lambda: _devices(gateway).get("pump-7", {}).get("state") == "online", 20, "pump-7")
     pump.socket().shutdown(socket.SHUT_RDWR)  # dies without DISCONNECT: the broker sends the will

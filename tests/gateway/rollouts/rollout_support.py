@@ -42,7 +42,7 @@ def operator_repository(path: Path, versions=(1, 2)) -> Repository:
 
 
 class SimDevice:
-    def __init__(self, port: int, device: str, bad_versions: set[int], delay_s: float = 0.05):
+    def __init__(self, broker, device: str, bad_versions: set[int], delay_s: float = 0.05):
         self.device, self.bad_versions, self.delay_s = device, bad_versions, delay_s
         self.version = 1
         self.commands: list[Command] = []
@@ -50,12 +50,13 @@ class SimDevice:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311
         )
+        self.client.username_pw_set(*broker.login(device))
         self.client.will_set(
             device_topic(PREFIX, device, "status"), Status.offline(device).encode(), 1, True
         )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.connect_async("127.0.0.1", port, keepalive=10)
+        self.client.connect_async("127.0.0.1", broker.config.port, keepalive=10)
         self.client.loop_start()
 
     def _publish(self, kind: str, payload: bytes, retain: bool = False) -> None:
@@ -114,8 +115,8 @@ class SimDevice:
 
 
 class Fleet:
-    def __init__(self, port: int, count: int, bad_versions=frozenset()):
-        self.devices = [SimDevice(port, f"sim{i:02d}", set(bad_versions)) for i in range(count)]
+    def __init__(self, broker, count: int, bad_versions=frozenset()):
+        self.devices = [SimDevice(broker, f"sim{i:02d}", set(bad_versions)) for i in range(count)]
 
     def offered(self) -> list[str]:
         return [d.device for d in self.devices if d.received("update")]

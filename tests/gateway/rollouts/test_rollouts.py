@@ -56,7 +56,7 @@ def fleet(broker):
     fleets: list[Fleet] = []
 
     def make(count: int, bad_versions=frozenset()) -> Fleet:
-        fleets.append(Fleet(broker.config.port, count, bad_versions))
+        fleets.append(Fleet(broker, count, bad_versions))
         return fleets[-1]
 
     yield make

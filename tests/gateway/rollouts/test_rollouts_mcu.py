@@ -97,7 +97,7 @@ def start_fleet(tmp_path, broker, make_gateway, mcus: dict[str, McuSim], operato
         rollouts={"tick_s": 0.2},
     )
     import_release(gateway, operator)
-    tables = agent_config(tmp_path, broker.url, model_path("kws_f32_v1"))
+    tables = agent_config(tmp_path, broker, model_path("kws_f32_v1"))
     tables["inference"] = {"rate_hz": 20.0}
     tables["update"] = {"trusted_root": operator.metadata_dir / "1.root.json"}
     tables["mcu"] = [{"name": n, "port": s.port, "baud": BAUD} for n, s in mcus.items()]

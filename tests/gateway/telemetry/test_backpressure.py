@@ -51,6 +51,7 @@ async def test_inbox_never_exceeds_receive_maximum_with_a_slow_disk(
             await asyncio.sleep(0.05)
         ingest = ingests[0]
         device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-1")
+        device.username_pw_set(*broker.login("dev-1"))
         device.connect("127.0.0.1", broker.config.port)
         device.loop_start()
         payload = encode_batch("dev-1", [make_record("dev-1", "00aa00aa00aa00aa", 0)])

@@ -19,8 +19,7 @@ def test_every_record_arrives_once_across_cloud_failures_kills_and_broker_restar
     cloud, ca_file = tls_cloud
     cloud.hang_s = 2.0
     gateway = make_gateway(broker, cloud.url, uplink={"ca_file": ca_file, "timeout_s": 1.0})
-    port = broker.config.port
-    devices = [Publisher(port, f"dev-{i}", batch=25, interval=0.04).start() for i in range(4)]
+    devices = [Publisher(broker, f"dev-{i}", batch=25, interval=0.04).start() for i in range(4)]
     _grows(cloud)
 
     for mode in ("500", "429", "timeout", "reset"):
@@ -62,9 +61,9 @@ def test_every_record_arrives_once_across_cloud_failures_kills_and_broker_restar
 def test_two_replicas_on_a_shared_subscription_split_the_load(broker, cloud, make_gateway):
     share = {"share_group": "ingest"}
     replicas = [make_gateway(broker, cloud.url, name=n, mqtt=share) for n in ("gw-a", "gw-b")]
-    port = broker.config.port
     devices = [
-        Publisher(port, f"dev-{i}", batch=20, interval=0.005, limit=2000).start() for i in range(4)
+        Publisher(broker, f"dev-{i}", batch=20, interval=0.005, limit=2000).start()
+        for i in range(4)
     ]
     wait_for(lambda: all(d.done for d in devices), 60, "the devices to publish")
     published = {}

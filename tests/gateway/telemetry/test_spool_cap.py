@@ -45,7 +45,7 @@ async def test_spool_drops_oldest_rows_counts_them_and_keeps_the_count(tmp_path:
 def test_full_spool_drops_oldest_first_with_an_exact_count(broker, cloud, make_gateway):
     cloud.mode = "500"
     gateway = make_gateway(broker, cloud.url, spool={"max_bytes": CAP})
-    device = Publisher(broker.config.port, "dev-0", batch=100, interval=0, limit=8000).start()
+    device = Publisher(broker, "dev-0", batch=100, interval=0, limit=8000).start()
     wait_for(lambda: device.done, 60, "the device to publish")
     device.finish()
     wait_for(lambda: gateway.metric("edgefleet_gateway_ingest_records_total") == 8000, 30, "ingest")
