@@ -46,6 +46,8 @@ class Device:
     records: int = 0  # telemetry records received by this gateway
     last_event: str = ""
     last_event_at: float | None = None
+    last_rollout: str = ""  # the rollout the last event with one named, and its reason: a
+    last_reason: str = ""  # verdict acknowledged just before a crash is replayed from them
     hardware_tags: tuple[str, ...] = ()
     arena_bytes: int | None = None
     mcus: tuple[dict, ...] = ()  # attached MCUs: name, version, state
@@ -83,6 +85,10 @@ def apply_event(row: Device | None, event: Event, now: float) -> Device:
     row = dataclasses.replace(
         _base(row, event.device, now), last_seen=now, last_event=event.kind, last_event_at=now
     )
+    rollout = event.detail.get("rollout")
+    if isinstance(rollout, str):
+        reason = event.detail.get("reason", "")
+        row = dataclasses.replace(row, last_rollout=rollout, last_reason=str(reason))
     if event.kind == "drift_alarm":
         return dataclasses.replace(row, drift_alarm=True, drift_alarms=row.drift_alarms + 1)
     if event.kind == "drift_cleared":

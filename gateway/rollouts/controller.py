@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import structlog
 
@@ -24,6 +24,7 @@ from gateway.rollouts.decisions import (
     overdue,
 )
 from gateway.rollouts.store import Rollout, RolloutStore
+from protocol.mcu_image import parse_version
 from protocol.model_meta import ModelMeta
 from protocol.topics import Command, Event, Status
 
@@ -54,6 +55,19 @@ class UnknownRollout(RolloutError):
 
 class RolloutConflict(RolloutError):
     """The rollout exists but is in a state that does not allow the command."""
+
+
+def shown_commits(
+    model: str | None, version: int | None, update_state: str, mcus: Iterable[dict]
+) -> list[tuple[str, int]]:
+    """The (name, release version) pairs a device's status shows it runs for good: its model
+    once committed, and each MCU that runs an image (an MCUboot major version is the release
+    version, as ``release add-image`` checks)."""
+    shown = [(model, version)] if model and version and update_state == "COMMITTED" else []
+    for mcu in mcus:
+        if mcu.get("state") == "ok" and mcu.get("version"):
+            shown.append((mcu["name"], parse_version(mcu["version"])[0]))
+    return shown
 
 
 class RolloutController:
@@ -200,9 +214,15 @@ class RolloutController:
     async def on_status(self, status: Status) -> None:
         """A retained status that shows the target committed counts even if the event was
         missed (the gateway was down when it was sent)."""
-        if status.model is None or status.update_state != "COMMITTED":
-            return
-        await self.on_committed(status.device, status.model.name, status.model.version)
+        model = status.model
+        shown = shown_commits(
+            model.name if model else None,
+            model.version if model else None,
+            status.update_state,
+            [m.to_json() for m in status.mcus],
+        )
+        for name, version in shown:
+            await self.on_committed(status.device, name, version)
 
     async def on_committed(self, device: str, model: str, version: int) -> None:
         """The device runs ``model`` ``version`` committed: an offer of it has succeeded."""

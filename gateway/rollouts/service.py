@@ -23,11 +23,14 @@ from gateway.config import RolloutsConfig
 from gateway.devices.inventory import Device, Inventory
 from gateway.releases.repository import McuImage
 from gateway.rollouts.controller import (
+    BLOCKED_EVENTS,
+    FAILURE_EVENTS,
     RolloutConflict,
     RolloutController,
     RolloutError,
     Send,
     UnknownRollout,
+    shown_commits,
 )
 from gateway.rollouts.decisions import DeviceFacts, DeviceState, Plan, Progress, stage_table
 from gateway.rollouts.store import Rollout, RolloutStore
@@ -84,6 +87,15 @@ def mcu_candidates(
         else:
             facts.append(DeviceFacts(row.device))
     return facts, skipped
+
+
+def last_verdict(row: Device) -> Event | None:
+    """The failure or block the inventory remembers as the device's last event, as the event
+    that carried it (the commits its state shows are replayed by ``shown_commits``)."""
+    if not row.last_rollout or row.last_event not in (*FAILURE_EVENTS, *BLOCKED_EVENTS):
+        return None
+    detail = {"rollout": row.last_rollout, "reason": row.last_reason or row.last_event}
+    return Event(row.device, 0, row.last_event, detail)
 
 
 def http_status(exc: Exception) -> int:
@@ -214,10 +226,15 @@ class RolloutService:
 
     async def _reconcile(self) -> None:
         """A verdict acknowledged to the broker just before a crash was never applied; the
-        inventory, written in the same transaction as the ack, still shows a commit."""
-        for row in self.inventory.devices.values():
-            if row.update_state == "COMMITTED" and row.model and row.model_version:
-                await self.controller.on_committed(row.device, row.model, row.model_version)
+        inventory, written in the same transaction as the ack, still holds it: a commit in the
+        device's state, a failure or a block in its last event."""
+        for row in list(self.inventory.devices.values()):
+            for name, version in shown_commits(
+                row.model, row.model_version, row.update_state, row.mcus
+            ):
+                await self.controller.on_committed(row.device, name, version)
+            if (event := last_verdict(row)) is not None:
+                await self.controller.on_event(event)
 
     async def start(self, plan: Plan) -> dict:
         release = await self.repository.release(plan.model, plan.version)

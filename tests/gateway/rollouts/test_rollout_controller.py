@@ -287,3 +287,55 @@ def test_refusals_map_to_http_statuses():
     assert http_status(UnknownRollout("no rollout 'x'")) == 404
     assert http_status(RolloutConflict("rollout 'x' is paused")) == 409
     assert http_status(UserError("stages must be whole percentages")) == 400
+
+
+async def test_an_mcu_whose_status_runs_the_image_counts_as_committed(fleet):
+    """An MCU's commit event missed while the gateway was down: its retained status lists the
+    MCU running an image whose MCUboot major version is the release version."""
+    from protocol.topics import McuInfo
+
+    controller, sent, _, _ = fleet
+    await controller.start(Plan("r1", "sensor", 2, (5, 100), 0, 0.0), DEVICES, None)
+    await controller.tick()
+    ((device, _),) = sent
+    for info in (McuInfo("sensor", "2.0.0+0", "updating"), McuInfo("other", "2.0.0+0", "ok")):
+        await controller.on_status(Status(device, "online", 0, mcus=(info,)))
+        assert (await controller.store.device_state("r1", device)) == DeviceState.OFFERED
+    await controller.on_status(
+        Status(device, "online", 0, mcus=(McuInfo("sensor", "2.1.0+3", "ok"),))
+    )
+    assert (await controller.store.device_state("r1", device)) == DeviceState.COMMITTED
+
+
+async def test_a_failure_acknowledged_before_a_crash_is_replayed_at_start(tmp_path):
+    """The ingest writes the inventory in the transaction that acknowledges the event; a
+    gateway killed before the rollout store took the verdict finds it there at start."""
+    from gateway.config import RolloutsConfig
+    from gateway.devices.inventory import Inventory, apply_event
+    from gateway.rollouts.service import RolloutService
+    from gateway.store import Store
+
+    class Served:
+        url = "http://127.0.0.1:1/"
+
+    async def send(device, command):
+        pass
+
+    config = RolloutsConfig(database=tmp_path / "rollouts.db", tick_s=3600)
+    async with RolloutStore(config.database) as store:
+        controller = RolloutController(store, send, Served.url)
+        await controller.start(Plan("r1", "kws", 2, (100,), 0, 0.5), DEVICES[:2], Meta)
+        await controller.tick()
+    verdicts = {
+        "dev00": Event("dev00", 0, "update_rolled_back", {"rollout": "r1", "reason": "probation"}),
+        "dev01": Event("dev01", 0, "update_blocked", {"rollout": "r1", "reason": "unreachable"}),
+    }
+    async with Store(tmp_path / "gateway.db") as db:
+        inventory = await Inventory(db).open()
+        inventory.replace(apply_event(None, event, 5.0) for event in verdicts.values())
+        service = RolloutService(config, Served, send, inventory, lambda exc: None)
+        async with service:
+            progress = {p.device: p for p in await service.store.progress("r1")}
+    assert progress["dev00"].state == DeviceState.FAILED
+    assert progress["dev00"].detail == "probation"
+    assert progress["dev01"].state == DeviceState.BLOCKED
