@@ -34,6 +34,7 @@ from enum import IntEnum
 
 import bsdiff4
 import bsdiff4.core
+import numpy as np
 
 MAGIC = b"EFDL"
 FORMAT_VERSION = 1
@@ -117,21 +118,11 @@ def _pack(algorithm: Algorithm, source: bytes, target: bytes, payload: bytes) ->
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+    return np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)).tobytes()
 
 
 def _to_planes(data: bytes) -> bytes:
     return b"".join(data[i::PLANES] for i in range(PLANES))
-
-
-def _from_planes(data: bytes) -> bytes:
-    out = bytearray(len(data))
-    start = 0
-    for i in range(PLANES):
-        size = len(range(i, len(data), PLANES))
-        out[i::PLANES] = data[start : start + size]
-        start += size
-    return bytes(out)
 
 
 def encode_payload(algorithm: Algorithm, old: bytes, new: bytes) -> bytes | None:
@@ -166,7 +157,7 @@ def read_header(delta: bytes) -> DeltaHeader:
     """Parse and integrity-check a container; raises ``DeltaError`` for anything malformed."""
     if len(delta) < _HEADER.size + _DIGEST_LEN:
         raise DeltaError(f"delta of {len(delta)} bytes is shorter than its header")
-    body, digest = delta[:-_DIGEST_LEN], delta[-_DIGEST_LEN:]
+    body, digest = memoryview(delta)[:-_DIGEST_LEN], delta[-_DIGEST_LEN:]  # no copy
     if _sha256(body) != digest:
         raise DeltaError("delta is corrupt (container digest mismatch)")
     magic, version, algorithm, source, target, target_len, payload_len = _HEADER.unpack_from(body)
@@ -212,7 +203,7 @@ def _bsdiff4_patch(header: DeltaHeader, old: bytes, payload: bytes) -> bytes:
     if len(payload) < _BSDIFF_HEADER or payload[:8] != BSDIFF_MAGIC:
         raise DeltaError("bsdiff4 payload has no bsdiff4 header")
     control_len, diff_len, new_len = (
-        bsdiff4.core.decode_int64(payload[at : at + 8]) for at in (8, 16, 24)
+        bsdiff4.core.decode_int64(bytes(payload[at : at + 8])) for at in (8, 16, 24)
     )
     if new_len != header.target_length:
         raise DeltaError(
@@ -250,7 +241,16 @@ def _patch(header: DeltaHeader, old: bytes, payload: bytes) -> bytes:
     planes = _bounded(decoder, payload, header.target_length, "delta payload")
     if len(planes) != header.target_length:
         raise DeltaError("delta payload has the wrong length")
-    return _xor(old, _from_planes(planes))
+    # Interleave the planes and XOR in one array: the model's size, not five times it.
+    out = np.empty(header.target_length, np.uint8)
+    start = 0
+    for i in range(PLANES):
+        size = len(range(i, header.target_length, PLANES))
+        out[i::PLANES] = np.frombuffer(planes, np.uint8, size, start)
+        start += size
+    del planes
+    np.bitwise_xor(out, np.frombuffer(old, np.uint8), out=out)
+    return out.tobytes()
 
 
 def _lzma_memlimit(target_length: int) -> int:
@@ -266,7 +266,7 @@ def apply_delta(old: bytes, delta: bytes, expected: Expected | None = None) -> b
     if expected is None:
         expected = Expected(_sha256(old), header.target_sha256, header.target_length)
     check_header(header, expected)
-    payload = delta[_HEADER.size : _HEADER.size + header.payload_length]
+    payload = memoryview(delta)[_HEADER.size : _HEADER.size + header.payload_length]
     if header.algorithm == Algorithm.FULL_ZLIB:
         new = _bounded(zlib.decompressobj(), payload, header.target_length, "delta payload")
     else:

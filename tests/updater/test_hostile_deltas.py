@@ -1,18 +1,15 @@
 """Deltas signed by a gateway that was taken over cannot exhaust a device: the real update
 worker, as a process, against a real repository over HTTP in which the deltas key signed each
 hostile delta. Each is refused with its reason before it inflates: the worker's peak resident
-set (from ``wait4``) stays far below what the delta declares or would inflate to, and an
+set stays far below what the delta declares or would inflate to, and an
 address-space limit keeps a regression from taking the test machine down with it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
-import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -30,6 +27,7 @@ from tests.support.hostile_deltas import (
     zeros_zlib,
 )
 from tests.support.http_repo import RepositoryServer as RecordingServer
+from tests.support.peak_rss import run_measured
 from tests.updater.conftest import open_world
 from tests.updater.support import REPO, assert_consistent, model
 
@@ -55,15 +53,9 @@ def measured_run(state_dir, root, url, *options: str) -> tuple[dict, int]:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
-    with tempfile.TemporaryFile() as out:
-        child = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=out, preexec_fn=limit)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    assert child.returncode == 0, text[-3000:]
-    last = json.loads(text.splitlines()[-1])["final"]
-    return last, usage.ru_maxrss * 1024
+    run = run_measured(command, cwd=REPO, preexec_fn=limit)
+    assert run.returncode == 0, run.output[-3000:]
+    return json.loads(run.output.splitlines()[-1])["final"], run.peak_bytes
 
 
 def refused(world, tmp_path, delta: bytes) -> tuple[str, int]:
