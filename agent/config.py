@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.probation import ProbationLimits
 from edgefleet import tomlconfig
 from protocol.model_meta import ModelMeta
@@ -104,6 +105,8 @@ class UpdateSettings:
     trusted_root: Path
     worker_timeout_s: float = 900.0
     max_worker_crashes: int = 3
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    allowed_models: tuple[str, ...] = ()  # empty: the name of the model the device runs
     probation: ProbationLimits = field(default_factory=ProbationLimits)
 
 
@@ -335,10 +338,21 @@ def _update(table: tomlconfig.Table) -> UpdateSettings:
         trusted_root=root,
         worker_timeout_s=table.value("worker_timeout_s", float, 900.0, 10.0, 86400),
         max_worker_crashes=table.value("max_worker_crashes", int, 3, 1, 100),
+        max_model_bytes=table.value("max_model_bytes", int, DEFAULT_MAX_MODEL_BYTES, 1024, 2**31),
+        allowed_models=_model_names(table),
         probation=_probation(table.table("probation")),
     )
     table.done()
     return config
+
+
+def _model_names(table: tomlconfig.Table) -> tuple[str, ...]:
+    names = table.value("allowed_models", list, None)
+    if names is None:
+        return ()
+    if not names or not all(isinstance(n, str) and NAME_PATTERN.fullmatch(n) for n in names):
+        table.fail("allowed_models", "must be a non-empty list of model names")
+    return tuple(dict.fromkeys(names))
 
 
 def _probation(table: tomlconfig.Table) -> ProbationLimits:

@@ -79,6 +79,8 @@ def update_config(config: AgentConfig) -> UpdateConfig:
         engine=config.model.engine,
         worker_timeout_s=settings.worker_timeout_s,
         max_worker_crashes=settings.max_worker_crashes,
+        max_model_bytes=settings.max_model_bytes,
+        allowed_models=settings.allowed_models,
         probation=settings.probation,
     )
 

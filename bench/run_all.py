@@ -28,6 +28,7 @@ BENCHES = [
     ("Telemetry", "gateway_throughput.py", ["--records", "200000", "--outage-seconds", "60"]),
     ("Serial", "serial_throughput.py", []),
     ("Updates", "update_rollout.py", ["--runs", "3"]),
+    ("Update worker", "update_worker.py", []),
     ("Fleet", "fleet_scale.py", ["--sizes", "10,20,40"]),
 ]
 LIBRARIES = (

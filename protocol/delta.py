@@ -13,10 +13,17 @@ The trailing digest makes any corruption of the container itself a refusal befor
 reaches a decoder; the source hash refuses a delta applied to the wrong model; the target hash
 and length are checked on the result before it is returned. A delta is transport only: the
 device still checks the result against the offline-signed target.
+
+Whoever signs deltas (the gateway's online key) is trusted less than whoever signs models, so
+a device hands ``apply_delta`` what it already trusts (``Expected``: the model it holds and the
+offline-signed target's length and hash). The header must name exactly these before any byte
+is decoded, and every decoder stops at the signed length: a small payload that would inflate
+to gigabytes is refused having produced at most that many bytes.
 """
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import lzma
 import struct
@@ -26,6 +33,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import bsdiff4
+import bsdiff4.core
+import numpy as np
 
 MAGIC = b"EFDL"
 FORMAT_VERSION = 1
@@ -63,6 +72,30 @@ class DeltaHeader:
     payload_length: int
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What a delta must turn into, from facts the device trusts more than the delta: the
+    sha256 of the model it holds, and the offline-signed target's sha256 and length."""
+
+    source_sha256: bytes
+    target_sha256: bytes
+    target_length: int
+
+
+def check_header(header: DeltaHeader, expected: Expected) -> None:
+    """Refuse a delta whose header names another source or target than ``expected``, before
+    anything is decoded (the declared length is what bounds every decoder)."""
+    if header.target_length != expected.target_length:
+        raise DeltaError(
+            f"delta declares a target of {header.target_length} bytes, "
+            f"the signed model has {expected.target_length}"
+        )
+    if header.target_sha256 != expected.target_sha256:
+        raise DeltaError("delta declares another target than the signed model (target sha256)")
+    if header.algorithm != Algorithm.FULL_ZLIB and header.source_sha256 != expected.source_sha256:
+        raise DeltaError("delta was made for another source model (source sha256 mismatch)")
+
+
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -85,21 +118,11 @@ def _pack(algorithm: Algorithm, source: bytes, target: bytes, payload: bytes) ->
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+    return np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)).tobytes()
 
 
 def _to_planes(data: bytes) -> bytes:
     return b"".join(data[i::PLANES] for i in range(PLANES))
-
-
-def _from_planes(data: bytes) -> bytes:
-    out = bytearray(len(data))
-    start = 0
-    for i in range(PLANES):
-        size = len(range(i, len(data), PLANES))
-        out[i::PLANES] = data[start : start + size]
-        start += size
-    return bytes(out)
 
 
 def encode_payload(algorithm: Algorithm, old: bytes, new: bytes) -> bytes | None:
@@ -134,7 +157,7 @@ def read_header(delta: bytes) -> DeltaHeader:
     """Parse and integrity-check a container; raises ``DeltaError`` for anything malformed."""
     if len(delta) < _HEADER.size + _DIGEST_LEN:
         raise DeltaError(f"delta of {len(delta)} bytes is shorter than its header")
-    body, digest = delta[:-_DIGEST_LEN], delta[-_DIGEST_LEN:]
+    body, digest = memoryview(delta)[:-_DIGEST_LEN], delta[-_DIGEST_LEN:]  # no copy
     if _sha256(body) != digest:
         raise DeltaError("delta is corrupt (container digest mismatch)")
     magic, version, algorithm, source, target, target_len, payload_len = _HEADER.unpack_from(body)
@@ -153,33 +176,99 @@ def read_header(delta: bytes) -> DeltaHeader:
     return DeltaHeader(algo, source, target, target_len, payload_len)
 
 
+def _bounded(decoder, data: bytes, limit: int, what: str) -> bytes:
+    """Everything ``decoder`` makes of ``data``, refused as soon as it exceeds ``limit`` bytes
+    (so a bomb costs at most ``limit`` bytes), or when the stream does not end exactly there."""
+    try:
+        out = decoder.decompress(data, limit + 1)
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+        raise DeltaError(f"{what} does not decompress: {exc}") from exc
+    if len(out) > limit:
+        raise DeltaError(f"{what} decompresses to more than {limit} bytes")
+    if not decoder.eof:
+        raise DeltaError(f"{what} is truncated")
+    if decoder.unused_data:
+        raise DeltaError(f"{what} has bytes after its end")
+    return out
+
+
+BSDIFF_MAGIC = b"BSDIFF40"
+_BSDIFF_HEADER = 32  # magic, then control, diff (compressed) and new lengths as int64
+
+
+def _bsdiff4_patch(header: DeltaHeader, old: bytes, payload: bytes) -> bytes:
+    """``bsdiff4.patch`` with bounds: its format declares the new size and carries three bz2
+    streams that ``bsdiff4.patch`` inflates whole. Here the declared size must be the signed
+    one and each stream is inflated with a bound before bsdiff4's core rebuilds the model."""
+    if len(payload) < _BSDIFF_HEADER or payload[:8] != BSDIFF_MAGIC:
+        raise DeltaError("bsdiff4 payload has no bsdiff4 header")
+    control_len, diff_len, new_len = (
+        bsdiff4.core.decode_int64(bytes(payload[at : at + 8])) for at in (8, 16, 24)
+    )
+    if new_len != header.target_length:
+        raise DeltaError(
+            f"bsdiff4 payload declares {new_len} bytes, the target has {header.target_length}"
+        )
+    if not (
+        control_len >= 0
+        and diff_len >= 0
+        and _BSDIFF_HEADER + control_len + diff_len <= len(payload)
+    ):
+        raise DeltaError("bsdiff4 payload lengths do not fit the payload")
+    diff_at = _BSDIFF_HEADER + control_len
+    extra_at = diff_at + diff_len
+    # Control entries are 24 bytes each: a control block longer than the model is no patch.
+    control = _bounded(
+        bz2.BZ2Decompressor(), payload[_BSDIFF_HEADER:diff_at], new_len + 24, "bsdiff4 control"
+    )
+    diff = _bounded(bz2.BZ2Decompressor(), payload[diff_at:extra_at], new_len, "bsdiff4 diff")
+    extra = _bounded(bz2.BZ2Decompressor(), payload[extra_at:], new_len, "bsdiff4 extra")
+    if len(control) % 24:
+        raise DeltaError("bsdiff4 control block is not whole entries")
+    try:
+        return bsdiff4.core.patch(old, new_len, control, diff, extra)
+    except Exception as exc:  # the core raises bare ValueError/RuntimeError on bad patches
+        raise DeltaError(f"delta payload does not apply: {exc}") from exc
+
+
 def _patch(header: DeltaHeader, old: bytes, payload: bytes) -> bytes:
     if header.algorithm == Algorithm.BSDIFF4:
-        try:
-            return bsdiff4.patch(old, payload)
-        except Exception as exc:  # bsdiff4 raises bare ValueError/RuntimeError on bad patches
-            raise DeltaError(f"delta payload does not apply: {exc}") from exc
+        return _bsdiff4_patch(header, old, payload)
     if len(old) != header.target_length:
         raise DeltaError("an XOR delta needs a source as long as its target")
-    try:
-        planes = lzma.LZMADecompressor().decompress(payload, header.target_length + 1)
-    except lzma.LZMAError as exc:
-        raise DeltaError(f"delta payload does not decompress: {exc}") from exc
+    # liblzma allocates the dictionary the stream asks for: no more than the target needs.
+    decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=_lzma_memlimit(header.target_length))
+    planes = _bounded(decoder, payload, header.target_length, "delta payload")
     if len(planes) != header.target_length:
         raise DeltaError("delta payload has the wrong length")
-    return _xor(old, _from_planes(planes))
+    # Interleave the planes and XOR in one array: the model's size, not five times it.
+    out = np.empty(header.target_length, np.uint8)
+    start = 0
+    for i in range(PLANES):
+        size = len(range(i, header.target_length, PLANES))
+        out[i::PLANES] = np.frombuffer(planes, np.uint8, size, start)
+        start += size
+    del planes
+    np.bitwise_xor(out, np.frombuffer(old, np.uint8), out=out)
+    return out.tobytes()
 
 
-def apply_delta(old: bytes, delta: bytes) -> bytes:
-    """Rebuild the target from ``old``; refuses a wrong source and checks the result."""
+def _lzma_memlimit(target_length: int) -> int:
+    """What an XZ decoder may use: a dictionary of the next power of two above the target (what
+    ``encode_payload`` asks for), and liblzma's own few hundred KiB."""
+    return max(1 << 16, 1 << max(target_length - 1, 1).bit_length()) + (1 << 20)
+
+
+def apply_delta(old: bytes, delta: bytes, expected: Expected | None = None) -> bytes:
+    """Rebuild the target from ``old``. A device passes ``expected`` (see ``Expected``); without
+    it the header's own target is believed, for tools that check deltas they made themselves."""
     header = read_header(delta)
-    payload = delta[_HEADER.size : _HEADER.size + header.payload_length]
+    if expected is None:
+        expected = Expected(_sha256(old), header.target_sha256, header.target_length)
+    check_header(header, expected)
+    payload = memoryview(delta)[_HEADER.size : _HEADER.size + header.payload_length]
     if header.algorithm == Algorithm.FULL_ZLIB:
-        try:
-            decoder = zlib.decompressobj()
-            new = decoder.decompress(payload, header.target_length + 1)
-        except zlib.error as exc:
-            raise DeltaError(f"delta payload does not decompress: {exc}") from exc
+        new = _bounded(zlib.decompressobj(), payload, header.target_length, "delta payload")
     else:
         if _sha256(old) != header.source_sha256:
             raise DeltaError("delta was made for another source model (source sha256 mismatch)")

@@ -17,14 +17,21 @@ from typing import ClassVar
 
 from agent.trust import TrustedRepository, TrustError
 from agent.updater.device import Device
-from agent.updater.download import DownloadError, DownloadLimits, fetch, target_url
+from agent.updater.download import (
+    DEFAULT_MAX_MODEL_BYTES,
+    DownloadError,
+    DownloadLimits,
+    fetch,
+    target_url,
+)
 from agent.updater.errors import Busy, Refused, Transient
 from agent.updater.files import write_atomic
 from agent.updater.gate import run_gate
 from agent.updater.slots import SlotRecord
 from agent.updater.states import AT_REST, BEFORE_SWITCH, Event, State
 from agent.updater.store import Offer, Saved
-from protocol.delta import DeltaError, apply_delta, delta_target_path
+from agent.updater.versions import VersionsError
+from protocol.delta import DeltaError, Expected, apply_delta, delta_target_path
 from protocol.model_meta import GateVectors, MetadataError
 
 MODEL_PATH = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(?P<version>[0-9]+)\.tflite")
@@ -34,18 +41,42 @@ MODEL_PATH = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(?P<version>
 class CycleConfig:
     trusted_root: Path
     engine: str = "auto"
-    max_model_bytes: int = 64 * 1024 * 1024
+    # Caps every download (model, delta, gate vectors) and what a delta may rebuild.
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    # Model names this device may run; None: the name of the model it runs (any, while it
+    # runs none: the first install is its provisioning).
+    allowed_models: frozenset[str] | None = None
     download: DownloadLimits = field(default_factory=DownloadLimits)
 
 
-def downgrade_refusal(incumbent: SlotRecord | None, name: str, version: int, custom: dict):
+def name_refusal(allowed: frozenset[str] | None, incumbent: SlotRecord | None, name: str):
+    """Why a model of ``name`` may not run on this device, or None."""
+    if allowed is None:
+        allowed = frozenset({incumbent.name}) if incumbent else None
+    if allowed is None or name in allowed:
+        return None
+    return f"model {name!r} is not one this device runs (allowed: {', '.join(sorted(allowed))})"
+
+
+def downgrade_refusal(
+    incumbent: SlotRecord | None,
+    highest: Mapping[str, int],
+    name: str,
+    version: int,
+    custom: dict,
+):
     """Why an offered version may not replace the incumbent, or None. A version that is not
-    newer is refused unless the targets key signed it as a rollback release."""
-    if incumbent is None or incumbent.name != name or version > incumbent.version:
-        return None
-    if custom.get("rollback") is True and version != incumbent.version:
-        return None
-    return f"version {version} is not newer than the running {incumbent.version}"
+    newer than the running one of its name, or older than the highest of its name this device
+    ever committed (``highest``, so leaving a name and coming back is no way down), is refused
+    unless the targets key signed it as a rollback release."""
+    rollback = custom.get("rollback") is True
+    running = incumbent.version if incumbent is not None and incumbent.name == name else None
+    if running is not None and (version == running or (version < running and not rollback)):
+        return f"version {version} is not newer than the running {running}"
+    floor = highest.get(name, 0)
+    if version < floor and not rollback:
+        return f"version {version} is older than {name} {floor}, which this device committed"
+    return None
 
 
 class Cycle:
@@ -102,21 +133,35 @@ class Cycle:
         meta = self._meta(target)
         if (meta.name, meta.version) != (match["name"], int(match["version"])):
             raise Refused(f"{offer.target}: signed metadata names {meta.name} v{meta.version}")
-        if target.length > self.config.max_model_bytes:
-            raise Refused(f"{offer.target}: {target.length} bytes exceeds the limit")
-        why = downgrade_refusal(saved.incumbent, meta.name, meta.version, target.custom)
+        self._within_limit(target)
+        why = name_refusal(self.config.allowed_models, saved.incumbent, meta.name)
+        if why:
+            raise Refused(f"not allowed: {why}")
+        try:
+            highest = self.device.versions.load()
+        except VersionsError as exc:
+            raise Refused(f"downgrade: cannot be judged: {exc}") from None
+        why = downgrade_refusal(saved.incumbent, highest, meta.name, meta.version, target.custom)
         if why:
             raise Refused(f"downgrade: {why}")
         fetch_path = offer.target
         if saved.incumbent is not None and saved.incumbent.name == meta.name:
             candidate = delta_target_path(meta.name, saved.incumbent.version, meta.version)
             try:
-                self.trust(offer).target(candidate)
+                self._within_limit(self.trust(offer).target(candidate))
                 fetch_path = candidate
             except TrustError as exc:
                 if exc.reason == "unreachable":
                     raise Transient(str(exc)) from None
         return Event.PLANNED, {"fetch": fetch_path}
+
+    def _within_limit(self, signed) -> None:
+        """Refuse a target signed longer than ``max_model_bytes``, before a byte is fetched."""
+        if signed.length > self.config.max_model_bytes:
+            raise Refused(
+                f"too-long: {signed.path} is signed as {signed.length} bytes, "
+                f"more than max_model_bytes ({self.config.max_model_bytes})"
+            )
 
     def download(self, saved: Saved):
         """DOWNLOADING: fetch (resuming), check against the signed hash, rebuild from a delta,
@@ -126,8 +171,11 @@ class Cycle:
         data = self._fetch_verified(offer, saved.fetch)
         if saved.fetch != offer.target:
             source = self.device.slots.path(saved.incumbent.slot).read_bytes()
+            expected = Expected(
+                bytes.fromhex(saved.incumbent.sha256), bytes.fromhex(target.sha256), target.length
+            )
             try:
-                data = apply_delta(source, data)
+                data = apply_delta(source, data, expected)
             except DeltaError as exc:
                 raise Refused(f"bad delta: {exc}") from None
             self._check(offer, offer.target, data)
@@ -212,6 +260,7 @@ class Cycle:
         """A target's bytes, resumed with Range over HTTP, checked against its signed hash.
         A resumed file that fails the check is fetched once more from the start."""
         signed = self._signed(offer, path)
+        self._within_limit(signed)
         if not offer.repository.startswith(("http://", "https://")):
             partial = self.device.layout.work / "download"
             try:

@@ -8,6 +8,7 @@ in-process; they need neither TUF nor the inference runtime.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,17 +16,23 @@ from pathlib import Path
 from agent.updater.slots import Pointer, SlotError, SlotRecord, Slots
 from agent.updater.states import AT_REST, BEFORE_SWITCH, Event, InvalidTransition, State
 from agent.updater.store import Listener, Saved, StateStore, UnknownState
+from agent.updater.versions import CommittedVersions, VersionsError
 
 
 @dataclass(frozen=True)
 class Layout:
-    """``STATE_DIR/state.json``, ``slots/``, ``work/`` (downloads in progress), ``tuf/``."""
+    """``STATE_DIR/state.json``, ``versions.json`` (highest committed version per name),
+    ``slots/``, ``work/`` (downloads in progress), ``tuf/``."""
 
     root: Path
 
     @property
     def state(self) -> Path:
         return self.root / "state.json"
+
+    @property
+    def versions(self) -> Path:
+        return self.root / "versions.json"
 
     @property
     def slots(self) -> Path:
@@ -61,6 +68,7 @@ class Device:
         self.layout.work.mkdir(exist_ok=True)
         self.store = StateStore(self.layout.state, listener)
         self.slots = Slots(self.layout.slots)
+        self.versions = CommittedVersions(self.layout.versions)
 
     def active(self) -> tuple[Path, SlotRecord] | None:
         """The model to run: its path and what was signed about it."""
@@ -68,7 +76,8 @@ class Device:
         return (self.slots.path(pointer.active.slot), pointer.active) if pointer else None
 
     def settle(self, saved: Saved) -> Saved:
-        """Run the action of ``saved``'s state: point at the model that state says is active."""
+        """Run the action of ``saved``'s state: point at the model that state says is active,
+        and after a commit remember its version (both repeatable, so recovery re-runs them)."""
         wanted = settled_pointer(saved)
         if wanted is not None and self.slots.pointer() != wanted:
             if not self.slots.holds(wanted.active):
@@ -76,6 +85,10 @@ class Device:
                     return self.finish(saved, commit=False, reason="candidate slot does not verify")
                 raise SlotError(f"slot {wanted.active.slot} does not hold {wanted.active.target}")
             self.slots.point(wanted, POINTER_STEP[saved.state])
+        if saved.state == State.COMMITTED:
+            # An unreadable record is not repaired here: the next offer is refused, naming it.
+            with contextlib.suppress(VersionsError):
+                self.versions.record(saved.candidate.name, saved.candidate.version)
         if saved.state in AT_REST and any(self.layout.work.iterdir()):
             shutil.rmtree(self.layout.work)
             self.layout.work.mkdir()

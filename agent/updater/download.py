@@ -16,6 +16,8 @@ from urllib.request import Request, urlopen
 
 from agent.updater.faults import hook
 
+# The largest model a device takes unless configured otherwise; every download is capped by it.
+DEFAULT_MAX_MODEL_BYTES = 64 * 1024 * 1024
 CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
 
 

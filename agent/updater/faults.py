@@ -38,6 +38,7 @@ ATOMIC_FILES = (
     "pointer.switch",  # active pointer -> candidate, incumbent kept as previous
     "pointer.commit",  # active pointer -> candidate, previous dropped
     "pointer.rollback",  # active pointer -> incumbent
+    "versions",  # the highest committed version per name, after a commit
     *(f"state.{state.value}" for state in SAVED_STATES),
 )
 HOOKS: frozenset[str] = frozenset(

@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from agent.updater.device import Device
+from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.probation import (
     Counts,
     Decision,
@@ -56,6 +57,8 @@ class UpdateConfig:
     engine: str = "auto"
     worker_timeout_s: float = 900.0
     max_worker_crashes: int = 3  # worker deaths in one update before it is given up
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    allowed_models: tuple[str, ...] = ()  # empty: the name of the model the device runs
     probation: ProbationLimits = field(default_factory=ProbationLimits)
     python: str = sys.executable
 
@@ -256,6 +259,8 @@ class UpdateManager:
             "--root", str(self.config.trusted_root),
             "--engine", self.config.engine,
             "--max-trial-boots", str(self.config.probation.max_trial_boots),
+            "--max-model-bytes", str(self.config.max_model_bytes),
+            *(f"--allow-model={name}" for name in self.config.allowed_models),
             *args,
         ]  # fmt: skip
         child = await asyncio.create_subprocess_exec(

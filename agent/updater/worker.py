@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from agent.updater.device import Device
+from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.errors import Busy, Transient
 from agent.updater.states import Event, InvalidTransition
 from agent.updater.store import Offer, Saved, UnknownState
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--max-trial-boots", type=int, default=DEFAULT_MAX_TRIAL_BOOTS)
+    parser.add_argument("--max-model-bytes", type=int, default=DEFAULT_MAX_MODEL_BYTES)
+    parser.add_argument(
+        "--allow-model",
+        action="append",
+        metavar="NAME",
+        help="a model name this device may run (repeat; none: the name of the running model)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="take an offer (or resume the saved update)")
     run.add_argument("--repository")
@@ -79,7 +87,9 @@ def execute(args: argparse.Namespace, device: Device) -> Saved:
     from agent.updater.cycle import Cycle, CycleConfig  # python-tuf: only for update work
 
     offer = Offer(args.repository, args.target, args.rollout) if args.target else None
-    return Cycle(device, CycleConfig(args.root, args.engine)).start(offer)
+    allowed = frozenset(args.allow_model) if args.allow_model else None
+    config = CycleConfig(args.root, args.engine, args.max_model_bytes, allowed)
+    return Cycle(device, config).start(offer)
 
 
 def main(argv: list[str] | None = None) -> int:

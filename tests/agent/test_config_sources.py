@@ -41,6 +41,18 @@ def test_good_config(tmp_path):
     assert config.source.kind == "synthetic" and config.telemetry.spool_bytes > 0
 
 
+def test_update_limits_and_allowed_models(tmp_path):
+    (tmp_path / "root.json").write_text("{}")
+    update = 'trusted_root = "root.json"'
+    config = load(config_file(tmp_path, update=update))
+    assert config.update.allowed_models == ()  # the name of the model the device runs
+    assert config.update.max_model_bytes == 64 * 1024 * 1024
+    update += '\nallowed_models = ["kws", "other", "kws"]\nmax_model_bytes = 1048576'
+    config = load(config_file(tmp_path, update=update))
+    assert config.update.allowed_models == ("kws", "other")
+    assert config.update.max_model_bytes == 1 << 20
+
+
 @pytest.mark.parametrize(
     ("tables", "message"),
     [
@@ -64,9 +76,22 @@ def test_good_config(tmp_path):
         ({"drift": "psi = 1"}, "key drift.psi: unknown key"),
         ({"model": 'path = "m.tflite"\nengine = "onnx"'}, "key model.engine: must be one of"),
         ({"extra": "a = 1"}, "key extra: unknown key"),
+        (
+            {"update": 'trusted_root = "root.json"\nallowed_models = []'},
+            "key update.allowed_models: must be a non-empty list of model names",
+        ),
+        (
+            {"update": 'trusted_root = "root.json"\nallowed_models = ["kws", "a/b"]'},
+            "key update.allowed_models: must be a non-empty list of model names",
+        ),
+        (
+            {"update": 'trusted_root = "root.json"\nmax_model_bytes = 3000000000'},
+            "key update.max_model_bytes: must be <=",
+        ),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, tables, message):
+    (tmp_path / "root.json").write_text("{}")
     path = config_file(tmp_path, **tables)
     with pytest.raises(UserError) as error:
         load(path)

@@ -4,6 +4,9 @@ targets key never signed, a corrupt delta, a tampered model)."""
 
 from __future__ import annotations
 
+import hashlib
+
+import bsdiff4
 import pytest
 
 from agent.updater.cycle import Cycle, CycleConfig, downgrade_refusal
@@ -13,12 +16,17 @@ from agent.updater.slots import SlotRecord
 from agent.updater.states import State
 from agent.updater.store import Offer
 from gateway.serving.deltas import DeltaService
-from protocol.delta import make_delta
+from protocol.delta import Algorithm, make_delta
+from tests.support.hostile_deltas import container
 from tests.support.http_repo import RepositoryServer as SubvertibleServer
 from tests.updater.conftest import open_world
 from tests.updater.support import assert_consistent, final, model, worker
 
 DELTA = "kws/deltas/1-2.efdl"
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def update(state_dir, url, root, target):
@@ -82,11 +90,15 @@ def test_a_downgrade_is_refused(world, tmp_path):
 
 def test_only_a_signed_rollback_release_may_go_back():
     running = SlotRecord("a", "kws/2.tflite", "kws", 2, "0" * 64, 1)
-    assert downgrade_refusal(running, "kws", 3, {}) is None
-    assert downgrade_refusal(running, "vision", 1, {}) is None
-    assert "not newer" in downgrade_refusal(running, "kws", 1, {})
-    assert "not newer" in downgrade_refusal(running, "kws", 2, {"rollback": True})
-    assert downgrade_refusal(running, "kws", 1, {"rollback": True}) is None
+    assert downgrade_refusal(running, {}, "kws", 3, {}) is None
+    assert downgrade_refusal(running, {}, "vision", 1, {}) is None
+    assert "not newer" in downgrade_refusal(running, {}, "kws", 1, {})
+    assert "not newer" in downgrade_refusal(running, {}, "kws", 2, {"rollback": True})
+    assert downgrade_refusal(running, {}, "kws", 1, {"rollback": True}) is None
+    # What the device once committed holds when it runs another name.
+    assert "older than vision 4" in downgrade_refusal(running, {"vision": 4}, "vision", 3, {})
+    assert downgrade_refusal(running, {"vision": 4}, "vision", 4, {}) is None
+    assert downgrade_refusal(running, {"vision": 4}, "vision", 3, {"rollback": True}) is None
 
 
 def test_a_tampered_delta_is_refused(fresh, tmp_path):
@@ -103,15 +115,28 @@ def test_a_tampered_delta_is_refused(fresh, tmp_path):
     assert assert_consistent(state_dir, {fresh.v1})[0] == fresh.v1
 
 
-def test_a_gateway_signed_delta_to_an_unsigned_model_is_refused(fresh, tmp_path):
-    """The gateway's online key signs deltas; only the offline targets key signs models."""
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        ("its own", "bad delta: delta declares another target than the signed model"),
+        ("the signed", "bad delta: delta result does not match its target"),
+    ],
+)
+def test_a_gateway_signed_delta_to_an_unsigned_model_is_refused(fresh, tmp_path, header, reason):
+    """The gateway's online key signs deltas; only the offline targets key signs models. A
+    delta naming its own target is refused before decoding; one that names the signed model
+    but rebuilds another is refused on its result."""
     evil = bytearray(model("kws_f32_v2_head"))
     evil[-100] ^= 0xFF
-    fresh.repo.add_delta(DELTA, make_delta(model("kws_f32_v1"), bytes(evil)), {})
+    v1, v2 = model("kws_f32_v1"), model("kws_f32_v2_head")
+    named = bytes(evil) if header == "its own" else v2
+    payload = bsdiff4.diff(v1, bytes(evil))
+    delta = container(Algorithm.BSDIFF4, sha256(v1), sha256(named), len(named), payload)
+    fresh.repo.add_delta(DELTA, delta, {})
     state_dir = fresh.device(tmp_path)
     saved = update(state_dir, fresh.url, fresh.root, "kws/2.tflite")
     assert (saved.fetch, saved.state) == (DELTA, State.REFUSED)
-    assert saved.reason.startswith("hash-mismatch")
+    assert saved.reason.startswith(reason)
     assert assert_consistent(state_dir, {fresh.v1})[0] == fresh.v1
 
 
