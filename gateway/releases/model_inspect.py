@@ -56,7 +56,7 @@ class ReleaseOptions:
         if self.atol is not None:
             check_range("--atol", self.atol, 0, math.inf)
         if self.latency_budget_ms is not None:
-            check_range("--latency-budget-ms", self.latency_budget_ms, 0.001, 3_600_000)
+            check_range("--latency-budget-ms", self.latency_budget_ms, 1e-6, 3_600_000)
         if self.arena_bytes is not None:
             check_range("--arena-bytes", self.arena_bytes, 1, 2**31 - 1)
         if len(self.hardware_tags) > MAX_HARDWARE_TAGS:
