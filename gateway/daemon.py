@@ -18,8 +18,10 @@ from contextlib import AsyncExitStack
 import structlog
 
 from edgefleet.sdnotify import Notifier, watchdog
+from gateway import dead_letter_api
 from gateway.admin import AdminServer, core_routes
 from gateway.config import GatewayConfig
+from gateway.dead_letters import DeadLetters
 from gateway.devices.command_publisher import CommandPublisher
 from gateway.devices.inventory import Inventory
 from gateway.metrics import Metrics, MetricsServer
@@ -58,13 +60,16 @@ async def run(config: GatewayConfig) -> int:
         stack.callback(notifier.close)
         store = await stack.enter_async_context(Store(config.database))
         spool = await Spool(store, config.spool.max_bytes).open()
+        limits = config.dead_letters
+        dead_letters = await store.run(DeadLetters(limits.max_entries, limits.max_bytes).load_sync)
         inventory = await Inventory(store).open()
-        metrics = Metrics(spool.stats, inventory)
+        metrics = Metrics(spool.stats, dead_letters.stats, inventory)
         sink = await stack.enter_async_context(make_sink(config.uplink, config.site))
         uplink = await stack.enter_async_context(
-            Uplink(config.uplink, spool, sink, metrics, stopper.fail)
+            Uplink(config.uplink, spool, sink, dead_letters, metrics, stopper.fail)
         )
         routes = core_routes(config.site, inventory, spool.stats)
+        routes += dead_letter_api.routes(store, dead_letters, spool, uplink.changed.set)
         rollouts = None
         if config.repository is not None:
             publisher = await stack.enter_async_context(
@@ -81,6 +86,7 @@ async def run(config: GatewayConfig) -> int:
                 config.ingest,
                 store,
                 spool,
+                dead_letters,
                 inventory,
                 metrics,
                 uplink.changed.set,

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import structlog
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
-SCHEMA = """
+SCHEMA_VERSION = 2
+SCHEMA_V1 = """
 CREATE TABLE records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids name batches
     n INTEGER NOT NULL,                    -- records in this row
@@ -30,6 +30,22 @@ CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (device TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
+# Version 2 adds the dead letters (gateway/dead_letters.py); a version 1 database gains the table.
+SCHEMA_V2 = """
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,             -- unix time it was set aside
+    source TEXT NOT NULL,         -- 'mqtt' (a device message) or 'uplink' (records refused)
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    records INTEGER NOT NULL,     -- records in data (uplink letters)
+    size INTEGER NOT NULL,        -- bytes of the original
+    data BLOB NOT NULL
+);
+"""
+MIGRATIONS = {0: SCHEMA_V1 + SCHEMA_V2, 1: SCHEMA_V2}
 
 log = structlog.get_logger()
 
@@ -45,8 +61,9 @@ def _open(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0:
-        conn.executescript(f"BEGIN;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+    if version in MIGRATIONS:
+        script = MIGRATIONS[version]
+        conn.executescript(f"BEGIN;{script}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
     elif version != SCHEMA_VERSION:
         conn.close()
         raise StoreError(f"{path}: database schema {version}, this gateway knows {SCHEMA_VERSION}")

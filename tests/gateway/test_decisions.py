@@ -88,7 +88,8 @@ def test_classify_binds_payload_to_the_topic_device():
     payload = encode_batch("dev-1", [make_record("dev-1", BOOT, 0)])
     assert isinstance(classify(f"{PREFIX}/dev/dev-1/telemetry", payload, PREFIX, False), Telemetry)
     spoofed = classify(f"{PREFIX}/dev/dev-2/telemetry", payload, PREFIX, False)
-    assert isinstance(spoofed, Malformed) and "dev-1" in spoofed.reason
+    assert isinstance(spoofed, Malformed) and "dev-1" in spoofed.detail
+    assert spoofed.reason == "device_mismatch"
     assert isinstance(classify("other/dev/dev-1/telemetry", payload, PREFIX, False), Malformed)
     assert isinstance(classify(f"{PREFIX}/dev/dev-1/cmd", payload, PREFIX, False), Malformed)
     assert isinstance(classify(f"{PREFIX}/dev/dev-1/status", b"{", PREFIX, False), Malformed)
