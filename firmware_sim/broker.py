@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.processes import die_with_parent, terminate, wait_listening
+from protocol.telemetry import MAX_PACKET_BYTES
 
 DEVICE_WRITE_TOPICS = ("telemetry", "status", "events")
 DEVICE_READ_TOPICS = ("cmd",)
@@ -85,6 +86,8 @@ def config_text(config: BrokerConfig) -> str:
         f"autosave_interval {AUTOSAVE_S}",
         f"max_queued_messages {config.max_queued_messages}",
         "max_inflight_messages 0",
+        # Refused (the sender disconnected) as soon as its length is read, never buffered.
+        f"max_packet_size {MAX_PACKET_BYTES}",
         f"acl_file {work / 'acl'}",
         f"log_dest file {work / 'mosquitto.log'}",
         "log_type error",
