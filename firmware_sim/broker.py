@@ -22,9 +22,9 @@ from pathlib import Path
 from edgefleet.fsio import atomic_write_bytes
 from edgefleet.processes import die_with_parent, terminate, wait_listening
 from protocol import broker_auth
+from protocol.telemetry import MAX_PACKET_BYTES
 
 AUTOSAVE_S = 30
-MAX_PACKET_BYTES = 256 * 1024
 
 
 class BrokerError(RuntimeError):
@@ -83,7 +83,6 @@ def config_text(config: BrokerConfig) -> str:
         f"listener {config.port} {config.host}",
         "allow_anonymous false",
         "use_username_as_clientid true",
-        f"max_packet_size {MAX_PACKET_BYTES}",
         "persistence true",
         f"persistence_location {work / 'data'}/",
         # A graceful stop saves everything; autosave bounds what a crash loses. Each save
@@ -92,6 +91,8 @@ def config_text(config: BrokerConfig) -> str:
         f"autosave_interval {AUTOSAVE_S}",
         f"max_queued_messages {config.max_queued_messages}",
         "max_inflight_messages 0",
+        # Refused (the sender disconnected) as soon as its length is read, never buffered.
+        f"max_packet_size {MAX_PACKET_BYTES}",
         f"acl_file {work / 'acl'}",
         f"log_dest file {work / 'mosquitto.log'}",
         "log_type error",

@@ -13,10 +13,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgefleet import tomlconfig
-from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
+from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_PACKET_BYTES
 from protocol.topics import SITE_PATTERN, default_prefix
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
+MQTT_MAX_PACKET = 268_435_455  # the largest packet MQTT can frame
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class MqttConfig:
     share_group: str | None = None  # telemetry via $share/<group>/... when set
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 500
+    max_packet_size: int = MAX_PACKET_BYTES  # MQTT 5 Maximum Packet Size the broker must honour
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0
     reconnect_max_s: float = 30.0
@@ -49,6 +51,12 @@ class IngestConfig:
 @dataclass(frozen=True)
 class SpoolConfig:
     max_bytes: int = 1 * GiB
+
+
+@dataclass(frozen=True)
+class DeadLettersConfig:
+    max_entries: int = 10_000
+    max_bytes: int = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ class GatewayConfig:
     ingest: IngestConfig
     spool: SpoolConfig
     uplink: UplinkConfig
+    dead_letters: DeadLettersConfig
     admin: AdminConfig
     metrics: Listen | None
     repository: RepositoryConfig | None  # rollouts run only with a repository to offer from
@@ -142,13 +151,15 @@ def parse(data: dict, origin: str, base: Path) -> GatewayConfig:
     if data_dir is None:
         gateway.fail("data_dir", "is required")
     gateway.done()
+    uplink = _uplink(root.table("uplink"), data_dir)
     config = GatewayConfig(
         site=site,
         data_dir=data_dir,
         mqtt=_mqtt(root.table("mqtt"), site),
         ingest=_ingest(root.table("ingest")),
         spool=_spool(root.table("spool")),
-        uplink=_uplink(root.table("uplink"), data_dir),
+        uplink=uplink,
+        dead_letters=_dead_letters(root.table("dead_letters"), uplink),
         admin=_admin(root.table("admin"), data_dir),
         metrics=_metrics(root.table("metrics")),
         repository=_repository(root, "repository"),
@@ -183,6 +194,9 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
         table.fail("share_group", "must match [A-Za-z0-9_-]{1,64}")
     if share_group is not None and protocol != "5":
         table.fail("share_group", 'shared subscriptions need protocol = "5"')
+    max_packet_size = table.value("max_packet_size", int, None, MAX_PACKET_BYTES, MQTT_MAX_PACKET)
+    if max_packet_size is not None and protocol != "5":
+        table.fail("max_packet_size", 'MQTT 3.1.1 has no Maximum Packet Size: needs protocol = "5"')
     password = table.value("password", str, None)
     password_file = table.existing_file("password_file")
     if password is not None and password_file is not None:
@@ -207,6 +221,7 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
         share_group=share_group,
         session_expiry_s=table.value("session_expiry_s", int, 7 * 24 * 3600, 60, 2**32 - 2),
         receive_maximum=table.value("receive_maximum", int, 500, 1, 65535),
+        max_packet_size=max_packet_size or MAX_PACKET_BYTES,
         keepalive_s=table.value("keepalive_s", int, 30, 5, 3600),
         connect_timeout_s=table.value("connect_timeout_s", float, 10.0, 0.5, 300),
         reconnect_max_s=table.value("reconnect_max_s", float, 30.0, 1, 3600),
@@ -276,6 +291,17 @@ def _uplink(table: tomlconfig.Table, data_dir: Path) -> UplinkConfig:
         backoff_base_s=base,
         backoff_cap_s=table.value("backoff_cap_s", float, 60.0, base, 3600),
         gzip_level=table.value("gzip_level", int, 1, 1, 9),
+    )
+    table.done()
+    return config
+
+
+def _dead_letters(table: tomlconfig.Table, uplink: UplinkConfig) -> DeadLettersConfig:
+    max_bytes = table.value("max_bytes", int, 64 * MiB, 1 * MiB, 1024 * GiB)
+    if max_bytes < uplink.batch_bytes:
+        table.fail("max_bytes", f"must be >= uplink.batch_bytes ({uplink.batch_bytes}): one batch")
+    config = DeadLettersConfig(
+        max_entries=table.value("max_entries", int, 10_000, 10, 10_000_000), max_bytes=max_bytes
     )
     table.done()
     return config

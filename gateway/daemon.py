@@ -28,6 +28,8 @@ from gateway.rollouts.service import RolloutService
 from gateway.serving.renewal import Expiry
 from gateway.serving.service import RepositoryService
 from gateway.store import Store
+from gateway.telemetry import dead_letter_api
+from gateway.telemetry.dead_letters import DeadLetters
 from gateway.telemetry.ingest import Ingest
 from gateway.telemetry.sinks import make_sink
 from gateway.telemetry.spool import Spool
@@ -61,11 +63,13 @@ async def run(config: GatewayConfig) -> int:
         stack.callback(notifier.close)
         store = await stack.enter_async_context(Store(config.database))
         spool = await Spool(store, config.spool.max_bytes).open()
+        limits = config.dead_letters
+        dead_letters = await store.run(DeadLetters(limits.max_entries, limits.max_bytes).load_sync)
         inventory = await Inventory(store).open()
-        metrics = Metrics(spool.stats, inventory)
+        metrics = Metrics(spool.stats, dead_letters.stats, inventory)
         sink = await stack.enter_async_context(make_sink(config.uplink, config.site))
         uplink = await stack.enter_async_context(
-            Uplink(config.uplink, spool, sink, metrics, stopper.fail)
+            Uplink(config.uplink, spool, sink, dead_letters, metrics, stopper.fail)
         )
         repository: RepositoryService | None = None
 
@@ -74,6 +78,7 @@ async def run(config: GatewayConfig) -> int:
 
         metrics.watch_metadata(metadata_expiry)
         routes = core_routes(config.site, inventory, spool.stats, metadata_expiry)
+        routes += dead_letter_api.routes(store, dead_letters, spool, uplink.changed.set)
         rollouts = None
         if config.repository is not None:
             publisher = await stack.enter_async_context(
@@ -95,6 +100,7 @@ async def run(config: GatewayConfig) -> int:
                 config.ingest,
                 store,
                 spool,
+                dead_letters,
                 inventory,
                 metrics,
                 uplink.changed.set,

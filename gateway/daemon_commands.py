@@ -1,5 +1,5 @@
-"""``edgefleet gateway run|devices|status|import-release|install-service``: the site daemon,
-what the operator asks it, and its systemd service."""
+"""``edgefleet gateway run|devices|status|dead-letters|import-release|install-service``: the site
+daemon, what the operator asks it, and its systemd service."""
 
 from __future__ import annotations
 
@@ -27,6 +27,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status_parser = commands.add_parser("status", help="spool depth, drops and devices online")
     status_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
     status_parser.set_defaults(handler=status)
+
+    dead_parser = commands.add_parser(
+        "dead-letters",
+        help="what the gateway set aside: malformed device messages, records the cloud refused",
+    )
+    dead_parser.add_argument("--config", type=Path, help="gateway TOML file")
+    dead_parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    dead_parser.set_defaults(handler=dead_letters)
+    dead_commands = dead_parser.add_subparsers(dest="dead_letters_command", metavar="COMMAND")
+    resend_parser = dead_commands.add_parser(
+        "resend", help="put records the cloud refused back into the uplink (all without IDs)"
+    )
+    resend_parser.add_argument("ids", type=int, nargs="*", metavar="ID", help="dead letter ids")
+    resend_parser.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="gateway TOML file"
+    )
+    resend_parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON for scripts"
+    )
 
     import_parser = commands.add_parser(
         "import-release",
@@ -80,6 +99,51 @@ def status(args: argparse.Namespace) -> int:
     answer = asyncio.run(admin_client.get(config.load(args.config).admin, "/v1/status"))
     print(json.dumps(answer, indent=2))
     return 0
+
+
+def dead_letters(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from edgefleet.errors import UserError
+    from gateway import admin_client, config
+
+    if args.config is None:
+        raise UserError("the following argument is required: --config")
+    admin = config.load(args.config).admin
+    if args.dead_letters_command == "resend":
+        answer = asyncio.run(admin_client.post(admin, "/v1/dead-letters/resend", {"ids": args.ids}))
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            print(
+                f"{answer['resent']} dead letters ({answer['records']} records) back in the uplink"
+            )
+        return 0
+    answer = asyncio.run(admin_client.get(admin, "/v1/dead-letters"))
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print_dead_letters(answer["dead_letters"], answer["stats"])
+    return 0
+
+
+def print_dead_letters(entries: list[dict], stats: dict) -> None:
+    import datetime
+
+    head = ("ID", "TIME (UTC)", "SOURCE", "KIND", "REASON", "SIZE")
+    print("{:>6}  {:19}  {:6}  {:9}  {:15}  {:>8}  DETAIL".format(*head))
+    for entry in entries:
+        at = datetime.datetime.fromtimestamp(entry["at"], datetime.UTC)
+        detail = " ".join(entry["detail"].split())[:70]
+        print(
+            f"{entry['id']:>6}  {at:%Y-%m-%d %H:%M:%S}  {entry['source']:6}  {entry['kind']:9}  "
+            f"{entry['reason']:15}  {entry['size']:>8}  {detail}"
+        )
+    print(
+        f"{stats['entries']} dead letters ({stats['records']} records), "
+        f"{stats['dropped']} dropped by the cap ({stats['dropped_records']} records)"
+    )
 
 
 IMPORT_TIMEOUT_S = 300.0

@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import Listen
 from gateway.devices.inventory import Inventory
+from gateway.telemetry.dead_letters import DeadLetterStats
 from gateway.telemetry.spool import SpoolStats
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ NS = "edgefleet_gateway"
 
 
 class _StateCollector:
-    def __init__(self, stats: SpoolStats, online: Callable[[], int]):
-        self.stats, self.online = stats, online
+    def __init__(self, stats: SpoolStats, dead: DeadLetterStats, online: Callable[[], int]):
+        self.stats, self.dead, self.online = stats, dead, online
 
     def collect(self):
         stats = self.stats
@@ -42,6 +43,25 @@ class _StateCollector:
         )
         yield GaugeMetricFamily(
             f"{NS}_devices_online", "Devices whose status is online", self.online()
+        )
+        dead = self.dead
+        yield GaugeMetricFamily(f"{NS}_dead_letters", "Dead letters kept", dead.entries)
+        yield GaugeMetricFamily(
+            f"{NS}_dead_letter_records", "Records kept in dead letters", dead.records
+        )
+        yield GaugeMetricFamily(f"{NS}_dead_letter_bytes", "Bytes of dead letters", dead.bytes)
+        yield CounterMetricFamily(
+            f"{NS}_dead_letters_dropped", "Dead letters dropped by the cap, ever", dead.dropped
+        )
+        yield CounterMetricFamily(
+            f"{NS}_dead_letters_dropped_records",
+            "Records in dead letters dropped by the cap, ever",
+            dead.dropped_records,
+        )
+        yield CounterMetricFamily(
+            f"{NS}_uplink_refused_records",
+            "Records the cloud refused for good and were set aside as dead letters, ever",
+            dead.set_aside_records,
         )
 
 
@@ -70,13 +90,16 @@ class _ExpiryCollector:
 
 
 class Metrics:
-    def __init__(self, stats: SpoolStats, inventory: Inventory):
+    def __init__(self, stats: SpoolStats, dead: DeadLetterStats, inventory: Inventory):
         self.registry = CollectorRegistry()
         r = self.registry
         self.messages = Counter(f"{NS}_ingest_messages", "MQTT messages", ["kind"], registry=r)
         self.records = Counter(f"{NS}_ingest_records", "Telemetry records spooled", registry=r)
         self.malformed = Counter(
-            f"{NS}_ingest_malformed", "Messages refused as malformed", ["kind"], registry=r
+            f"{NS}_ingest_malformed",
+            "Messages refused as malformed, kept as dead letters",
+            ["kind", "reason"],
+            registry=r,
         )
         self.commit_seconds = Histogram(
             f"{NS}_ingest_commit_seconds",
@@ -98,7 +121,16 @@ class Metrics:
         self.upload_failures = Counter(
             f"{NS}_uplink_failures", "Failed upload attempts", ["reason"], registry=r
         )
-        r.register(_StateCollector(stats, inventory.online))
+        self.refusals = Counter(
+            f"{NS}_uplink_refusals",
+            "Batches or parts of batches the cloud refused for good",
+            ["status"],
+            registry=r,
+        )
+        self.splits = Counter(
+            f"{NS}_uplink_splits", "Batches halved after a 413 from the cloud", registry=r
+        )
+        r.register(_StateCollector(stats, dead, inventory.online))
 
     def watch_level(self, name: str, text: str, level: Callable[[], float]) -> None:
         """Export a level another part keeps, read at each scrape."""

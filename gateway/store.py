@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import structlog
 
 T = TypeVar("T")
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids name batches
     n INTEGER NOT NULL,                    -- records in this row
@@ -29,8 +29,23 @@ CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (device TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
+# Version 2 adds the dead letters (gateway/telemetry/dead_letters.py).
+SCHEMA_V2 = """
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,             -- unix time it was set aside
+    source TEXT NOT NULL,         -- 'mqtt' (a device message) or 'uplink' (records refused)
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    records INTEGER NOT NULL,     -- records in data (uplink letters)
+    size INTEGER NOT NULL,        -- bytes of the original
+    data BLOB NOT NULL
+);
+"""
 # Script N brings a database from schema N to N + 1, in one transaction with the version.
-MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
 
 log = structlog.get_logger()
 

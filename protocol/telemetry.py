@@ -23,6 +23,7 @@ from typing import Any
 
 from protocol.topics import (
     DEVICE_ID_PATTERN,
+    MAX_INT,
     NAME_PATTERN,
     SCHEMA_VERSION,
     ProtocolError,
@@ -32,6 +33,9 @@ from protocol.topics import (
 
 MAX_RECORD_BYTES = 192 * 1024
 MAX_BATCH_BYTES = 256 * 1024
+# The largest MQTT packet of the contract: the biggest batch with room for its topic and header.
+# Brokers and the gateway refuse bigger packets before reading them.
+MAX_PACKET_BYTES = MAX_BATCH_BYTES + 4 * 1024
 MAX_BATCH_RECORDS = 10_000
 MAX_TOP_K = 32
 MAX_FEATURES = 32
@@ -44,28 +48,39 @@ RAW_DTYPES = ("float32", "int8", "uint8", "int16", "int32")
 _BATCH_HEAD = b'{"schema":%d,"device":"%s","records":['
 
 
-def _require(condition: bool, message: str) -> None:
+def _require(condition: bool, message: str, reason: str = "invalid") -> None:
     if not condition:
-        raise ProtocolError(message)
+        raise ProtocolError(message, reason)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _finite(value: Any, what: str) -> float:
-    _require(isinstance(value, int | float) and not isinstance(value, bool), f"{what} not a number")
-    _require(math.isfinite(value), f"{what} is not finite")
+    """A number as a float; an integer too big for a float is refused before converting it."""
+    _require(
+        isinstance(value, int | float) and not isinstance(value, bool),
+        f"{what} not a number",
+        "type",
+    )
+    if isinstance(value, int):
+        _require(-MAX_INT < value < MAX_INT, f"{what} is out of range", "range")
+    _require(math.isfinite(value), f"{what} is not finite", "non_finite")
     return float(value)
 
 
 def _floats(value: Any, what: str, limit: int) -> tuple[float, ...]:
-    _require(isinstance(value, list) and len(value) <= limit, f"{what} is not a short list")
+    _require(isinstance(value, list), f"{what} is not a list", "type")
+    _require(len(value) <= limit, f"{what} has more than {limit} items", "size")
     return tuple(_finite(v, what) for v in value)
 
 
 def _counts(value: Any, what: str, limit: int) -> tuple[int, ...]:
-    _require(isinstance(value, list) and len(value) <= limit, f"{what} is not a short list")
-    _require(
-        all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value),
-        f"{what} holds a bad count",
-    )
+    _require(isinstance(value, list), f"{what} is not a list", "type")
+    _require(len(value) <= limit, f"{what} has more than {limit} items", "size")
+    _require(all(_is_int(v) for v in value), f"{what} holds a count that is not an integer", "type")
+    _require(all(0 <= v < MAX_INT for v in value), f"{what} holds a count out of range", "range")
     return tuple(value)
 
 
@@ -102,7 +117,7 @@ class InputSummary:
 
     @classmethod
     def from_json(cls, data: Any) -> InputSummary:
-        _require(isinstance(data, dict), "input summary is not an object")
+        _require(isinstance(data, dict), "input summary is not an object", "type")
         stats = (_finite(data.get(k), f"input {k}") for k in ("mean", "std", "min", "max"))
         return cls(*stats, _floats(data.get("feat"), "input features", MAX_FEATURES))
 
@@ -124,21 +139,22 @@ class RawInput:
 
     @classmethod
     def from_json(cls, data: Any) -> RawInput:
-        _require(isinstance(data, dict), "raw input is not an object")
+        _require(isinstance(data, dict), "raw input is not an object", "type")
         dtype = get(data, "dtype", str)
         _require(dtype in RAW_DTYPES, f"unknown raw dtype {dtype!r}")
         shape = data.get("shape")
         _require(isinstance(shape, list) and 0 < len(shape) <= 8, "bad raw shape")
         _require(
-            all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape),
+            all(_is_int(d) and 0 < d <= MAX_RAW_BYTES for d in shape),
             "bad raw shape",
         )
         text = data.get("b64")
-        _require(isinstance(text, str) and len(text) <= MAX_RAW_BYTES * 4 // 3 + 4, "bad raw data")
+        _require(isinstance(text, str), "raw data is not a string", "type")
+        _require(len(text) <= MAX_RAW_BYTES * 4 // 3 + 4, "raw data is too long", "size")
         try:
             raw = base64.b64decode(text, validate=True)
         except ValueError:
-            raise ProtocolError("raw input is not base64") from None
+            raise ProtocolError("raw input is not base64", "encoding") from None
         itemsize = {"float32": 4, "int8": 1, "uint8": 1, "int16": 2, "int32": 4}[dtype]
         _require(len(raw) == math.prod(shape) * itemsize, "raw input size does not match shape")
         return cls(dtype, tuple(shape), raw)
@@ -172,10 +188,11 @@ class Inference:
     @classmethod
     def from_json(cls, data: dict) -> Inference:
         top = data.get("top")
-        _require(isinstance(top, list) and 0 < len(top) <= MAX_TOP_K, "bad top-k")
+        _require(isinstance(top, list), "top-k is not a list", "type")
+        _require(0 < len(top) <= MAX_TOP_K, f"top-k needs 1..{MAX_TOP_K} entries", "size")
         pairs = []
         for item in top:
-            _require(isinstance(item, list) and len(item) == 2, "bad top-k entry")
+            _require(isinstance(item, list) and len(item) == 2, "bad top-k entry", "type")
             cls_index = item[0]
             _require(
                 isinstance(cls_index, int)
@@ -235,11 +252,12 @@ class DriftWindow:
     def from_json(cls, data: dict) -> DriftWindow:
         def hists(key: str, limit: int) -> tuple[tuple[int, ...], ...]:
             value = data.get(key)
-            _require(isinstance(value, list) and len(value) <= limit, f"bad {key}")
+            _require(isinstance(value, list), f"{key} is not a list", "type")
+            _require(len(value) <= limit, f"{key} has more than {limit} histograms", "size")
             return tuple(_counts(h, key, MAX_BINS) for h in value)
 
         compared, alarm = data.get("compared"), data.get("alarm")
-        _require(isinstance(compared, bool) and isinstance(alarm, bool), "bad drift flags")
+        _require(isinstance(compared, bool) and isinstance(alarm, bool), "bad drift flags", "type")
         return cls(
             model=_model_name(data),
             version=_version(data),
@@ -284,7 +302,7 @@ class Record:
 
     @classmethod
     def from_json(cls, data: Any) -> Record:
-        _require(isinstance(data, dict), "record is not an object")
+        _require(isinstance(data, dict), "record is not an object", "type")
         device, boot = data.get("dev"), data.get("boot")
         _require(
             isinstance(device, str) and DEVICE_ID_PATTERN.fullmatch(device) is not None,
@@ -294,7 +312,8 @@ class Record:
             isinstance(boot, str) and BOOT_PATTERN.fullmatch(boot) is not None, "bad record boot id"
         )
         kind = data.get("kind")
-        _require(isinstance(kind, str) and kind in BODIES, f"unknown record kind {kind!r:.40}")
+        _require(isinstance(kind, str), "record kind is not a string", "type")
+        _require(kind in BODIES, f"unknown record kind {kind!r:.40}")
         return cls(
             RecordId(device, boot, _non_negative_int(data, "seq")),
             _non_negative_int(data, "ts_ms"),
@@ -322,10 +341,8 @@ def _version(data: dict) -> int:
 
 def _non_negative_int(data: dict, key: str) -> int:
     value = data.get(key)
-    _require(
-        isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63,
-        f"field {key!r} is not a non-negative integer",
-    )
+    _require(_is_int(value), f"field {key!r} is not an integer", "type")
+    _require(0 <= value < MAX_INT, f"field {key!r} is out of range", "range")
     return value
 
 

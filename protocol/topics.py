@@ -60,13 +60,35 @@ COMMAND_KINDS = ("update", "rollback", "config")
 MAX_RETRY_FOR_S = 7 * 86400
 
 
+# What a refusal is about, in a few words a receiver can count by (metrics labels).
+REASONS = (
+    "size",
+    "encoding",
+    "json",
+    "nesting",
+    "non_finite",
+    "range",
+    "type",
+    "schema",
+    "invalid",
+)
+MAX_INT = 2**63  # integers on the wire fit a signed 64-bit column: |n| < 2**63
+MAX_INT_DIGITS = 20  # longer digit strings are refused before they are converted
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class ProtocolError(ValueError):
-    """Bytes from the other side that do not follow the contract."""
+    """Bytes from the other side that do not follow the contract; ``reason`` is one of
+    ``REASONS``, the message says exactly what is wrong."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
 
 
-def _require(condition: bool, message: str) -> None:
+def _require(condition: bool, message: str, reason: str = "invalid") -> None:
     if not condition:
-        raise ProtocolError(message)
+        raise ProtocolError(message, reason)
 
 
 # -- topics -------------------------------------------------------------------------------------
@@ -98,25 +120,69 @@ def parse_device_topic(topic: str) -> tuple[str, str, str]:
 # -- JSON helpers shared by the payload codecs ---------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ProtocolError(f"non-finite number {name} in payload")
+def reject_constant(name: str) -> Any:
+    """``parse_constant`` for ``json``: NaN and the infinities are not JSON numbers."""
+    raise ProtocolError(f"non-finite number {name} in payload", "non_finite")
+
+
+def _bounded_int(text: str) -> int:
+    """``parse_int`` for ``json``: a number too long to be a 64-bit integer is refused before it
+    is converted (``int()`` of thousands of digits is slow, and floats of it overflow)."""
+    digits = len(text) - (text[0] == "-")
+    _require(digits <= MAX_INT_DIGITS, f"integer of {digits} digits in payload", "range")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    """``parse_float`` for ``json``: ``1e400`` would otherwise parse as infinity."""
+    value = float(text)
+    _require(math.isfinite(value), f"number {text[:40]} is out of float range", "non_finite")
+    return value
+
+
+def decode_json(payload: bytes, what: str) -> Any:
+    """Untrusted UTF-8 bytes -> a JSON value with bounded integers and finite floats, or
+    ``ProtocolError`` saying which of those it is not."""
+    try:
+        text = payload.decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{what} payload is not UTF-8 (byte {exc.start})", "encoding") from None
+    try:
+        data = json.loads(
+            text, parse_constant=reject_constant, parse_int=_bounded_int, parse_float=_finite_float
+        )
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError(f"{what} payload is nested too deeply", "nesting") from None
+    except ValueError as exc:
+        raise ProtocolError(f"{what} payload is not JSON: {exc}", "json") from None
+    return data
 
 
 def load_object(payload: bytes, limit: int, what: str) -> dict:
     """Untrusted bytes -> a JSON object of the current schema, or ``ProtocolError``."""
-    _require(isinstance(payload, bytes | bytearray), f"{what} payload is not bytes")
-    _require(len(payload) <= limit, f"{what} payload of {len(payload)} bytes exceeds {limit}")
-    try:
-        data = json.loads(payload, parse_constant=_reject_constant)
-    except ProtocolError:
-        raise
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"{what} payload is not JSON: {exc}") from None
-    _require(isinstance(data, dict), f"{what} payload is not a JSON object")
+    _require(isinstance(payload, bytes | bytearray), f"{what} payload is not bytes", "type")
     _require(
-        data.get("schema") == SCHEMA_VERSION, f"unsupported {what} schema {data.get('schema')!r}"
+        len(payload) <= limit, f"{what} payload of {len(payload)} bytes exceeds {limit}", "size"
     )
+    data = decode_json(bytes(payload), what)
+    _require(isinstance(data, dict), f"{what} payload is not a JSON object", "type")
+    schema = data.get("schema")
+    _require(schema == SCHEMA_VERSION, f"unsupported {what} schema {schema!r:.40}", "schema")
     return data
+
+
+def check_text(value: str, what: str) -> str:
+    """A string from the wire: short, and encodable (no lone surrogates from ``\\ud800``)."""
+    _require(len(value) <= MAX_TEXT, f"{what} is too long", "size")
+    _require(_SURROGATE.search(value) is None, f"{what} is not valid Unicode", "encoding")
+    return value
+
+
+def check_int(value: int, what: str) -> int:
+    _require(-MAX_INT < value < MAX_INT, f"{what} is out of range", "range")
+    return value
 
 
 def dump_object(data: dict, limit: int, what: str) -> bytes:
@@ -132,11 +198,13 @@ def get(data: dict, key: str, kind: type | tuple[type, ...], default: Any = ...)
         return default
     value = data[key]
     ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _tuple(kind))
-    _require(ok, f"field {key!r} has the wrong type")
+    _require(ok, f"field {key!r} has the wrong type", "type")
     if isinstance(value, float):
-        _require(math.isfinite(value), f"field {key!r} is not finite")
-    if isinstance(value, str):
-        _require(len(value) <= MAX_TEXT, f"field {key!r} is too long")
+        _require(math.isfinite(value), f"field {key!r} is not finite", "non_finite")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        check_int(value, f"field {key!r}")
+    elif isinstance(value, str):
+        check_text(value, f"field {key!r}")
     return value
 
 
@@ -154,17 +222,20 @@ def _name(data: dict, key: str, default: Any = ...) -> str:
 def _scalars(data: dict, key: str) -> dict[str, str | int | float | bool | None]:
     """A small flat object of scalars (event details, config changes)."""
     value = get(data, key, dict, {})
-    _require(len(value) <= MAX_DETAIL_KEYS, f"field {key!r} has too many keys")
+    _require(len(value) <= MAX_DETAIL_KEYS, f"field {key!r} has too many keys", "size")
     for name, item in value.items():
-        _require(len(name) <= 64, f"field {key!r} has a key that is too long")
+        _require(len(name) <= 64, f"field {key!r} has a key that is too long", "size")
+        check_text(name, f"a key of field {key!r}")
+        what = f"field {key!r}.{name}"
         _require(
-            item is None or isinstance(item, str | int | float | bool),
-            f"field {key!r}.{name[:64]} is not a scalar",
+            item is None or isinstance(item, str | int | float), f"{what} is not a scalar", "type"
         )
         if isinstance(item, float):
-            _require(math.isfinite(item), f"field {key!r}.{name[:64]} is not finite")
-        if isinstance(item, str):
-            _require(len(item) <= MAX_TEXT, f"field {key!r}.{name[:64]} is too long")
+            _require(math.isfinite(item), f"{what} is not finite", "non_finite")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            check_int(item, what)
+        elif isinstance(item, str):
+            check_text(item, what)
     return dict(value)
 
 
@@ -176,7 +247,7 @@ def _device(data: dict) -> str:
 
 def _non_negative(data: dict, key: str, default: Any = ...) -> int:
     value = get(data, key, int, default)
-    _require(value >= 0, f"field {key!r} is negative")
+    _require(value >= 0, f"field {key!r} is negative", "range")
     return value
 
 
@@ -194,7 +265,7 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, data: Any) -> ModelInfo:
-        _require(isinstance(data, dict), "model is not an object")
+        _require(isinstance(data, dict), "model is not an object", "type")
         sha = get(data, "sha256", str)
         _require(re.fullmatch(r"[0-9a-f]{64}", sha) is not None, "bad model sha256")
         return cls(_name(data, "name"), _non_negative(data, "version"), sha)
@@ -219,9 +290,9 @@ class DriftInfo:
 
     @classmethod
     def from_json(cls, data: Any) -> DriftInfo:
-        _require(isinstance(data, dict), "drift is not an object")
+        _require(isinstance(data, dict), "drift is not an object", "type")
         max_psi = float(get(data, "max_psi", (int, float)))
-        _require(max_psi >= 0, "negative psi")
+        _require(max_psi >= 0, "negative psi", "range")
         return cls(
             _non_negative(data, "window"),
             max_psi,
@@ -249,7 +320,7 @@ class SpoolInfo:
 
     @classmethod
     def from_json(cls, data: Any) -> SpoolInfo:
-        _require(isinstance(data, dict), "spool is not an object")
+        _require(isinstance(data, dict), "spool is not an object", "type")
         keys = ("depth", "bytes", "cap_bytes", "dropped", "produced")
         return cls(*(_non_negative(data, key) for key in keys))
 
@@ -269,7 +340,7 @@ class McuInfo:
 
     @classmethod
     def from_json(cls, data: Any) -> McuInfo:
-        _require(isinstance(data, dict), "mcu is not an object")
+        _require(isinstance(data, dict), "mcu is not an object", "type")
         version = get(data, "version", (str, type(None)))
         _require(version is None or VERSION_TEXT.fullmatch(version) is not None, "bad mcu version")
         return cls(_name(data, "name"), version, _name(data, "state"))
@@ -331,7 +402,7 @@ class Status:
             get(data, key, (dict, type(None)), None) for key in ("model", "drift", "spool")
         )
         mcus = get(data, "mcus", list, [])
-        _require(len(mcus) <= MAX_MCUS, "too many mcus")
+        _require(len(mcus) <= MAX_MCUS, "too many mcus", "size")
         return cls(
             device=_device(data),
             state=state,
@@ -352,7 +423,7 @@ class Status:
 
 def _hardware(data: dict) -> dict:
     tags = get(data, "tags", list, [])
-    _require(len(tags) <= MAX_HARDWARE_TAGS, "too many hardware tags")
+    _require(len(tags) <= MAX_HARDWARE_TAGS, "too many hardware tags", "size")
     _require(
         all(isinstance(t, str) and NAME_PATTERN.fullmatch(t) for t in tags), "bad hardware tag"
     )

@@ -11,12 +11,22 @@ without 5: clean session off), so the broker keeps queuing while the gateway is 
 unacknowledged messages when it comes back. Receive Maximum (MQTT 5) asks the broker to bound the
 messages in flight; the gateway also enforces it by holding paho's thread while that many messages
 wait, which bounds its memory. A PUBACK is sent only on the connection the message came on: after
-a reconnect the broker re-sends instead.
+a reconnect the broker re-sends instead. Maximum Packet Size (MQTT 5) makes the broker drop a
+message too big for the contract instead of delivering it, so its size never reaches this process.
+
+Nothing a device sends stops the gateway: a message that cannot be decoded, validated or stored,
+for whatever reason, is malformed. Each message is written under its own savepoint inside the
+group's transaction, so one that fails is rolled back alone; it is then kept as a dead letter,
+counted by reason, and acknowledged with the rest of its group (sending it again would not make
+it valid). Only a failure of the database itself (``sqlite3.OperationalError``: disk full, I/O)
+ends the writer, with nothing of its group acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -33,6 +43,7 @@ from gateway.devices.inventory import Device, Inventory, apply_event, apply_stat
 from gateway.metrics import Metrics
 from gateway.mqtt_client import paho_client
 from gateway.store import Store, transaction
+from gateway.telemetry.dead_letters import DeadLetters, Letter, message_letter
 from gateway.telemetry.records import split_batch
 from gateway.telemetry.spool import Spool, SpoolRow
 from protocol.topics import Event, ProtocolError, Status, parse_device_topic
@@ -57,8 +68,9 @@ class Telemetry:
 
 @dataclass(frozen=True)
 class Malformed:
-    kind: str
-    reason: str
+    kind: str  # telemetry, status, events, or topic
+    reason: str  # a ProtocolError reason, or topic, device_mismatch, store, internal
+    detail: str  # what is wrong, one line
 
 
 def subscriptions(config: MqttConfig) -> list[str]:
@@ -80,9 +92,9 @@ def classify(
     try:
         topic_prefix, device, kind = parse_device_topic(topic)
     except ProtocolError as exc:
-        return Malformed("topic", str(exc))
+        return Malformed("topic", "topic", str(exc))
     if topic_prefix != prefix or kind == "cmd":
-        return Malformed("topic", f"unexpected topic {topic[:200]!r}")
+        return Malformed("topic", "topic", f"unexpected topic {topic[:200]!r}")
     if kind == "status" and not payload:
         return None
     try:
@@ -94,10 +106,16 @@ def classify(
         else:
             message = Event.decode(payload)
     except ProtocolError as exc:
-        return Malformed(kind, str(exc))
+        return Malformed(kind, exc.reason, str(exc))
+    except Exception as exc:  # a decoder's bug must not stop the gateway either
+        return Malformed(kind, "internal", f"{type(exc).__name__}: {exc}")
     if message.device != device:
-        return Malformed(kind, f"payload of device {message.device!r} on the topic of {device!r}")
+        detail = f"payload of device {message.device!r} on the topic of {device!r}"
+        return Malformed(kind, "device_mismatch", detail)
     return message
+
+
+TOPIC_KINDS = {Telemetry: "telemetry", Status: "status", Event: "events"}
 
 
 @dataclass
@@ -106,7 +124,7 @@ class GroupResult:
     dropped: int = 0
     changed: dict[str, Device] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
-    malformed: list[tuple[str, str, str]] = field(default_factory=list)  # kind, topic, reason
+    malformed: list[tuple[str, Malformed]] = field(default_factory=list)  # topic, why
     device_messages: list[Status | Event] = field(default_factory=list)
 
 
@@ -119,6 +137,7 @@ class Ingest:
         ingest: IngestConfig,
         store: Store,
         spool: Spool,
+        dead_letters: DeadLetters,
         inventory: Inventory,
         metrics: Metrics,
         on_spooled: Callable[[], None],
@@ -129,6 +148,7 @@ class Ingest:
         commit; it must not block (the rollout service only queues them)."""
         self.config, self.ingest = config, ingest
         self.store, self.spool, self.inventory, self.metrics = store, spool, inventory, metrics
+        self.dead_letters = dead_letters
         self.on_spooled, self.on_failure = on_spooled, on_failure
         self.on_device_messages = on_device_messages
         self._inbox: deque[Inbound] = deque()
@@ -189,38 +209,74 @@ class Ingest:
 
     def _persist_sync(self, conn, group: list[Inbound]) -> GroupResult:
         result = GroupResult()
-        now = time.time()
-        rows: list[SpoolRow] = []
-        changed = result.changed
-        full = self.ingest.validation == "full"
-        for item in group:
-            message = classify(item.topic, item.payload, self.config.prefix, full)
-            if message is None:
-                continue
-            kind = type(message).__name__.lower()
-            result.kinds[kind] = result.kinds.get(kind, 0) + 1
-            if isinstance(message, Malformed):
-                result.malformed.append((message.kind, item.topic, message.reason))
-                continue
-            row = changed.get(message.device) or self.inventory.devices.get(message.device)
-            if isinstance(message, Telemetry):
-                rows.append(SpoolRow(len(message.records), b"\n".join(message.records)))
-                result.records += len(message.records)
-                changed[message.device] = touch(row, message.device, len(message.records), now)
-            elif isinstance(message, Status):
-                changed[message.device] = apply_status(row, message, now)
-                result.device_messages.append(message)
-            else:
-                changed[message.device] = apply_event(row, message, now)
-                result.device_messages.append(message)
 
         def write() -> int:
-            dropped = self.spool.append_sync(conn, rows) if rows else 0
-            Inventory.save_sync(conn, changed.values())
+            now, full = time.time(), self.ingest.validation == "full"
+            dropped = 0
+            letters: list[Letter] = []
+            for item in group:
+                message = classify(item.topic, item.payload, self.config.prefix, full)
+                if message is None:
+                    continue
+                if not isinstance(message, Malformed):
+                    stored = self._store_one_sync(conn, message, result, now)
+                    if isinstance(stored, Malformed):
+                        message = stored
+                    else:
+                        dropped += stored
+                kind = type(message).__name__.lower()
+                result.kinds[kind] = result.kinds.get(kind, 0) + 1
+                if isinstance(message, Malformed):
+                    result.malformed.append((item.topic, message))
+                    letters.append(
+                        message_letter(
+                            message.kind, message.reason, message.detail, item.topic, item.payload
+                        )
+                    )
+            if letters:
+                self.dead_letters.add_sync(conn, letters)
             return dropped
 
         result.dropped = transaction(conn, write)
         return result
+
+    def _store_one_sync(
+        self, conn, message: Telemetry | Status | Event, result: GroupResult, now: float
+    ) -> int | Malformed:
+        """Write one message under its own savepoint: the records dropped by the spool cap, or
+        ``Malformed`` (rolled back) if it could not be stored."""
+        changed = result.changed
+        spool_stats = dataclasses.replace(self.spool.stats)
+        conn.execute("SAVEPOINT message")
+        try:
+            row = changed.get(message.device) or self.inventory.devices.get(message.device)
+            dropped = 0
+            if isinstance(message, Telemetry):
+                count = len(message.records)
+                dropped = self.spool.append_sync(
+                    conn, [SpoolRow(count, b"\n".join(message.records))]
+                )
+                device = touch(row, message.device, count, now)
+            elif isinstance(message, Status):
+                device = apply_status(row, message, now)
+            else:
+                device = apply_event(row, message, now)
+            Inventory.save_sync(conn, [device])
+        except sqlite3.OperationalError:
+            raise  # the database itself: nothing of the group may be acknowledged
+        except Exception as exc:
+            conn.execute("ROLLBACK TO message")
+            conn.execute("RELEASE message")
+            vars(self.spool.stats).update(vars(spool_stats))
+            detail = f"could not be stored: {type(exc).__name__}: {exc}"
+            return Malformed(TOPIC_KINDS[type(message)], "store", detail)
+        conn.execute("RELEASE message")
+        changed[message.device] = device
+        if isinstance(message, Telemetry):
+            result.records += len(message.records)
+        else:
+            result.device_messages.append(message)
+        return dropped
 
     # -- event loop -----------------------------------------------------------------------------
 
@@ -249,9 +305,15 @@ class Ingest:
         for kind, count in result.kinds.items():
             self.metrics.messages.labels(kind).inc(count)
         self.metrics.records.inc(result.records)
-        for kind, topic, reason in result.malformed:
-            self.metrics.malformed.labels(kind).inc()
-            log.warning("malformed message", kind=kind, topic=topic[:200], reason=reason[:300])
+        for topic, why in result.malformed:
+            self.metrics.malformed.labels(why.kind, why.reason).inc()
+            log.warning(
+                "malformed message: kept as a dead letter",
+                kind=why.kind,
+                reason=why.reason,
+                topic=topic[:200],
+                detail=why.detail[:300],
+            )
         if result.dropped:
             log.warning("spool full: dropped oldest records", dropped=result.dropped)
 
@@ -284,6 +346,7 @@ class Ingest:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self.config.session_expiry_s
             properties.ReceiveMaximum = self.config.receive_maximum
+            properties.MaximumPacketSize = self.config.max_packet_size
             session = {"clean_start": False, "properties": properties}
         self._client.connect_async(
             self.config.host, self.config.port, keepalive=self.config.keepalive_s, **session

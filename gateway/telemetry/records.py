@@ -18,21 +18,24 @@ import re
 from typing import Any
 
 from protocol.telemetry import BODIES, BOOT_PATTERN, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Record
-from protocol.topics import DEVICE_ID_PATTERN, SCHEMA_VERSION, ProtocolError
+from protocol.topics import (
+    DEVICE_ID_PATTERN,
+    MAX_INT,
+    SCHEMA_VERSION,
+    ProtocolError,
+    reject_constant,
+)
 
 _WS = re.compile(r"[ \t\n\r]*")
+# Integers and floats keep the C scanner's own parsing here (hooks would cost a Python call per
+# number on the hot path); what the gateway reads of a record is range-checked below, and
+# ``full`` validation bounds every number.
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ProtocolError(f"non-finite number {name} in payload")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _require(condition: bool, message: str) -> None:
+def _require(condition: bool, message: str, reason: str = "invalid") -> None:
     if not condition:
-        raise ProtocolError(message)
+        raise ProtocolError(message, reason)
 
 
 def _scan(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
@@ -41,16 +44,16 @@ def _scan(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
     fields: dict[str, Any] = {}
     records: list[tuple[Any, str]] = []
     i = ws(text, 0).end()
-    _require(text[i] == "{", "telemetry payload is not a JSON object")
+    _require(text[i] == "{", "telemetry payload is not a JSON object", "type")
     i = ws(text, i + 1).end()
     if text[i] == "}":
         i += 1
     else:
         while True:
             key, i = scan(text, i)
-            _require(isinstance(key, str) and key not in fields, "bad or repeated key")
+            _require(isinstance(key, str) and key not in fields, "bad or repeated key", "json")
             i = ws(text, i).end()
-            _require(text[i] == ":", "expected ':'")
+            _require(text[i] == ":", "expected ':'", "json")
             i = ws(text, i + 1).end()
             if key == "records" and text[i] == "[":
                 i = ws(text, i + 1).end()
@@ -65,10 +68,10 @@ def _scan(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
                         i = end + 1
                         if text[end] == "]":
                             break
-                        _require(text[end] == ",", "expected ',' or ']'")
+                        _require(text[end] == ",", "expected ',' or ']'", "json")
                         if text[i] in " \t\n\r":
                             i = ws(text, i).end()
-                    _require(len(records) <= MAX_BATCH_RECORDS, "too many records")
+                    _require(len(records) <= MAX_BATCH_RECORDS, "too many records", "size")
                 fields[key] = records
             else:
                 fields[key], i = scan(text, i)
@@ -76,41 +79,58 @@ def _scan(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
             i += 1
             if text[i - 1] == "}":
                 break
-            _require(text[i - 1] == ",", "expected ',' or '}'")
+            _require(text[i - 1] == ",", "expected ',' or '}'", "json")
             i = ws(text, i).end()
-    _require(ws(text, i).end() == len(text), "trailing bytes after the batch")
+    _require(ws(text, i).end() == len(text), "trailing bytes after the batch", "json")
     return fields, records
 
 
-def _identity_error(data: Any, device: str) -> str:
+def _identity_error(data: Any, device: str) -> ProtocolError:
     """Why a record fails the identity check (only called once it has failed)."""
     if not isinstance(data, dict):
-        return "record is not an object"
+        return ProtocolError("record is not an object", "type")
     if data.get("dev") != device:
-        return "record of another device in batch"
-    if data.get("kind") not in BODIES:
-        return "unknown record kind"
-    return "bad record boot, seq or ts_ms"
+        return ProtocolError("record of another device in batch")
+    kind = data.get("kind")
+    if not isinstance(kind, str):
+        return ProtocolError("record kind is not a string", "type")
+    if kind not in BODIES:
+        return ProtocolError(f"unknown record kind {kind[:40]!r}")
+    for key in ("seq", "ts_ms"):
+        value = data.get(key)
+        if type(value) is not int:
+            return ProtocolError(f"record {key} is not an integer", "type")
+        if not 0 <= value < MAX_INT:
+            return ProtocolError(f"record {key} is out of range", "range")
+    return ProtocolError("bad record boot id")
 
 
 def split_batch(payload: bytes, full: bool = False) -> tuple[str, list[bytes]]:
     """Untrusted batch bytes -> ``(device, [record bytes, ...])`` or ``ProtocolError``."""
-    _require(len(payload) <= MAX_BATCH_BYTES, f"batch of {len(payload)} bytes is too big")
+    size = len(payload)
+    _require(size <= MAX_BATCH_BYTES, f"batch of {size} bytes is too big", "size")
     try:
-        fields, records = _scan(payload.decode())
+        text = payload.decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            f"telemetry payload is not UTF-8 (byte {exc.start})", "encoding"
+        ) from None
+    try:
+        fields, records = _scan(text)
     except ProtocolError:
         raise
-    except (ValueError, IndexError, RecursionError) as exc:
-        raise ProtocolError(f"telemetry payload is not JSON: {exc}") from None
-    _require(fields.get("schema") == SCHEMA_VERSION, "unsupported telemetry schema")
+    except RecursionError:
+        raise ProtocolError("telemetry payload is nested too deeply", "nesting") from None
+    except (ValueError, IndexError) as exc:
+        raise ProtocolError(f"telemetry payload is not JSON: {exc}", "json") from None
+    schema = fields.get("schema")
+    _require(schema == SCHEMA_VERSION, f"unsupported telemetry schema {schema!r:.40}", "schema")
     device = fields.get("device")
-    _require(
-        isinstance(device, str) and DEVICE_ID_PATTERN.fullmatch(device) is not None,
-        "bad batch device",
-    )
+    _require(isinstance(device, str), "batch device is not a string", "type")
+    _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, "bad batch device")
     _require(fields.get("records") is records and records, "bad record list")
     out = []
-    boot_ok, kinds, limit = BOOT_PATTERN.fullmatch, BODIES, 2**63
+    boot_ok, kinds, limit = BOOT_PATTERN.fullmatch, BODIES, MAX_INT
     for data, text in records:
         # one expression on the hot path; _identity_error explains a failure
         if not (
@@ -122,9 +142,10 @@ def split_batch(payload: bytes, full: bool = False) -> tuple[str, list[bytes]]:
             and 0 <= seq < limit
             and type(ts := data.get("ts_ms")) is int
             and 0 <= ts < limit
-            and data.get("kind") in kinds
+            and type(kind := data.get("kind")) is str
+            and kind in kinds
         ):
-            raise ProtocolError(_identity_error(data, device))
+            raise _identity_error(data, device)
         _require("\n" not in text and "\r" not in text, "record spans several lines")
         if full:
             Record.from_json(data)

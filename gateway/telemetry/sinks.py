@@ -1,8 +1,11 @@
 """Where batches go: the cloud over HTTPS, or a local directory for offline sites and the demo.
 
-A sink either returns (the batch is safe elsewhere: a 2xx, or a file durably renamed into place)
-or raises ``SinkError`` saying why not; the uplink decides what happens next. Both are idempotent
-by the batch key: the cloud gets it as ``Idempotency-Key``, the directory as the file name.
+A sink either returns (the batch is safe elsewhere: a 2xx, or a file durably renamed into place),
+raises ``SinkError`` (not now: try again later) or ``Refused`` (never this batch: the cloud
+answered a 4xx that is about the batch); the uplink decides what happens next. Both sinks are
+idempotent by the batch key: the cloud gets it as ``Idempotency-Key``, the directory as the file
+name. The cloud's answer is read only up to ``MAX_ANSWER_BYTES``, and as it came (no
+decompression), so a peer cannot make the gateway hold more than that.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from gateway.config import UplinkConfig
 from gateway.telemetry.spool import Batch
 
 MAX_RETRY_AFTER_S = 3600.0
+MAX_ANSWER_BYTES = 4096
+# 4xx answers retried like a 5xx: they are about the gateway's credentials or address (a token
+# that expired would otherwise set the whole spool aside), or ask it to slow down.
+RETRIED_4XX = frozenset({401, 403, 404, 407, 408, 429})
 
 
 class SinkError(Exception):
@@ -29,6 +36,30 @@ class SinkError(Exception):
     def __init__(self, reason: str, detail: str = "", retry_after: float | None = None):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.retry_after = reason, retry_after
+
+
+class Refused(Exception):
+    """The cloud will never take this batch as it is; ``answer`` is the start of its reply."""
+
+    def __init__(self, status: int, answer: str):
+        super().__init__(f"http_{status}: {answer}" if answer else f"http_{status}")
+        self.status, self.answer = status, answer
+
+
+def permanent(status: int) -> bool:
+    """A 4xx that is about the batch (400, 413, 422...): sending it again cannot succeed."""
+    return 400 <= status < 500 and status not in RETRIED_4XX
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body; the rest is never read (the connection closes)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await response.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 class Sink(Protocol):
@@ -72,7 +103,9 @@ class HttpSink:
             )
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         connector = aiohttp.TCPConnector(limit=self.config.concurrency * 2)
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=False
+        )
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -87,7 +120,10 @@ class HttpSink:
             async with self._session.post(
                 self.config.url, data=body_gz, headers=headers, ssl=self._ssl
             ) as response:
-                await response.read()
+                answer = await read_bounded(response, MAX_ANSWER_BYTES)
+                if permanent(response.status):
+                    text = answer.decode(errors="replace") or (response.reason or "")
+                    raise Refused(response.status, text)
                 if not 200 <= response.status < 300:
                     raise SinkError(
                         f"http_{response.status}",

@@ -222,21 +222,19 @@ class Spool:
         records = sum(n for _, n, _ in found)
         return self._batch(found[0][0], batch.last, records, [data for _, _, data in found])
 
-    def _remove_sync(self, conn: sqlite3.Connection, batch: Batch) -> None:
+    def remove_sync(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Delete the rows of ``batch``, inside the caller's transaction."""
         span = (batch.first, batch.last)
-
-        def remove() -> tuple[int, float, float]:
-            found = conn.execute(
-                "SELECT count(*), total(n), total(size) FROM records WHERE id BETWEEN ? AND ?",
-                span,
-            ).fetchone()
-            conn.execute("DELETE FROM records WHERE id BETWEEN ? AND ?", span)
-            return found
-
-        rows, records, size = transaction(conn, remove)
+        rows, records, size = conn.execute(
+            "SELECT count(*), total(n), total(size) FROM records WHERE id BETWEEN ? AND ?", span
+        ).fetchone()
+        conn.execute("DELETE FROM records WHERE id BETWEEN ? AND ?", span)
         self.stats.rows -= rows
         self.stats.records -= int(records)
         self.stats.bytes -= int(size)
+
+    def _remove_sync(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        transaction(conn, lambda: self.remove_sync(conn, batch))
 
     async def lease(self, max_records: int, max_bytes: int) -> Batch | None:
         return await self.store.run(self._lease_sync, max_records, max_bytes)

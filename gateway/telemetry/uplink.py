@@ -3,14 +3,22 @@ delete it from the spool only after the sink accepted it.
 
 ``concurrency`` workers each own one batch at a time. A failed batch keeps its lease and is
 retried by its worker with exponential backoff and full jitter (honouring ``Retry-After`` up to
-the cap), re-read from the spool first in case the cap dropped some of its rows. Nothing here
-deletes a record that the sink did not accept.
+the cap), re-read from the spool first in case the cap dropped some of its rows.
+
+A batch the cloud refuses for good (``Refused``: a 4xx about the batch) is not retried, or it
+would hold its worker forever. A 413 halves it, down to single records, and each part goes on
+its own (named by the batch key and its place, so a retried part keeps its key); the parts still
+refused are set aside as dead letters in the same transaction that removes the batch from the
+spool. Nothing here deletes a record that the sink did not accept or that is not then a dead
+letter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -19,7 +27,9 @@ import structlog
 
 from gateway.config import UplinkConfig
 from gateway.metrics import Metrics
-from gateway.telemetry.sinks import Sink, SinkError, compress
+from gateway.store import transaction
+from gateway.telemetry.dead_letters import DeadLetters, Letter
+from gateway.telemetry.sinks import Refused, Sink, SinkError, compress
 from gateway.telemetry.spool import Batch, Spool, batch_due
 
 log = structlog.get_logger()
@@ -39,6 +49,24 @@ def retry_delay(
     return max(delay, min(retry_after, cap)) if retry_after is not None else delay
 
 
+def halves(part: Batch) -> list[Batch]:
+    """Two parts of ``part`` by records (it holds at least two), each with its own key."""
+    lines = part.body.split(b"\n")[:-1]
+    middle = len(lines) // 2
+    out = []
+    for index, chunk in enumerate((lines[:middle], lines[middle:])):
+        key = hashlib.sha256(f"{part.key}:{index}".encode()).hexdigest()[:40]
+        body = b"\n".join(chunk) + b"\n"
+        out.append(dataclasses.replace(part, records=len(chunk), body=body, key=key))
+    return out
+
+
+def refused_letter(part: Batch, refusal: Refused) -> Letter:
+    data = part.body[:-1]  # as a spool row: records joined by newlines
+    kind = f"http_{refusal.status}"
+    return Letter("uplink", kind, "refused", refusal.answer, "", len(data), data, part.records)
+
+
 class Uplink:
     """``async with Uplink(...)``: workers run until the block ends."""
 
@@ -47,10 +75,12 @@ class Uplink:
         config: UplinkConfig,
         spool: Spool,
         sink: Sink,
+        dead_letters: DeadLetters,
         metrics: Metrics,
         on_failure: Callable[[BaseException], None],
     ):
         self.config, self.spool, self.sink, self.metrics = config, spool, sink, metrics
+        self.dead_letters = dead_letters
         self.on_failure = on_failure
         self.changed = asyncio.Event()  # set when records were spooled
         self._tasks: list[asyncio.Task] = []
@@ -82,14 +112,11 @@ class Uplink:
                 await self._deliver(batch)
 
     async def _deliver(self, batch: Batch | None) -> None:
-        attempt, compressed, body = 0, None, b""
+        attempt = 0
+        settled: dict[str, Refused | None] = {}  # part key -> its refusal, or None: accepted
         while batch is not None:
-            if batch is not compressed:  # re-read unchanged: same bytes as last time
-                body = await asyncio.to_thread(compress, batch, self.config.gzip_level)
-                compressed = batch
-            started = time.perf_counter()
             try:
-                await self.sink.send(batch, body)
+                refused = await self._send_parts(batch, settled)
             except SinkError as exc:
                 self.metrics.upload_failures.labels(exc.reason).inc()
                 delay = retry_delay(
@@ -109,13 +136,69 @@ class Uplink:
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
-                batch = await self.spool.reread(batch)
+                again = await self.spool.reread(batch)
+                if again is not batch:  # rows were dropped: other parts, other keys
+                    settled.clear()
+                batch = again
                 continue
-            self.metrics.upload_seconds.observe(time.perf_counter() - started)
-            await self.spool.remove(batch)
+            if refused:
+                await self.spool.store.run(self._set_aside_sync, batch, refused)
+            else:
+                await self.spool.remove(batch)
+            delivered = batch.records - sum(part.records for part, _ in refused)
             self.metrics.uploaded_batches.inc()
-            self.metrics.uploaded_records.inc(batch.records)
+            self.metrics.uploaded_records.inc(delivered)
             return
+
+    async def _send_parts(
+        self, batch: Batch, settled: dict[str, Refused | None]
+    ) -> list[tuple[Batch, Refused]]:
+        """Send ``batch``, halving it at a 413; the parts refused for good. A ``SinkError``
+        (try later) leaves ``settled`` with what was already answered."""
+        parts, refused = [batch], []
+        while parts:
+            part = parts.pop(0)
+            if part.key not in settled:
+                body = await asyncio.to_thread(compress, part, self.config.gzip_level)
+                started = time.perf_counter()
+                try:
+                    await self.sink.send(part, body)
+                    settled[part.key] = None
+                    self.metrics.upload_seconds.observe(time.perf_counter() - started)
+                except Refused as exc:
+                    settled[part.key] = exc
+                    self.metrics.refusals.labels(str(exc.status)).inc()
+                    log.warning(
+                        "cloud refused a batch",
+                        status=exc.status,
+                        key=part.key,
+                        records=part.records,
+                        answer=exc.answer[:300],
+                    )
+            refusal = settled[part.key]
+            if refusal is None:
+                continue
+            if refusal.status == 413 and part.records > 1:
+                self.metrics.splits.inc()
+                parts[:0] = halves(part)
+            else:
+                refused.append((part, refusal))
+        return refused
+
+    def _set_aside_sync(self, conn, batch: Batch, refused: list[tuple[Batch, Refused]]) -> None:
+        """The batch leaves the spool and its refused parts become dead letters, atomically."""
+        letters = [refused_letter(part, refusal) for part, refusal in refused]
+
+        def work() -> None:
+            self.spool.remove_sync(conn, batch)
+            self.dead_letters.add_sync(conn, letters)
+
+        transaction(conn, work)
+        log.warning(
+            "records set aside as dead letters",
+            key=batch.key,
+            records=sum(letter.records for letter in letters),
+        )
 
     def _done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:

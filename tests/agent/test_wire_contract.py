@@ -45,6 +45,7 @@ names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 boots = st.from_regex(r"[0-9a-f]{8,32}", fullmatch=True)
 counts = st.integers(0, 2**40)
 text = st.text(max_size=40)
+int64 = st.integers(-(2**63) + 1, 2**63 - 1)  # the contract's integers
 
 
 def rounded(digits: int = 6):
@@ -246,11 +247,11 @@ statuses = st.builds(
     | st.builds(ModelInfo, names, counts, st.from_regex(r"[0-9a-f]{64}", fullmatch=True)),
     health=text,
     update_state=text,
-    slots=st.dictionaries(st.text(max_size=10), st.integers() | text, max_size=3),
+    slots=st.dictionaries(st.text(max_size=10), int64 | text, max_size=3),
     drift=st.none()
     | st.builds(DriftInfo, counts, rounded().map(abs), st.booleans(), st.booleans()),
     spool=st.none() | st.builds(SpoolInfo, counts, counts, counts, counts, counts),
-    counters=st.dictionaries(st.text(max_size=10), st.integers() | rounded(), max_size=5),
+    counters=st.dictionaries(st.text(max_size=10), int64 | rounded(), max_size=5),
     hardware_tags=st.lists(names, max_size=4).map(tuple),
     arena_bytes=st.none() | counts,
 )
@@ -259,9 +260,7 @@ events = st.builds(
     devices,
     counts,
     st.sampled_from(EVENT_KINDS),
-    st.dictionaries(
-        st.text(max_size=10), st.none() | st.booleans() | st.integers() | text, max_size=4
-    ),
+    st.dictionaries(st.text(max_size=10), st.none() | st.booleans() | int64 | text, max_size=4),
 )
 
 
@@ -283,9 +282,7 @@ def commands(draw):
     return Command(
         command_id,
         kind,
-        settings=draw(
-            st.dictionaries(st.text(max_size=10), st.integers() | text, min_size=1, max_size=4)
-        ),
+        settings=draw(st.dictionaries(st.text(max_size=10), int64 | text, min_size=1, max_size=4)),
     )
 
 

@@ -62,7 +62,9 @@ def make_record(device: str, boot: str, seq: int) -> bytes:
 
 class Cloud:
     """Ingest endpoint. ``mode``: ok | 500 | 429 | timeout (stores, then answers too late) |
-    reset (drops the connection before reading). ``records`` maps id -> the line received."""
+    reset (drops the connection before reading). ``records`` maps id -> the line received.
+    ``refuse``, when set, sees each request's records (parsed) and may answer ``(status,
+    body)`` instead of taking them; ``posts`` counts requests by idempotency key."""
 
     def __init__(self, tls_context: ssl.SSLContext | None = None, hang_s: float = 3.0):
         self.tls_context, self.hang_s = tls_context, hang_s
@@ -72,6 +74,8 @@ class Cloud:
         self.responses: Counter[str] = Counter()
         self.keys: set[str] = set()
         self.violations: list[str] = []
+        self.refuse: Callable[[list[dict]], tuple[int, bytes] | None] | None = None
+        self.posts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -122,6 +126,12 @@ class Cloud:
         if mode == "429":
             return web.Response(status=429, headers={"Retry-After": "1"})
         body = await request.read()
+        self.posts[key] += 1
+        refuse = self.refuse
+        if refuse is not None:
+            verdict = refuse([json.loads(line) for line in body.splitlines()])
+            if verdict is not None:
+                return web.Response(status=verdict[0], body=verdict[1])
         count = self._store(body, request.headers)
         self.keys.add(key)
         if mode == "timeout":

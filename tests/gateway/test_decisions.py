@@ -88,7 +88,8 @@ def test_classify_binds_payload_to_the_topic_device():
     payload = encode_batch("dev-1", [make_record("dev-1", BOOT, 0)])
     assert isinstance(classify(f"{PREFIX}/dev/dev-1/telemetry", payload, PREFIX, False), Telemetry)
     spoofed = classify(f"{PREFIX}/dev/dev-2/telemetry", payload, PREFIX, False)
-    assert isinstance(spoofed, Malformed) and "dev-1" in spoofed.reason
+    assert isinstance(spoofed, Malformed) and "dev-1" in spoofed.detail
+    assert spoofed.reason == "device_mismatch"
     assert isinstance(classify("other/dev/dev-1/telemetry", payload, PREFIX, False), Malformed)
     assert isinstance(classify(f"{PREFIX}/dev/dev-1/cmd", payload, PREFIX, False), Malformed)
     assert isinstance(classify(f"{PREFIX}/dev/dev-1/status", b"{", PREFIX, False), Malformed)
@@ -187,6 +188,9 @@ def test_config_defaults_and_relative_paths(tmp_path: Path):
         ('[mqtt]\nprotocol = "3.1.1"\nshare_group = "ingest"\n', "mqtt.share_group"),
         ('[mqtt]\nprotocol = "4"\n', "mqtt.protocol"),
         ("[spool]\nmax_bytes = 10\n", "spool.max_bytes"),
+        ('[mqtt]\nprotocol = "3.1.1"\nmax_packet_size = 300000\n', "mqtt.max_packet_size"),
+        ("[mqtt]\nmax_packet_size = 1024\n", "mqtt.max_packet_size"),
+        ("[dead_letters]\nmax_bytes = 2097152\n", "dead_letters.max_bytes"),
         ('[admin]\nlisten = "0.0.0.0:80"\n', "admin.listen"),
         ("[spool]\ncolour = 1\n", "spool.colour"),
     ],

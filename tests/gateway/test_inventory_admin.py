@@ -86,7 +86,14 @@ async def test_inventory_cli_admin_token_and_dir_sink(broker, make_gateway):
     assert table.returncode == 0 and "cam-1" in table.stdout and "pump-7" in table.stdout
 
     wait_for(
-        lambda: gateway.metric("edgefleet_gateway_ingest_malformed_total{kind=telemetry}") == 2,
+        lambda: (
+            gateway.metric("edgefleet_gateway_ingest_malformed_total{kind=telemetry,reason=type}")
+            == 1
+            and gateway.metric(
+                "edgefleet_gateway_ingest_malformed_total{kind=telemetry,reason=device_mismatch}"
+            )
+            == 1
+        ),
         10,
         "malformed counted",
     )
