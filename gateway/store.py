@@ -54,7 +54,8 @@ class StoreError(RuntimeError):
     """The database on disk is not one this gateway can use."""
 
 
-def _open(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
+def open_database(path: Path, migrations: Sequence[str] = MIGRATIONS) -> sqlite3.Connection:
+    """A connection to the database at ``path``, its schema brought up to date."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -90,7 +91,9 @@ class Store:
 
     async def __aenter__(self) -> Store:
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._executor, _open, self.path, self.migrations)
+        self._conn = await loop.run_in_executor(
+            self._executor, open_database, self.path, self.migrations
+        )
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -263,6 +263,8 @@ def _release_add(args) -> int:
     model = read_model(args.model)
     inspected = build_model_meta(model, args.name, args.version, options, args.model)
     release = repo.add_release(inspected.meta, model, inspected.gate_bytes, lifetime)
+    for warning in inspected.warnings:
+        log.warning("release_warning", release=release.path, detail=warning)
     if args.json:
         print(json.dumps(_release_json(release), indent=2))
     else:

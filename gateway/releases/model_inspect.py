@@ -16,14 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import structlog
 
 from gateway.releases.errors import ReleaseError, check_range
 from protocol.drift import DriftReference
 from protocol.model_meta import NAME_PATTERN, GateRef, GateVectors, ModelMeta, TensorSpec
 from protocol.topics import MAX_HARDWARE_TAGS
-
-log = structlog.get_logger()
 
 TFLITE_IDENTIFIER = b"TFL3"
 # Drift reference histograms from 32 inputs alarmed on a stationary source within seconds: the
@@ -73,6 +70,7 @@ class ReleaseOptions:
 class InspectedModel:
     meta: ModelMeta
     gate_bytes: bytes
+    warnings: tuple[str, ...] = ()  # signable, but the operator should know
 
 
 def read_model(path: Path) -> bytes:
@@ -137,13 +135,6 @@ def build_model_meta(
     float_inputs = _reference_inputs(inputs, options, path)
     raw_inputs = [spec.quantize(batch) for spec, batch in zip(inputs, float_inputs, strict=True)]
     count = len(raw_inputs[0])
-    if count < MIN_DRIFT_SAMPLES:
-        log.warning(
-            "drift_reference_small",
-            samples=count,
-            detail=f"drift reference histograms from fewer than {MIN_DRIFT_SAMPLES} inputs are "
-            "noisy enough to raise false drift alarms",
-        )
 
     raw_outputs: list[list[np.ndarray]] = [[] for _ in outputs]
     latencies = []
@@ -189,4 +180,10 @@ def build_model_meta(
         hardware_tags=options.hardware_tags,
         measured={"invoke_median_ms": round(median_ms, 4), "reference_samples": count},
     )
-    return InspectedModel(meta, gate_bytes)
+    warnings = ()
+    if count < MIN_DRIFT_SAMPLES:
+        warnings = (
+            f"the drift reference comes from {count} inputs: fewer than {MIN_DRIFT_SAMPLES} "
+            "are noisy enough to raise false drift alarms",
+        )
+    return InspectedModel(meta, gate_bytes, warnings)

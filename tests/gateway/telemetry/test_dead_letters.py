@@ -31,9 +31,10 @@ def poison_status(device: str) -> bytes:
     return status.replace(b'"max_psi":0.5', b'"max_psi":' + b"9" * 400)
 
 
-def _device(port: int, device: str) -> mqtt.Client:
+def _device(broker, device: str) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device)
-    client.connect("127.0.0.1", port)
+    client.username_pw_set(*broker.login(device))
+    client.connect("127.0.0.1", broker.config.port)
     client.loop_start()
     return client
 
@@ -58,7 +59,7 @@ def _stays_up(gateway, seconds: float = 2.0) -> None:
 
 def test_poison_messages_become_dead_letters_and_the_gateway_stays_up(broker, make_gateway):
     gateway = make_gateway(broker, None)
-    device = _device(broker.config.port, "cam-1")
+    device = _device(broker, "cam-1")
     _publish(device, "cam-1", "telemetry", poison_telemetry("cam-1"))
     _publish(device, "cam-1", "status", poison_status("cam-1"), retain=True)
     good = [make_record("cam-1", BOOT, s) for s in range(1, 6)]

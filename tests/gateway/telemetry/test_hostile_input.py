@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from gateway.config import IngestConfig, MqttConfig
 from gateway.devices.inventory import Inventory
-from gateway.store import _open
+from gateway.store import open_database
 from gateway.telemetry.dead_letters import DeadLetters
 from gateway.telemetry.ingest import Inbound, Ingest, Malformed, classify
 from gateway.telemetry.records import split_batch
@@ -153,7 +153,7 @@ def hostile(draw, kind: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def conn(tmp_path_factory) -> Iterator[sqlite3.Connection]:
-    conn = _open(Path(tmp_path_factory.mktemp("hostile")) / "gateway.db")
+    conn = open_database(Path(tmp_path_factory.mktemp("hostile")) / "gateway.db")
     yield conn
     conn.close()
 

@@ -30,11 +30,12 @@ def rss(pid: int, field: str = "VmHWM") -> int:
     raise AssertionError(f"no {field}")
 
 
-def _client(port: int, device: str) -> tuple[mqtt.Client, threading.Event]:
+def _client(broker, device: str) -> tuple[mqtt.Client, threading.Event]:
     gone = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
+    client.username_pw_set(*broker.login(device))
     client.on_disconnect = lambda *a: gone.set()
-    client.connect("127.0.0.1", port)
+    client.connect("127.0.0.1", broker.config.port)
     client.loop_start()
     return client, gone
 
@@ -60,7 +61,7 @@ def unlimited_broker(make_broker, monkeypatch):
 
 def test_the_broker_drops_oversize_messages_for_the_gateway(unlimited_broker, make_gateway):
     gateway = make_gateway(unlimited_broker, None)
-    device, _ = _client(unlimited_broker.config.port, "cam-1")
+    device, _ = _client(unlimited_broker, "cam-1")
     _good(device, "cam-1", 0, 10)
     wait_for(lambda: gateway.metric(RECORDS) == 10, 20, "the first records")
     before = rss(gateway.proc.pid)
@@ -86,14 +87,14 @@ def test_the_broker_drops_oversize_messages_for_the_gateway(unlimited_broker, ma
 def test_the_site_broker_refuses_oversize_messages_from_a_device(broker, make_gateway):
     assert f"max_packet_size {MAX_PACKET_BYTES}" in broker_module.config_text(broker.config)
     gateway = make_gateway(broker, None)
-    device, gone = _client(broker.config.port, "cam-1")
+    device, gone = _client(broker, "cam-1")
     topic = device_topic(PREFIX, "cam-1", "telemetry")
     device.publish(topic, b"x" * (MAX_PACKET_BYTES + 1), qos=1)
     assert gone.wait(10), "the broker kept a device that sent an oversize packet"
     device.disconnect()
     device.loop_stop()
 
-    device, _ = _client(broker.config.port, "cam-1")
+    device, _ = _client(broker, "cam-1")
     size = len(make_record("cam-1", BOOT, 100)) + 1  # records 0..999 are no longer than this
     largest = (MAX_BATCH_BYTES - batch_overhead("cam-1") - 1000) // size
     _good(device, "cam-1", 0, largest)  # the largest legal batch still goes through

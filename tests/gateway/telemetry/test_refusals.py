@@ -24,10 +24,11 @@ def test_which_answers_are_permanent():
 
 
 class Device:
-    def __init__(self, port: int, name: str):
+    def __init__(self, broker, name: str):
         self.name, self.seq, self.published = name, 0, {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
-        self.client.connect("127.0.0.1", port)
+        self.client.username_pw_set(*broker.login(name))
+        self.client.connect("127.0.0.1", broker.config.port)
         self.client.loop_start()
 
     def send(self, count: int) -> None:
@@ -80,8 +81,7 @@ def test_refused_batches_are_set_aside_after_one_try_and_the_rest_flows(
 
     cloud.refuse = refuse
     gateway = make_gateway(broker, cloud.url)  # two upload workers, the default
-    port = broker.config.port
-    bad, good = Device(port, "bad"), Device(port, "good")
+    bad, good = Device(broker, "bad"), Device(broker, "good")
     for wanted in (1, 2):  # two refused batches: as many as there are workers
         bad.send(10)
         wait_for(lambda w=wanted: len(refusals) >= w, 20, "the cloud refusing a batch")
@@ -141,7 +141,7 @@ def test_a_413_splits_the_batch_and_the_parts_that_fit_are_delivered(broker, clo
 
     cloud.refuse = refuse
     gateway = make_gateway(broker, cloud.url)
-    device = Device(broker.config.port, "cam-1")
+    device = Device(broker, "cam-1")
     device.send(40)  # one message: one spool row, one batch
     wait_for(lambda: gateway.metric("edgefleet_gateway_spool_records") == 0, 30, "spool empty")
 
