@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import signal
 import time
 from collections.abc import Coroutine
@@ -41,6 +42,7 @@ from agent.updater.probation import Decision, Observation
 from agent.updater.states import State
 from agent.updater.store import Offer
 from edgefleet import __version__
+from edgefleet.backoff import backoff_delay
 from edgefleet.errors import UserError
 from edgefleet.sdnotify import Notifier
 from protocol.drift import feature_summary
@@ -56,7 +58,8 @@ from protocol.topics import (
 
 STOP_TIMEOUT_S = 5.0
 MAX_OBSERVATIONS = 1024  # probation evidence waiting for the updater; more is not needed
-RESUME_DELAYS_S = (5.0, 300.0)  # an unreachable repository: first retry, longest wait
+RESUME_DELAYS_S = (5.0, 300.0)  # an update that could not get through: first retry, longest
+RETRY_FOR_S = 3600.0  # how long it is tried when the offer does not say (``retry_for_s``)
 
 log = structlog.get_logger()
 
@@ -432,17 +435,27 @@ class Agent:
                 reason=f"busy: an update to {held.target if held else '?'} is in state {state}",
             )
             return
-        await self._drive()
+        await self._drive(command.retry_for_s)
 
-    async def _drive(self) -> None:
-        """Follow the updater to where it stopped; an update it could not finish (repository
-        unreachable, worker died) is resumed with a growing delay until it ends."""
-        delay = RESUME_DELAYS_S[0]
+    async def _drive(self, retry_for_s: float | None = None) -> None:
+        """Follow the updater to where it stopped. An update that could not get through (the
+        repository unreachable, metadata stale or expired, a download that does not match,
+        the worker died) is tried again, each time with a fresh refresh, with a growing delay,
+        for ``retry_for_s`` (as long as the rollout waits for it), and then given up."""
+        retry_for_s = RETRY_FOR_S if retry_for_s is None else retry_for_s
+        deadline = time.monotonic() + retry_for_s
+        attempt = 0
         while self.updates.interrupted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = self.updates.blocked_reason or "no progress"
+                await self.updates.give_up(f"blocked for more than {retry_for_s:g} s: {why}")
+                break
+            delay = backoff_delay(attempt, *RESUME_DELAYS_S, lambda: 0.5 + random.random() / 2)
             rollout = self.updates.saved.offer.rollout if self.updates.saved.offer else ""
-            log.info("update_resume_later", rollout=rollout, delay_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RESUME_DELAYS_S[1])
+            log.info("update_resume_later", rollout=rollout, delay_s=round(min(delay, left), 1))
+            await asyncio.sleep(min(delay, left))
+            attempt += 1
             await self.updates.resume()
         await self._follow()
 

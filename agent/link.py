@@ -29,17 +29,13 @@ import structlog
 from agent.config import MqttConfig, TelemetryConfig
 from agent.faults import Faults
 from agent.spool import Spool
+from edgefleet.backoff import backoff_delay
 from protocol.telemetry import batch_overhead, encode_batch
 from protocol.topics import MAX_CMD_BYTES, Command, Event, ProtocolError, Status, device_topic
 
 MAX_OUTBOX = 256
 
 log = structlog.get_logger()
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float]) -> float:
-    """Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``."""
-    return rand() * min(cap, base * 2 ** min(attempt, 32))
 
 
 def batch_due(depth: int, batch_records: int, age: float | None, batch_age: float) -> bool:

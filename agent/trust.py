@@ -22,12 +22,24 @@ from protocol.model_meta import MetadataError, ModelMeta
 CHUNK = 64 * 1024
 
 
+# Transport and freshness: what a later refresh may get past (stale, replayed or expired
+# metadata, bytes whose hash or length do not match, a target the served metadata does not list
+# yet, an unreachable repository). Forged signatures and malformed metadata are not among them.
+TRANSIENT_REASONS = frozenset(
+    {"unreachable", "expired", "rollback", "hash-mismatch", "too-long", "unknown-target"}
+)
+
+
 class TrustError(Exception):
     """The repository could not prove that a target is what the offline keys signed."""
 
     def __init__(self, message: str, reason: str = "untrusted"):
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def transient(self) -> bool:
+        return self.reason in TRANSIENT_REASONS
 
 
 @dataclass(frozen=True)

@@ -44,16 +44,20 @@ def unit_path(root: Path, role: str) -> Path:
     return root / "etc" / "systemd" / "system" / f"edgefleet-{role}.service"
 
 
-def service_section(path: Path) -> dict[str, list[str]]:
-    """``Key=value`` lines of a unit's [Service] section; repeated keys keep every value."""
+def unit_section(path: Path, name: str = "[Unit]") -> dict[str, list[str]]:
+    """``Key=value`` lines of one section of a unit; repeated keys keep every value."""
     section, values = "", {}
     for line in path.read_text().splitlines():
         if line.startswith("["):
             section = line
-        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+        elif section == name and "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             values.setdefault(key, []).append(value)
     return values
+
+
+def service_section(path: Path) -> dict[str, list[str]]:
+    return unit_section(path, "[Service]")
 
 
 @pytest.fixture
@@ -162,6 +166,9 @@ def test_service_directives(root: Path, role: str):
     assert one["CapabilityBoundingSet"] == ""
     assert service["SystemCallFilter"] == ["@system-service", "~@privileged"]
     if role == "agent":
+        unit = unit_section(unit_path(root, role))
+        # a device without a real-time clock refreshes update metadata with a synchronized clock
+        assert "time-sync.target" in unit["After"][-1].split()
         assert one["SupplementaryGroups"] == "dialout"
         example = tomllib.loads((SHIPPED / "agent.toml").read_text())
         drain_s = example["telemetry"]["drain_s"]

@@ -24,7 +24,7 @@ from agent.updater.download import (
     fetch,
     target_url,
 )
-from agent.updater.errors import Busy, Refused, Transient
+from agent.updater.errors import Busy, Refused, Transient, UpdateError
 from agent.updater.files import write_atomic
 from agent.updater.gate import run_gate
 from agent.updater.slots import SlotRecord
@@ -148,11 +148,13 @@ class Cycle:
         if saved.incumbent is not None and saved.incumbent.name == meta.name:
             candidate = delta_target_path(meta.name, saved.incumbent.version, meta.version)
             try:
-                self._within_limit(self.trust(offer).target(candidate))
-                fetch_path = candidate
-            except TrustError as exc:
+                delta = self.trust(offer).target(candidate)
+            except TrustError as exc:  # no delta signed for this step: the full model
                 if exc.reason == "unreachable":
-                    raise Transient(str(exc)) from None
+                    raise Transient(str(exc), exc.reason) from None
+            else:  # a delta no smaller than the model is not worth its risk
+                if delta.length < target.length:
+                    fetch_path = candidate
         return Event.PLANNED, {"fetch": fetch_path}
 
     def _within_limit(self, signed) -> None:
@@ -168,17 +170,18 @@ class Cycle:
         and check the result against the offline-signed model before keeping it."""
         offer = saved.offer
         target = self._signed(offer, offer.target)
-        data = self._fetch_verified(offer, saved.fetch)
-        if saved.fetch != offer.target:
-            source = self.device.slots.path(saved.incumbent.slot).read_bytes()
-            expected = Expected(
-                bytes.fromhex(saved.incumbent.sha256), bytes.fromhex(target.sha256), target.length
-            )
+        fallback = ""
+        if saved.fetch == offer.target:
+            data = self._fetch_verified(offer, offer.target)
+        else:
             try:
-                data = apply_delta(source, data, expected)
-            except DeltaError as exc:
-                raise Refused(f"bad delta: {exc}") from None
-            self._check(offer, offer.target, data)
+                data = self._rebuild(saved, target)
+            except UpdateError as exc:
+                if exc.reason == "unreachable":
+                    raise
+                # A delta is transport only: a corrupted one costs a full download, not the update.
+                fallback = f"delta refused ({exc}); fetched the full model"
+                data = self._fetch_verified(offer, offer.target)
         meta = self._meta(target)
         gate_file = self.device.layout.work / "gate.json"
         gate = self._fetch_verified(offer, meta.gate.path)
@@ -194,7 +197,23 @@ class Cycle:
             sha256=target.sha256,
             length=target.length,
         )
-        return Event.FETCHED, {"candidate": record}
+        return Event.FETCHED, {"candidate": record, "reason": fallback}
+
+    def _rebuild(self, saved: Saved, target) -> bytes:
+        """The model from the incumbent and the offered delta, checked against the signed
+        model before it is kept."""
+        offer = saved.offer
+        delta = self._fetch_verified(offer, saved.fetch)
+        source = self.device.slots.path(saved.incumbent.slot).read_bytes()
+        expected = Expected(
+            bytes.fromhex(saved.incumbent.sha256), bytes.fromhex(target.sha256), target.length
+        )
+        try:
+            data = apply_delta(source, delta, expected)
+        except DeltaError as exc:
+            raise Refused(f"bad delta: {exc}", "bad-delta") from None
+        self._check(offer, offer.target, data)
+        return data
 
     def install(self, saved: Saved):
         """VERIFIED: write the verified candidate into the inactive slot, durably."""
@@ -248,13 +267,12 @@ class Cycle:
         try:
             return target.model_meta()
         except TrustError as exc:
-            raise Refused(f"{exc.reason}: {exc}") from None
+            raise Refused(f"{exc.reason}: {exc}", exc.reason) from None
 
     @staticmethod
-    def _trust_failure(exc: TrustError) -> Exception:
-        if exc.reason == "unreachable":
-            return Transient(str(exc))
-        return Refused(f"{exc.reason}: {exc}")
+    def _trust_failure(exc: TrustError) -> UpdateError:
+        kind = Transient if exc.transient else Refused
+        return kind(f"{exc.reason}: {exc}", exc.reason)
 
     def _fetch_verified(self, offer: Offer, path: str) -> bytes:
         """A target's bytes, resumed with Range over HTTP, checked against its signed hash.
@@ -273,7 +291,7 @@ class Cycle:
         resumed_at = self._fetch_once(url, partial, signed.length)
         try:
             self._check(offer, path, partial.read_bytes())
-        except Refused:
+        except UpdateError:
             partial.unlink()
             if resumed_at == 0:
                 raise
@@ -282,9 +300,8 @@ class Cycle:
         return partial.read_bytes()
 
     def _fetch_once(self, url: str, partial: Path, length: int) -> int:
+        """A download problem is never a verdict about the update: it is tried again later."""
         try:
             return fetch(url, partial, length, self.config.download)
         except DownloadError as exc:
-            if exc.transient:
-                raise Transient(str(exc)) from None
-            raise Refused(f"{exc.reason}: {exc}") from None
+            raise Transient(f"{exc.reason}: {exc}", exc.reason) from None

@@ -89,6 +89,12 @@ def transition(
     return Transition(state, EVENT_KINDS.get(state), detail)
 
 
+def blocked(state: str, target: str | None, reason: str, rollout: str) -> Transition:
+    """The device cannot fetch or verify the offered update yet (``update_blocked``)."""
+    detail = {"update_state": state, "target": target, "rollout": rollout, "reason": reason[:512]}
+    return Transition(State(state), "update_blocked", detail)
+
+
 def rollout_of(saved: Saved) -> str:
     return saved.offer.rollout if saved.offer else ""
 
@@ -110,6 +116,7 @@ class UpdateManager:
         self._counts: Counts | None = None
         self._shadow_tick = 0
         self._crashes = 0
+        self.blocked_reason = ""  # why the last try of the update in hand could not get through
 
     def _collect(self, saved: Saved, event: Event | None) -> None:
         target = saved.offer.target if saved.offer else None
@@ -238,6 +245,12 @@ class UpdateManager:
             await self._local(self.device.finish, self.saved, commit, reason)
         return verdict
 
+    async def give_up(self, reason: str) -> State:
+        """End an update that could not get through in time; the running model stays."""
+        if self.interrupted:
+            await self._local(self.device.abort, self.saved, reason)
+        return self.saved.state
+
     async def commit(self) -> State:
         """The operator's commit of a model on trial, without waiting for probation."""
         if self.saved.state == State.TRIAL:
@@ -285,17 +298,24 @@ class UpdateManager:
                 data = json.loads(line)
             except ValueError:
                 continue  # not a transition line
-            if "state" in data:
+            if "state" not in data:
+                continue
+            if "blocked" in data:  # the way to the update failed; it is tried again later
+                self.blocked_reason = data["blocked"]
                 self.on_transition(
-                    transition(
-                        data["state"],
-                        data["event"],
-                        data["target"],
-                        data["reason"],
-                        data["boots"],
-                        rollout,
-                    )
+                    blocked(data["state"], data["target"], self.blocked_reason, rollout)
                 )
+                continue
+            self.on_transition(
+                transition(
+                    data["state"],
+                    data["event"],
+                    data["target"],
+                    data["reason"],
+                    data["boots"],
+                    rollout,
+                )
+            )
 
     async def _after_worker(self, returncode: int | None, stderr: str) -> None:
         self.saved = await asyncio.to_thread(self.device.store.load)

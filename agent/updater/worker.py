@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unreadable saved state ({exc}); run boot first", file=sys.stderr)
         return EXIT_NOT_ALLOWED
     except Transient as exc:
-        print(f"repository unreachable, will resume: {exc}", file=sys.stderr)
+        # The agent reports the device blocked, with why, and tries again later.
+        _print_line(transition_line(device.store.load(), None) | {"blocked": str(exc)[:512]})
         return EXIT_TEMPFAIL
     _print_line({"final": saved.to_json()})
     return 0

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import structlog
 
+from edgefleet.backoff import backoff_delay
 from gateway.config import UplinkConfig
 from gateway.metrics import Metrics
 from gateway.store import transaction
@@ -34,11 +35,6 @@ from gateway.telemetry.spool import Batch, Spool, batch_due
 
 log = structlog.get_logger()
 IDLE_CHECK_S = 1.0
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float]) -> float:
-    """Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``."""
-    return rand() * min(cap, base * 2 ** min(attempt, 32))
 
 
 def retry_delay(

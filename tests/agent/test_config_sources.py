@@ -11,8 +11,9 @@ import pytest
 
 from agent.config import load
 from agent.faults import Faults
-from agent.link import backoff_delay, batch_due
+from agent.link import batch_due
 from agent.sources import Pacer, ReplaySource, SourceError
+from edgefleet.backoff import backoff_delay
 from edgefleet.errors import UserError
 
 BASE = {

@@ -67,9 +67,14 @@ class Gateway:
         command = Command(id=uuid.uuid4().hex, kind=kind, **fields)
         self.collector.publish(self.cmd_topic, command.encode())
 
-    def offer(self, version: int, rollout: str) -> None:
+    def offer(self, version: int, rollout: str, **fields) -> None:
         self.send(
-            "update", model="kws", version=version, rollout=rollout, repository=self.world.url
+            "update",
+            model="kws",
+            version=version,
+            rollout=rollout,
+            repository=self.world.url,
+            **fields,
         )
 
     def events(self, rollout: str) -> list[Event]:
@@ -118,13 +123,15 @@ def versions_in_order(records: list[Record]) -> list[int]:
     return runs
 
 
-def offer_and_wait(gateway: Gateway, version: int, rollout: str, kinds: tuple[str, ...]) -> Event:
+def offer_and_wait(
+    gateway: Gateway, version: int, rollout: str, kinds: tuple[str, ...], **fields
+) -> Event:
     """Send the offer until the agent answers (the first may beat its subscription; a repeat
     is the same update), then wait for one of ``kinds``."""
     deadline = time.monotonic() + 15
     while not gateway.events(rollout):
         assert time.monotonic() < deadline, "the agent never answered the offer"
-        gateway.offer(version, rollout)
+        gateway.offer(version, rollout, **fields)
         wait_for_quietly(lambda: gateway.events(rollout), 2.0)
     return gateway.wait_event(rollout, kinds)
 
@@ -237,15 +244,24 @@ def test_operator_rollback_during_trial_and_a_repeated_offer_is_ignored(
     assert versions_in_order(stop_and_check_delivery(agent, gateway, device)) == [1, 2, 1]
 
 
-def test_tampered_model_is_refused_and_the_device_stays_on_v1(tmp_path, broker, gateway, world):
+def test_a_tampered_model_blocks_the_device_on_v1_until_the_offer_runs_out(
+    tmp_path, broker, gateway, world
+):
+    """A mirror serving the wrong bytes is a problem of the way, not of the model: the device
+    says it is blocked and why, tries again with a fresh refresh, and gives the update up when
+    the offer's ``retry_for_s`` has passed, on v1 all along."""
     device = Device1(tmp_path, world, broker)
     agent = device.start()
     gateway.status(on_version(1, "COMMITTED"), "status on v1")
 
-    end = offer_and_wait(gateway, 4, "r-bad", ("update_refused", "update_trial"))
+    blocked = offer_and_wait(gateway, 4, "r-bad", ("update_blocked",), retry_for_s=6)
+    assert "hash-mismatch" in str(blocked.detail["reason"]), blocked.detail
+    end = gateway.wait_event("r-bad", ("update_refused", "update_trial"))
     assert end.kind == "update_refused", end
-    assert "hash" in str(end.detail["reason"]), end.detail
-    assert [e.kind for e in gateway.events("r-bad")] == ["update_offered", "update_refused"]
+    assert str(end.detail["reason"]).startswith("blocked for more than 6 s: hash-mismatch")
+    kinds = [e.kind for e in gateway.events("r-bad")]
+    assert kinds[0] == "update_offered" and kinds[-1] == "update_refused", kinds
+    assert set(kinds[1:-1]) == {"update_blocked"} and len(kinds) >= 4, kinds  # tried again
     status = gateway.status(on_version(1, "REFUSED"), "status refused, on v1")
     assert status.model.sha256 == world.v1 and status.slots["active_version"] == 1
     assert Device(device.update_dir).slots.pointer().active.sha256 == world.v1

@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.backoff import backoff_delay
 from edgefleet.errors import UserError
 from gateway import config
 from gateway.devices.inventory import apply_event, apply_status, touch
 from gateway.telemetry.ingest import Malformed, Telemetry, classify, subscriptions
 from gateway.telemetry.records import split_batch
 from gateway.telemetry.spool import batch_due
-from gateway.telemetry.uplink import backoff_delay, retry_delay
+from gateway.telemetry.uplink import retry_delay
 from protocol.telemetry import decode_batch, encode_batch
 from protocol.topics import DriftInfo, Event, ModelInfo, ProtocolError, SpoolInfo, Status
 from tests.gateway.support import EDGEFLEET, make_record

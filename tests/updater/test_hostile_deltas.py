@@ -1,8 +1,9 @@
 """Deltas signed by a gateway that was taken over cannot exhaust a device: the real update
 worker, as a process, against a real repository over HTTP in which the deltas key signed each
-hostile delta. Each is refused with its reason before it inflates: the worker's peak resident
-set stays far below what the delta declares or would inflate to, and an
-address-space limit keeps a regression from taking the test machine down with it."""
+hostile delta. Each is refused with its reason before it inflates (the worker's peak resident
+set stays far below what the delta declares or would inflate to, and an address-space limit
+keeps a regression from taking the test machine down with it), and the device fetches the full
+model instead: a delta is transport, and a bad one costs a download, not the update."""
 
 from __future__ import annotations
 
@@ -55,16 +56,22 @@ def measured_run(state_dir, root, url, *options: str) -> tuple[dict, int]:
 
     run = run_measured(command, cwd=REPO, preexec_fn=limit)
     assert run.returncode == 0, run.output[-3000:]
-    return json.loads(run.output.splitlines()[-1])["final"], run.peak_bytes
+    lines = [json.loads(line) for line in run.output.splitlines() if line.startswith("{")]
+    fetched = next(line for line in lines if line.get("state") == "VERIFIED")
+    return lines[-1]["final"] | {"fetched_because": fetched["reason"]}, run.peak_bytes
 
 
 def refused(world, tmp_path, delta: bytes) -> tuple[str, int]:
+    """Why the delta was refused; the device went on with the full model, to its trial."""
     world.repo.add_delta(DELTA, delta, {})
     state_dir = world.device(tmp_path)
     final, peak = measured_run(state_dir, world.root, world.url)
-    assert (final["state"], final["fetch"]) == ("REFUSED", DELTA)
-    assert assert_consistent(state_dir, {world.v1})[0] == world.v1
-    return final["reason"], peak
+    assert (final["state"], final["fetch"]) == ("TRIAL", DELTA)
+    assert final["candidate"]["sha256"] == world.v2
+    assert assert_consistent(state_dir, {world.v1, world.v2})[0] == world.v2
+    wrapped = final["fetched_because"]
+    assert wrapped.startswith("delta refused (") and wrapped.endswith("); fetched the full model")
+    return wrapped.removeprefix("delta refused (").removesuffix("); fetched the full model"), peak
 
 
 def signed_v2(world) -> tuple[bytes, bytes, int]:
@@ -74,8 +81,9 @@ def signed_v2(world) -> tuple[bytes, bytes, int]:
 
 
 def test_a_small_delta_declaring_a_huge_target_is_refused_before_it_inflates(hostile, tmp_path):
-    """About 2 MB of zlib declaring 512 MiB (a target the header says, not the signed one)."""
-    bomb = container(Algorithm.FULL_ZLIB, bytes(32), bytes(32), BOMB, zeros_zlib(BOMB))
+    """zlib declaring 512 MiB (a target the header says, not the signed one); smaller than the
+    model, so the device takes it as its delta."""
+    bomb = container(Algorithm.FULL_ZLIB, bytes(32), bytes(32), BOMB, zeros_zlib(16 * MiB))
     reason, peak = refused(hostile, tmp_path, bomb)
     _, _, length = signed_v2(hostile)
     assert reason == (
@@ -123,8 +131,9 @@ def test_a_delta_from_another_source_is_refused_before_decoding(hostile, tmp_pat
     assert reason == "bad delta: delta was made for another source model (source sha256 mismatch)"
 
 
-def test_a_delta_signed_longer_than_the_limit_is_never_fetched(hostile, tmp_path):
-    """``max_model_bytes`` caps every download, the delta's included (the model fits)."""
+def test_a_delta_signed_longer_than_the_model_is_never_fetched(hostile, tmp_path):
+    """A delta signed longer than the model it rebuilds is not worth fetching (and
+    ``max_model_bytes`` caps every download): the device takes the full model."""
     _, _, length = signed_v2(hostile)
     limit = length + 1000
     hostile.repo.add_delta(DELTA, bytes(limit + 1), {})
@@ -132,9 +141,6 @@ def test_a_delta_signed_longer_than_the_limit_is_never_fetched(hostile, tmp_path
     with RecordingServer(hostile.repo.dir) as server:
         config = CycleConfig(hostile.root, max_model_bytes=limit)
         saved = Cycle(Device(state_dir), config).start(Offer(server.url, "kws/2.tflite"))
-    assert saved.state == State.REFUSED
-    assert saved.reason == (
-        f"too-long: {DELTA} is signed as {limit + 1} bytes, more than max_model_bytes ({limit})"
-    )
+    assert (saved.state, saved.fetch) == (State.TRIAL, "kws/2.tflite")
     assert not [path for path in server.requests if "/deltas/" in path]
-    assert assert_consistent(state_dir, {hostile.v1})[0] == hostile.v1
+    assert assert_consistent(state_dir, {hostile.v1, hostile.v2})[0] == hostile.v2

@@ -12,8 +12,9 @@ import pytest
 from agent.updater.cycle import Cycle, CycleConfig, downgrade_refusal
 from agent.updater.device import Device
 from agent.updater.download import DownloadError, DownloadLimits, fetch, target_url
+from agent.updater.errors import Transient
 from agent.updater.slots import SlotRecord
-from agent.updater.states import State
+from agent.updater.states import BEFORE_SWITCH, State
 from agent.updater.store import Offer
 from gateway.serving.deltas import DeltaService
 from protocol.delta import Algorithm, make_delta
@@ -31,6 +32,21 @@ def sha256(data: bytes) -> bytes:
 
 def update(state_dir, url, root, target):
     return Cycle(Device(state_dir), CycleConfig(root)).start(Offer(url, target))
+
+
+def update_traced(state_dir, url, root, target) -> tuple:
+    """``update``, and the reason each state was entered with."""
+    reasons = {}
+    device = Device(state_dir, lambda saved, event: reasons.setdefault(saved.state, saved.reason))
+    return Cycle(device, CycleConfig(root)).start(Offer(url, target)), reasons
+
+
+def assert_fell_back(fresh, state_dir, saved, reasons, why: str) -> None:
+    """A bad delta cost a full download, not the update: the signed model is on trial."""
+    assert (saved.fetch, saved.state) == (DELTA, State.TRIAL)
+    assert reasons[State.VERIFIED].startswith(f"delta refused ({why}")
+    assert reasons[State.VERIFIED].endswith("); fetched the full model")
+    assert assert_consistent(state_dir, {fresh.v1, fresh.v2})[0] == fresh.v2
 
 
 @pytest.fixture
@@ -101,7 +117,7 @@ def test_only_a_signed_rollback_release_may_go_back():
     assert downgrade_refusal(running, {"vision": 4}, "vision", 3, {"rollback": True}) is None
 
 
-def test_a_tampered_delta_is_refused(fresh, tmp_path):
+def test_a_tampered_delta_falls_back_to_the_full_model(fresh, tmp_path):
     DeltaService(fresh.repo).offer("kws", 2, from_version=1)
     signed = fresh.repo.deltas.signed.targets[DELTA]
     url_path = f"/targets/kws/deltas/{signed.hashes['sha256']}.1-2.efdl"
@@ -110,9 +126,8 @@ def test_a_tampered_delta_is_refused(fresh, tmp_path):
     state_dir = fresh.device(tmp_path)
     with SubvertibleServer(fresh.repo.dir) as server:
         server.overrides[url_path] = bytes(tampered)
-        saved = update(state_dir, server.url, fresh.root, "kws/2.tflite")
-    assert saved.state == State.REFUSED and saved.reason.startswith("hash-mismatch")
-    assert assert_consistent(state_dir, {fresh.v1})[0] == fresh.v1
+        saved, reasons = update_traced(state_dir, server.url, fresh.root, "kws/2.tflite")
+    assert_fell_back(fresh, state_dir, saved, reasons, "hash-mismatch")
 
 
 @pytest.mark.parametrize(
@@ -125,7 +140,8 @@ def test_a_tampered_delta_is_refused(fresh, tmp_path):
 def test_a_gateway_signed_delta_to_an_unsigned_model_is_refused(fresh, tmp_path, header, reason):
     """The gateway's online key signs deltas; only the offline targets key signs models. A
     delta naming its own target is refused before decoding; one that names the signed model
-    but rebuilds another is refused on its result."""
+    but rebuilds another is refused on its result. Either way the device takes the signed
+    model whole."""
     evil = bytearray(model("kws_f32_v2_head"))
     evil[-100] ^= 0xFF
     v1, v2 = model("kws_f32_v1"), model("kws_f32_v2_head")
@@ -134,31 +150,35 @@ def test_a_gateway_signed_delta_to_an_unsigned_model_is_refused(fresh, tmp_path,
     delta = container(Algorithm.BSDIFF4, sha256(v1), sha256(named), len(named), payload)
     fresh.repo.add_delta(DELTA, delta, {})
     state_dir = fresh.device(tmp_path)
-    saved = update(state_dir, fresh.url, fresh.root, "kws/2.tflite")
-    assert (saved.fetch, saved.state) == (DELTA, State.REFUSED)
-    assert saved.reason.startswith(reason)
-    assert assert_consistent(state_dir, {fresh.v1})[0] == fresh.v1
+    saved, reasons = update_traced(state_dir, fresh.url, fresh.root, "kws/2.tflite")
+    assert_fell_back(fresh, state_dir, saved, reasons, reason)
 
 
-def test_a_corrupt_delta_is_refused(fresh, tmp_path):
+def test_a_corrupt_delta_falls_back_to_the_full_model(fresh, tmp_path):
     delta = bytearray(make_delta(model("kws_f32_v1"), model("kws_f32_v2_head")))
     delta[len(delta) // 2] ^= 0xFF
     fresh.repo.add_delta(DELTA, bytes(delta), {})
     state_dir = fresh.device(tmp_path)
-    saved = update(state_dir, fresh.url, fresh.root, "kws/2.tflite")
-    assert saved.state == State.REFUSED and saved.reason.startswith("bad delta")
-    assert assert_consistent(state_dir, {fresh.v1})[0] == fresh.v1
+    saved, reasons = update_traced(state_dir, fresh.url, fresh.root, "kws/2.tflite")
+    assert_fell_back(fresh, state_dir, saved, reasons, "bad delta")
 
 
-def test_a_model_tampered_in_transit_is_refused(world, tmp_path):
+def test_a_model_tampered_in_transit_waits_for_the_right_bytes(world, tmp_path):
+    """A hash mismatch is about the way, not the model: the update stays where it was, on the
+    old model, and goes on once the right bytes come."""
     release = next(r for r in world.repo.releases() if r.version == 2)
     url_path = f"/targets/kws/{release.sha256}.2.tflite"
     state_dir = world.device(tmp_path)
     with SubvertibleServer(world.repo.dir) as server:
         server.overrides[url_path] = model("kws_f32_v2_full")
-        saved = update(state_dir, server.url, world.root, "kws/2.tflite")
-    assert saved.state == State.REFUSED and saved.reason.startswith("hash-mismatch")
-    assert assert_consistent(state_dir, {world.v1})[0] == world.v1
+        with pytest.raises(Transient, match="hash-mismatch"):
+            update(state_dir, server.url, world.root, "kws/2.tflite")
+        assert Device(state_dir).store.load().state in BEFORE_SWITCH
+        assert assert_consistent(state_dir, {world.v1})[0] == world.v1
+        del server.overrides[url_path]
+        saved = Cycle(Device(state_dir), CycleConfig(world.root)).start(None)
+    assert saved.state == State.TRIAL
+    assert assert_consistent(state_dir, {world.v1, world.v2})[0] == world.v2
 
 
 def test_an_update_from_a_local_copy_of_the_repository(world, tmp_path):
