@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.updater.child import run_child
 from agent.updater.device import Device
 from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.probation import (
@@ -306,36 +307,16 @@ class UpdateManager:
             *(f"--allow-model={name}" for name in self.config.allowed_models),
             *args,
         ]  # fmt: skip
-        child = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            async with asyncio.timeout(self.config.worker_timeout_s):
-                _, stderr = await asyncio.gather(self._relay(child, rollout), child.stderr.read())
-                await child.wait()
-        except TimeoutError:
-            stderr = b"worker timed out"
-        finally:
-            if child.returncode is None:  # timed out or cancelled: killing it is crash-safe
-                child.kill()
-                await child.wait()
-        await self._after_worker(child.returncode, stderr.decode(errors="replace"))
-        return self.saved.state
 
-    async def _relay(self, child: asyncio.subprocess.Process, rollout: str) -> None:
-        async for line in child.stdout:
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue  # not a transition line
+        def relay(data: dict) -> None:
             if "state" not in data:
-                continue
+                return
             if "blocked" in data:  # the way to the update failed; it is tried again later
                 self.blocked_reason = data["blocked"]
                 self.on_transition(
                     blocked(data["state"], data["target"], self.blocked_reason, rollout)
                 )
-                continue
+                return
             self.on_transition(
                 transition(
                     data["state"],
@@ -346,6 +327,10 @@ class UpdateManager:
                     rollout,
                 )
             )
+
+        returncode, stderr = await run_child(command, relay, self.config.worker_timeout_s)
+        await self._after_worker(returncode, stderr)
+        return self.saved.state
 
     async def _after_worker(self, returncode: int | None, stderr: str) -> None:
         self.saved = await asyncio.to_thread(self.device.store.load)
