@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from agent.config import load
-from agent.daemon import ModelChoice, decide, swap_plan
 from agent.engine import Result
+from agent.model_runner import ModelChoice, swap_plan
 from agent.pipeline import ModelIdentity, Serving, Shadowed, observations
+from agent.update_driver import decide
 from agent.updater.states import State
 from agent.updater.store import Offer
 from edgefleet.errors import UserError
