@@ -23,6 +23,7 @@ from protocol.topics import (
     NAME_PATTERN,
     SITE_PATTERN,
     default_prefix,
+    prefix_problem,
 )
 
 SOURCE_KINDS = ("synthetic", "replay", "serial")
@@ -41,9 +42,9 @@ class MqttConfig:
     key_file: Path | None = None
     prefix: str = ""
     keepalive_s: int = 30
-    timeout_s: float = 10.0
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
+    connect_timeout_s: float = 10.0  # connect, subscribe and the goodbye
+    reconnect_base_s: float = 0.5
+    reconnect_max_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,20 @@ def parse(data: dict, origin: str, base: Path) -> AgentConfig:
     return config
 
 
+# The agent's earlier names of [mqtt] keys, now those the gateway uses too.
+RENAMED_MQTT_KEYS = {
+    "ca": "ca_file",
+    "cert": "cert_file",
+    "key": "key_file",
+    "timeout_s": "connect_timeout_s",
+    "backoff_base_s": "reconnect_base_s",
+    "backoff_max_s": "reconnect_max_s",
+}
+
+
 def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
+    for old, new in RENAMED_MQTT_KEYS.items():
+        table.renamed(old, new)
     url = table.value("url", str)
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
@@ -205,14 +219,18 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
             table.fail("password_file", "give password or password_file, not both")
         password = password_file.read_text().strip()
     tls = parts.scheme == "mqtts"
-    ca, cert, key = (table.existing_file(k) for k in ("ca", "cert", "key"))
+    ca, cert, key = (table.existing_file(k) for k in ("ca_file", "cert_file", "key_file"))
     if not tls and (ca or cert or key):
-        table.fail("ca" if ca else "cert" if cert else "key", "needs an mqtts:// url")
+        table.fail(
+            "ca_file" if ca else "cert_file" if cert else "key_file", "needs an mqtts:// url"
+        )
     if (cert is None) != (key is None):
-        table.fail("cert" if cert is None else "key", "cert and key go together")
+        table.fail(
+            "cert_file" if cert is None else "key_file", "cert_file and key_file go together"
+        )
     prefix = table.value("prefix", str, default_prefix(site))
-    if not prefix or set(prefix) & set("#+") or prefix.startswith("/") or prefix.endswith("/"):
-        table.fail("prefix", "must be a topic without wildcards or leading/trailing '/'")
+    if (problem := prefix_problem(prefix)) is not None:
+        table.fail("prefix", problem)
     config = MqttConfig(
         host=parts.hostname,
         port=port,
@@ -224,9 +242,9 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
         key_file=key,
         prefix=prefix,
         keepalive_s=table.value("keepalive_s", int, 30, 5, 3600),
-        timeout_s=table.value("timeout_s", float, 10.0, 0.5, 300),
-        backoff_base_s=table.value("backoff_base_s", float, 0.5, 0.01, 60),
-        backoff_max_s=table.value("backoff_max_s", float, 30.0, 0.1, 3600),
+        connect_timeout_s=table.value("connect_timeout_s", float, 10.0, 0.5, 300),
+        reconnect_base_s=table.value("reconnect_base_s", float, 0.5, 0.01, 60),
+        reconnect_max_s=table.value("reconnect_max_s", float, 30.0, 0.1, 3600),
     )
     table.done()
     return config

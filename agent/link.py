@@ -8,7 +8,8 @@ has called ``on_publish`` for the message id, which for QoS 1 is the PUBACK.
 A publish waits for its PUBACK as long as the connection lives. A busy broker acknowledges late,
 and giving up on a live connection only adds a reconnect (and a resend) to its load. A dead
 connection is found by MQTT keepalive: no PINGRESP within ``keepalive_s`` closes the socket, and
-the session ends with the lost connection. Connect, subscribe and the goodbye keep ``timeout_s``.
+the session ends with the lost connection. Connect, subscribe and the goodbye keep
+``connect_timeout_s``.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class Link:
             ),
             clean_session=False,
             keepalive=m.keepalive_s,
-            timeout=m.timeout_s,
+            timeout=m.connect_timeout_s,
             tls_params=tls,
         )
 
@@ -152,7 +153,7 @@ class Link:
             if self._stop.is_set():
                 break
             delay = backoff_delay(
-                attempt, self._mqtt.backoff_base_s, self._mqtt.backoff_max_s, random.random
+                attempt, self._mqtt.reconnect_base_s, self._mqtt.reconnect_max_s, random.random
             )
             attempt += 1
             log.info("mqtt_retry", retry_in_s=round(delay, 3))
@@ -190,7 +191,7 @@ class Link:
                 Status.offline(self._device).encode(),
                 qos=1,
                 retain=True,
-                timeout=min(self._mqtt.timeout_s, 2.0),
+                timeout=min(self._mqtt.connect_timeout_s, 2.0),
             )
             log.info("mqtt_disconnected_cleanly")
         except (aiomqtt.MqttError, OSError) as exc:

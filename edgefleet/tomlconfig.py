@@ -9,7 +9,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from edgefleet.errors import UserError
+
+log = structlog.get_logger()
 
 MAX_TEXT = 4096
 
@@ -101,6 +105,19 @@ class Table:
         if path is not None and not path.is_file():
             self.fail(key, f"no such file {path}")
         return path
+
+    def renamed(self, old: str, new: str) -> None:
+        """Read ``old``, an earlier name of ``new``, as ``new``, with one warning naming it."""
+        if old not in self.data:
+            return
+        self.used.add(old)
+        if new in self.data:
+            self.fail(old, f"is the old name of {new}; give only {new}")
+        name = f"{self.path}.{{}}" if self.path else "{}"
+        log.warning(
+            "config_key_renamed", file=self.label, key=name.format(old), use=name.format(new)
+        )
+        self.data[new] = self.data[old]
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from edgefleet import tomlconfig
 from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_PACKET_BYTES
-from protocol.topics import SITE_PATTERN, default_prefix
+from protocol.topics import SITE_PATTERN, default_prefix, prefix_problem
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 MQTT_MAX_PACKET = 268_435_455  # the largest packet MQTT can frame
@@ -186,8 +186,8 @@ def _mqtt(table: tomlconfig.Table, site: str) -> MqttConfig:
     if username is not None and client_id != username:
         table.fail("client_id", "must equal mqtt.username (the broker binds the two)")
     prefix = table.value("prefix", str, default_prefix(site))
-    if not prefix or set(prefix) & set("#+$") or prefix.endswith("/"):
-        table.fail("prefix", "must be a topic without wildcards, '$' or a trailing '/'")
+    if (problem := prefix_problem(prefix)) is not None:
+        table.fail("prefix", problem)
     protocol = table.choice("protocol", ("5", "3.1.1"), "5")
     share_group = table.value("share_group", str, None)
     if share_group is not None and not SITE_PATTERN.fullmatch(share_group):

@@ -58,6 +58,7 @@ EVENT_KINDS = (
 )
 COMMAND_KINDS = ("update", "rollback", "config")
 MAX_RETRY_FOR_S = 7 * 86400
+MAX_PREFIX = 128
 
 
 # What a refusal is about, in a few words a receiver can count by (metrics labels).
@@ -98,11 +99,24 @@ def default_prefix(site: str) -> str:
     return f"edgefleet/{site}"
 
 
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot start edgefleet's topics (None: it can). One rule for the agent,
+    the gateway and the encoders: MQTT wildcards or a leading ``$`` would make subscriptions
+    mean something else, and an empty level would shift ``dev/<id>/<kind>``."""
+    if not prefix or len(prefix) > MAX_PREFIX:
+        return f"must be 1..{MAX_PREFIX} characters"
+    if set(prefix) & set("#+\x00") or prefix.startswith("$"):
+        return "must not hold MQTT wildcards (#, +), NUL or start with '$'"
+    if "" in prefix.split("/"):
+        return "must not start or end with '/' or hold '//'"
+    return None
+
+
 def device_topic(prefix: str, device: str, kind: str) -> str:
     """``<prefix>/dev/<device>/<kind>``; refuses ids and kinds outside the contract."""
     _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, f"bad device id {device!r}")
     _require(kind in KINDS, f"unknown topic kind {kind!r}")
-    _require(bool(prefix) and not set(prefix) & set("#+"), f"bad topic prefix {prefix!r}")
+    _require(prefix_problem(prefix) is None, f"bad topic prefix {prefix[:80]!r}")
     return f"{prefix.rstrip('/')}/dev/{device}/{kind}"
 
 

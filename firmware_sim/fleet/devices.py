@@ -126,7 +126,12 @@ def agent_tables(
 ) -> dict:
     tables: dict = {
         "device": {"id": name, "site": site},
-        "mqtt": {"url": broker_url, "timeout_s": 10.0, "backoff_base_s": 0.1, "backoff_max_s": 2.0},
+        "mqtt": {
+            "url": broker_url,
+            "connect_timeout_s": 10.0,
+            "reconnect_base_s": 0.1,
+            "reconnect_max_s": 2.0,
+        },
         "state": {"dir": home / "state"},
         "model": {"path": model},
         "source": {"kind": "synthetic", "seed": seed},

@@ -55,12 +55,12 @@ def provision(req: Request) -> dict:
     mqtt: dict = {"url": req.broker_url, "username": req.device}
     if req.ca_cert is not None:
         shutil.copyfile(req.ca_cert, req.out / "ca.pem")
-        mqtt["ca"] = "ca.pem"
+        mqtt["ca_file"] = "ca.pem"
     if use_cert:
         cert, key = _issue(req.device, req.ca_cert, req.ca_key)
         atomic_write_bytes(req.out / "client.crt", cert, mode=0o644)
         atomic_write_bytes(req.out / "client.key", key, mode=0o600)
-        mqtt |= {"cert": "client.crt", "key": "client.key"}
+        mqtt |= {"cert_file": "client.crt", "key_file": "client.key"}
     else:
         password = broker_auth.new_password()
         atomic_write_bytes(req.out / "mqtt-password", password.encode() + b"\n", mode=0o600)

@@ -59,7 +59,9 @@ def test_update_limits_and_allowed_models(tmp_path):
     [
         ({"mqtt": 'url = "tcp://x"'}, "key mqtt.url: must start with mqtt:// or mqtts://"),
         ({"mqtt": 'url = "mqtt://x:99999"'}, "key mqtt.url: has a bad port"),
-        ({"mqtt": 'url = "mqtt://x"\nca = "ca.pem"'}, "key mqtt.ca: no such file"),
+        ({"mqtt": 'url = "mqtt://x"\nca_file = "ca.pem"'}, "key mqtt.ca_file: no such file"),
+        ({"mqtt": 'url = "mqtt://x"\nca = "a"\nca_file = "b"'}, "mqtt.ca: is the old name of"),
+        ({"mqtt": 'url = "mqtt://x"\nprefix = "a//b"'}, "mqtt.prefix: must not start or end"),
         ({"device": 'id = "a/b"\nsite = "s"'}, "key device.id: must match"),
         ({"device": 'site = "s"'}, "key device.id: is required"),
         (

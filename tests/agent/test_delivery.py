@@ -126,7 +126,7 @@ def faulty(broker):
 
 # keepalive 5 s: a dead connection is found within 10 s; timeout_s 1 s: an acknowledgement later
 # than that must not count as a dead connection.
-FAST_DEATH = {"timeout_s": 1.0, "keepalive_s": 5}
+FAST_DEATH = {"connect_timeout_s": 1.0, "keepalive_s": 5}
 
 
 def test_publish_lost_in_flight_is_sent_again(tmp_path, broker, faulty, collector, models):
@@ -212,7 +212,7 @@ def test_mqtts_with_client_certificate(tmp_path, make_broker, models):
         broker,
         models("kws_int8_v1"),
         url=broker.url.replace("127.0.0.1", "localhost"),
-        mqtt={"ca": ca.ca.cert, "cert": device.cert, "key": device.key},
+        mqtt={"ca_file": ca.ca.cert, "cert_file": device.cert, "key_file": device.key},
     )
     agent = AgentProcess(write_config(tmp_path / "agent.toml", tables))
     wait_for(lambda: len(collector.data.records) >= 100, 20, "records over TLS")
