@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.probation import ProbationLimits
 from edgefleet import tomlconfig
-from protocol.model_meta import ModelMeta
+from protocol.model_meta import MAX_VERSION, ModelMeta
 from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
 from protocol.topics import (
     DEVICE_ID_PATTERN,
@@ -246,7 +246,7 @@ def _model(table: tomlconfig.Table) -> ModelConfig:
         meta_path=meta_path,
         meta=meta,
         name=table.value("name", str, None),
-        version=table.value("version", int, 1, 1, 2**31),
+        version=table.value("version", int, 1, 1, MAX_VERSION),
         engine=engine,
         threads=table.value("threads", int, 1, 1, 64),
     )

@@ -538,6 +538,9 @@ class Agent:
             if cfg.update is not None:
                 manager = UpdateManager(update_config(cfg), self._on_transition)
                 self.updates = await stack.enter_async_context(manager)
+                configured = self._choose()  # the configured model while no slot is active
+                if self.updates.active_model() is None:
+                    await self.updates.adopt(configured.path, configured.name, configured.version)
             if cfg.mcus:
                 notify = self.link.notify_status
                 mcus = McuUpdater(cfg.mcus, cfg.state_dir / "mcu", cfg.update, self._event, notify)

@@ -12,7 +12,6 @@ The status poll leaves an MCU alone while its update runs.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from agent.config import McuSettings, UpdateSettings
+from agent.updater.child import run_child
 from protocol.mcu_image import target_path
 from protocol.topics import Command, McuInfo
 
@@ -213,29 +213,7 @@ class McuUpdater:
     async def _worker(
         self, mcu: Mcu, args: list[str], on_line: Callable[[dict], None], timeout: float
     ) -> tuple[int | None, str]:
-        """Run the worker for ``mcu``, handing each JSON line it prints to ``on_line``."""
+        """Run the worker for ``mcu``, handing each JSON line it prints to ``on_line`` (killing
+        it leaves the MCU safe: it keeps the image it runs until a swap is confirmed)."""
         command = [sys.executable, "-m", "agent.mcu.worker", *mcu.worker_args(), *args]
-        child = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-
-        async def relay() -> None:
-            async for raw in child.stdout:
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue  # not a line of the worker's contract
-                if isinstance(line, dict):
-                    on_line(line)
-
-        try:
-            async with asyncio.timeout(timeout):
-                _, stderr = await asyncio.gather(relay(), child.stderr.read())
-                await child.wait()
-        except TimeoutError:
-            stderr = b"MCU worker timed out"
-        finally:
-            if child.returncode is None:  # timed out or cancelled: killing it leaves the MCU safe
-                child.kill()
-                await child.wait()
-        return child.returncode, stderr.decode(errors="replace")
+        return await run_child(command, on_line, timeout)

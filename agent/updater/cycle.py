@@ -19,10 +19,7 @@ from agent.trust import TrustedRepository, TrustError
 from agent.updater.device import Device
 from agent.updater.download import (
     DEFAULT_MAX_MODEL_BYTES,
-    DownloadError,
     DownloadLimits,
-    fetch,
-    target_url,
 )
 from agent.updater.errors import Busy, Refused, Transient, UpdateError
 from agent.updater.files import write_atomic
@@ -30,6 +27,7 @@ from agent.updater.gate import run_gate
 from agent.updater.slots import SlotRecord
 from agent.updater.states import AT_REST, BEFORE_SWITCH, Event, State
 from agent.updater.store import Offer, Saved
+from agent.updater.verified import check, fetch_verified, signed_target, trust_failure
 from agent.updater.versions import VersionsError
 from protocol.delta import DeltaError, Expected, apply_delta, delta_target_path
 from protocol.model_meta import GateVectors, MetadataError
@@ -88,9 +86,12 @@ class Cycle:
     def trust(self, offer: Offer) -> TrustedRepository:
         """One TUF refresh per worker process (a refresh is per ``Updater``)."""
         if self._trust is None:
-            self._trust = TrustedRepository(
-                self.device.layout.tuf, offer.repository, self.config.trusted_root
-            )
+            try:
+                self._trust = TrustedRepository(
+                    self.device.layout.tuf, offer.repository, self.config.trusted_root
+                )
+            except TrustError as exc:
+                raise trust_failure(exc) from None
         return self._trust
 
     # -- driving -------------------------------------------------------------------------
@@ -251,16 +252,10 @@ class Cycle:
     # -- trust helpers ---------------------------------------------------------------------
 
     def _signed(self, offer: Offer, path: str):
-        try:
-            return self.trust(offer).target(path)
-        except TrustError as exc:
-            raise self._trust_failure(exc) from None
+        return signed_target(self.trust(offer), path)
 
     def _check(self, offer: Offer, path: str, data: bytes) -> None:
-        try:
-            self.trust(offer).check(path, data)
-        except TrustError as exc:
-            raise self._trust_failure(exc) from None
+        check(self.trust(offer), path, data)
 
     @staticmethod
     def _meta(target):
@@ -269,39 +264,10 @@ class Cycle:
         except TrustError as exc:
             raise Refused(f"{exc.reason}: {exc}", exc.reason) from None
 
-    @staticmethod
-    def _trust_failure(exc: TrustError) -> UpdateError:
-        kind = Transient if exc.transient else Refused
-        return kind(f"{exc.reason}: {exc}", exc.reason)
-
     def _fetch_verified(self, offer: Offer, path: str) -> bytes:
-        """A target's bytes, resumed with Range over HTTP, checked against its signed hash.
-        A resumed file that fails the check is fetched once more from the start."""
         signed = self._signed(offer, path)
         self._within_limit(signed)
-        if not offer.repository.startswith(("http://", "https://")):
-            partial = self.device.layout.work / "download"
-            try:
-                self.trust(offer).download(path, partial)
-            except TrustError as exc:
-                raise self._trust_failure(exc) from None
-            return partial.read_bytes()
-        partial = self.device.layout.work / f"{signed.sha256}.partial"
-        url = target_url(offer.repository, path, signed.sha256)
-        resumed_at = self._fetch_once(url, partial, signed.length)
-        try:
-            self._check(offer, path, partial.read_bytes())
-        except UpdateError:
-            partial.unlink()
-            if resumed_at == 0:
-                raise
-            self._fetch_once(url, partial, signed.length)
-            self._check(offer, path, partial.read_bytes())
-        return partial.read_bytes()
-
-    def _fetch_once(self, url: str, partial: Path, length: int) -> int:
-        """A download problem is never a verdict about the update: it is tried again later."""
-        try:
-            return fetch(url, partial, length, self.config.download)
-        except DownloadError as exc:
-            raise Transient(f"{exc.reason}: {exc}", exc.reason) from None
+        return fetch_verified(
+            self.trust(offer), offer.repository, signed, self.device.layout.work,
+            self.config.download,
+        )  # fmt: skip

@@ -9,6 +9,7 @@ in-process; they need neither TUF nor the inference runtime.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,6 +75,27 @@ class Device:
         """The model to run: its path and what was signed about it."""
         pointer = self.slots.pointer()
         return (self.slots.path(pointer.active.slot), pointer.active) if pointer else None
+
+    def adopt(self, data: bytes, name: str, version: int, target: str) -> SlotRecord | None:
+        """Take the model the device was set up with (named in its configuration) as its active
+        slot, so that its first update has an incumbent to shadow and to fall back to. Only when
+        no slot is active yet; the slot is written before the pointer, so a crash between them
+        leaves nothing active and the next start adopts it again."""
+        if self.slots.pointer() is not None:
+            return None
+        record = SlotRecord(
+            slot=self.slots.inactive(),
+            target=target,
+            name=name,
+            version=version,
+            sha256=hashlib.sha256(data).hexdigest(),
+            length=len(data),
+        )
+        self.slots.install(record.slot, data)
+        self.slots.point(Pointer(record), "commit")
+        with contextlib.suppress(VersionsError):  # unreadable: the next offer says so
+            self.versions.record(name, version)
+        return record
 
     def settle(self, saved: Saved) -> Saved:
         """Run the action of ``saved``'s state: point at the model that state says is active,

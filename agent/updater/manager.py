@@ -12,6 +12,7 @@ health gate.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.updater.child import run_child
 from agent.updater.device import Device
 from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.probation import (
@@ -32,6 +34,7 @@ from agent.updater.probation import (
     judge,
     record,
 )
+from agent.updater.slots import SlotRecord
 from agent.updater.states import BEFORE_SWITCH, Event, State
 from agent.updater.store import Saved
 from agent.updater.worker import EXIT_BUSY, EXIT_NOT_ALLOWED, EXIT_TEMPFAIL
@@ -178,19 +181,47 @@ class UpdateManager:
         active = self.device.active()
         return (active[0], active[1].to_json()) if active else None
 
-    def signed_meta(self, target: str, sha256: str) -> dict | None:
-        """The ML metadata the targets key signed for ``target`` (drift reference, signature),
-        read as plain JSON from the metadata the update worker verified and stored; None when
-        that metadata no longer names these bytes."""
+    def _signed_target(self, target: str) -> dict | None:
+        """What the verified metadata the worker stored says about ``target`` (plain JSON: the
+        daemon never loads python-tuf); None when it does not list it."""
         try:
             signed = json.loads((self.device.layout.tuf / "targets.json").read_bytes())["signed"]
             info = signed["targets"][target]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not isinstance(info, dict) or info.get("hashes", {}).get("sha256") != sha256:
+        return info if isinstance(info, dict) else None
+
+    def signed_meta(self, target: str, sha256: str) -> dict | None:
+        """The ML metadata the targets key signed for ``target`` (drift reference, signature);
+        None when the verified metadata no longer names these bytes."""
+        info = self._signed_target(target)
+        if info is None or info.get("hashes", {}).get("sha256") != sha256:
             return None
         custom = info.get("custom")
         return custom if isinstance(custom, dict) else None
+
+    async def adopt(self, path: Path, name: str, version: int) -> SlotRecord | None:
+        """Make the configured model the incumbent of a device that has no active slot yet (set
+        up the README's way, the model file named in its configuration), so its first update
+        goes through trial and probation and can roll back. When the verified metadata lists
+        that release, the file must be its signed bytes; otherwise it is not adopted (and
+        None is returned), and the device runs it from its configured path as before."""
+        if self.device.slots.pointer() is not None:
+            return None
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            log.warning("configured_model_unreadable", path=str(path), error=exc.strerror)
+            return None
+        target = f"{name}/{version}.tflite"
+        signed = self._signed_target(target)
+        digest = hashlib.sha256(data).hexdigest()
+        if signed is not None and signed.get("hashes", {}).get("sha256") != digest:
+            log.error("configured_model_not_the_signed_one", path=str(path), target=target)
+            return None
+        record = await asyncio.to_thread(self.device.adopt, data, name, version, target)
+        log.info("configured_model_adopted", target=target, slot=record.slot, signed=bool(signed))
+        return record
 
     def trial_models(self) -> tuple[Path, Path] | None:
         """(candidate, incumbent) model paths while on trial: run the first, shadow the second."""
@@ -276,36 +307,16 @@ class UpdateManager:
             *(f"--allow-model={name}" for name in self.config.allowed_models),
             *args,
         ]  # fmt: skip
-        child = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            async with asyncio.timeout(self.config.worker_timeout_s):
-                _, stderr = await asyncio.gather(self._relay(child, rollout), child.stderr.read())
-                await child.wait()
-        except TimeoutError:
-            stderr = b"worker timed out"
-        finally:
-            if child.returncode is None:  # timed out or cancelled: killing it is crash-safe
-                child.kill()
-                await child.wait()
-        await self._after_worker(child.returncode, stderr.decode(errors="replace"))
-        return self.saved.state
 
-    async def _relay(self, child: asyncio.subprocess.Process, rollout: str) -> None:
-        async for line in child.stdout:
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue  # not a transition line
+        def relay(data: dict) -> None:
             if "state" not in data:
-                continue
+                return
             if "blocked" in data:  # the way to the update failed; it is tried again later
                 self.blocked_reason = data["blocked"]
                 self.on_transition(
                     blocked(data["state"], data["target"], self.blocked_reason, rollout)
                 )
-                continue
+                return
             self.on_transition(
                 transition(
                     data["state"],
@@ -316,6 +327,10 @@ class UpdateManager:
                     rollout,
                 )
             )
+
+        returncode, stderr = await run_child(command, relay, self.config.worker_timeout_s)
+        await self._after_worker(returncode, stderr)
+        return self.saved.state
 
     async def _after_worker(self, returncode: int | None, stderr: str) -> None:
         self.saved = await asyncio.to_thread(self.device.store.load)

@@ -88,12 +88,15 @@ class Gateway:
 
 
 class Device1:
-    """dev1 with the updater on: its state folder seeded from the provisioned template."""
+    """dev1 with the updater on: its state folder seeded from the provisioned template, or
+    (``provisioned=False``) set up the README's way, only its model file named in the config."""
 
-    def __init__(self, tmp_path: Path, world: World, broker, **probation):
+    def __init__(self, tmp_path: Path, world: World, broker, provisioned=True, **probation):
         self.state_dir = tmp_path / "state-dev1"
-        shutil.copytree(world.template, self.update_dir, symlinks=True)
+        if provisioned:
+            shutil.copytree(world.template, self.update_dir, symlinks=True)
         tables = agent_config(tmp_path, broker, model_path("kws_f32_v1"))
+        tables["model"] |= {"name": "kws", "version": 1}
         tables["update"] = {"trusted_root": world.root}
         tables["update.probation"] = PROBATION | probation
         self.config = write_config(tmp_path / "agent.toml", tables)
@@ -198,6 +201,26 @@ def test_model_that_fails_probation_is_rolled_back(tmp_path, broker, gateway, wo
 
     records = stop_and_check_delivery(agent, gateway, device)
     assert versions_in_order(records) == [1, 3, 1]
+
+
+def test_a_device_set_up_from_its_config_gets_a_trial_and_rolls_back(
+    tmp_path, broker, gateway, world
+):
+    """The model file named in agent.toml becomes the incumbent of a slot at first start, so
+    the first update over the air is shadowed, judged, and rolled back to it."""
+    device = Device1(tmp_path, world, broker, provisioned=False)
+    agent = device.start()
+    status = gateway.status(on_version(1, "IDLE"), "status on the configured v1")
+    assert status.slots["active_version"] == 1 and status.model.sha256 == world.v1
+    agent.wait_logged("configured_model_adopted")
+
+    end = offer_and_wait(gateway, 3, "r-first", ("update_committed", "update_rolled_back"))
+    assert end.kind == "update_rolled_back", end
+    assert [e.kind for e in gateway.events("r-first")][:4] == list(UPDATE_KINDS)
+    status = gateway.status(on_version(1, "ROLLED_BACK"), "status back on the configured v1")
+    assert status.model.sha256 == world.v1 and status.slots["active_version"] == 1
+    assert Device(device.update_dir).slots.pointer().active.sha256 == world.v1
+    stop_and_check_delivery(agent, gateway, device)
 
 
 def test_sigkill_in_trial_comes_back_on_a_gated_model_and_finishes(
