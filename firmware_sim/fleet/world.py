@@ -184,6 +184,8 @@ class World:
             seed=self.scenario.seed * 100_003 + index,
         )
         tables["mqtt"] |= self.broker.device_login(name)
+        if self.fleet.provision == "config":  # what the model is, as the README's agent.toml says
+            tables["model"] |= {"name": self.fleet.name, "version": self.fleet.version}
         clock = self.clocks.device(name) if self.clocks else None
         device = SimDevice(name, home, tables, clock)
         if not self.fleet_window:
