@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests use (a real mosquitto broker, the QEMU Cortex-M target and
-# its cross compiler) when missing. As root it installs them with apt-get; otherwise it prints the
+# its cross compiler, libfaketime for the simulator's clock faults) when missing. As root it installs them with apt-get; otherwise it prints the
 # exact command to run and fails.
 set -euo pipefail
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+compgen -G "/usr/lib/*-linux-gnu/faketime/libfaketime.so.1" >/dev/null || missing+=(libfaketime)
 command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
 command -v arm-none-eabi-gcc >/dev/null 2>&1 || missing+=(gcc-arm-none-eabi)
 if ! command -v arm-none-eabi-gcc >/dev/null 2>&1 \

@@ -1,6 +1,8 @@
 """The cloud end of a simulated site: an HTTP ingest on loopback that takes the gateway's gzip
 NDJSON uploads, counts records and keeps each record id once, and fails on command (down for a
-while, or a share of requests answered with 500) so the gateway's retries are exercised."""
+while, or a share of requests answered with 500) so the gateway's retries are exercised, or
+refuses a share of batches for good (422, as a cloud does with a batch its schema rejects) so
+the gateway's dead letters are."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ class Cloud:
         self.bad_lines = 0
         self.down = False
         self.error_rate = 0.0
+        self.reject_rate = 0.0
+        self.rejected_requests = 0
+        self.rejected_ids: set[tuple[str, str, int]] = set()  # in batches refused for good
         self._random = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -34,16 +39,20 @@ class Cloud:
         except ConnectionError:  # the gateway gave up waiting; it sends the batch again
             self.aborted_requests += 1
             return web.Response(status=499)
-        count = 0
+        ids = set()
         for line in body.splitlines():
             try:
                 record = json.loads(line)
-                self.ids.add((record["dev"], record["boot"], int(record["seq"])))
-                count += 1
+                ids.add((record["dev"], record["boot"], int(record["seq"])))
             except (ValueError, KeyError, TypeError):
                 self.bad_lines += 1
-        self.received += count
-        return web.json_response({"accepted": count})
+        if self.reject_rate and self._random.random() < self.reject_rate:
+            self.rejected_requests += 1
+            self.rejected_ids |= ids
+            return web.json_response({"error": "record schema rejected (injected)"}, status=422)
+        self.ids |= ids
+        self.received += len(ids)
+        return web.json_response({"accepted": len(ids)})
 
     async def __aenter__(self) -> Cloud:
         app = web.Application(client_max_size=256 * 1024 * 1024)

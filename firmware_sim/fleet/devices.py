@@ -15,6 +15,7 @@ from pathlib import Path
 from agent.updater.faults import CUT_FILE_ENV
 from edgefleet import tomlconfig
 from edgefleet.processes import start_edgefleet
+from firmware_sim.fleet.clock import ClockFile
 
 # Devices are other machines than the site's: on a shared CPU they yield to the broker, the
 # gateway and the simulator, so a large fleet slows its own devices rather than the site that
@@ -57,8 +58,8 @@ def read_spool(path: Path) -> SpoolCounts:
 class SimDevice:
     """One agent process and its files under ``home``."""
 
-    def __init__(self, name: str, home: Path, tables: dict) -> None:
-        self.name, self.home = name, home
+    def __init__(self, name: str, home: Path, tables: dict, clock: ClockFile | None = None) -> None:
+        self.name, self.home, self.clock = name, home, clock
         self.state_dir = home / "state"
         self.config_path = home / "agent.toml"
         self.cut_file = home / "power-cut"
@@ -73,6 +74,8 @@ class SimDevice:
         self.cut_file.unlink(missing_ok=True)
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", CUT_FILE_ENV: str(self.cut_file)}
         env.pop("EDGEFLEET_FAULT_HOOK", None)
+        if self.clock is not None:
+            env = self.clock.env(env)
         self.proc = start_edgefleet(
             ["agent", "run", "--config", str(self.config_path)],
             self.home / "agent.log",

@@ -10,9 +10,11 @@ import random
 
 import structlog
 
+from firmware_sim.fleet import impersonation, poison
 from firmware_sim.fleet.devices import SimDevice
 from firmware_sim.fleet.mitm import TIMESTAMP, expired_timestamp
 from firmware_sim.fleet.scenario import Fault
+from firmware_sim.fleet.site import WITNESS_USER
 from firmware_sim.fleet.world import World
 from gateway.releases import keystore
 
@@ -122,9 +124,58 @@ async def expire_metadata(world: World, fault: Fault, rng: random.Random):
     return _set_until_healed(world.relay, "replayed", expired_timestamp(current, signer), None)
 
 
+async def cloud_reject(world: World, fault: Fault, rng: random.Random):
+    return _set_until_healed(world.cloud, "reject_rate", fault.rate, 0.0)
+
+
 async def gateway_restart(world: World, fault: Fault, rng: random.Random):
-    world.gateway.kill()
+    await world.gateway.kill()
     await world.gateway.start()
+
+
+async def poison_fault(world: World, fault: Fault, rng: random.Random):
+    """Each chosen device's credentials publish ``count`` rounds of malformed messages."""
+
+    async def one(device: SimDevice) -> None:
+        login = world.broker.login(device.name)
+        result = await asyncio.to_thread(
+            poison.publish, world.broker.url, world.prefix, device.name, login, fault.count
+        )
+        world.counters.poisoned += result.published
+        log.info("poisoned", device=device.name, published=result.published,
+                 oversize_disconnected=result.oversize_disconnected)  # fmt: skip
+
+    await asyncio.gather(*(one(device) for device in _chosen(world, fault, rng)))
+
+
+async def impersonate(world: World, fault: Fault, rng: random.Random):
+    """Each chosen device tries to pass for the next device of the fleet, then for the gateway;
+    one after the other, so that each attempt's effect on the gateway is its own."""
+    names = [device.name for device in world.devices]
+    witness = world.broker.user(WITNESS_USER)
+    for device in _chosen(world, fault, rng):
+        victim = names[(names.index(device.name) + 1) % len(names)]
+        for client_id in (victim, world.gateway.config.mqtt.client_id):
+            attempts = await asyncio.to_thread(
+                impersonation.attempt, world.broker.url, world.prefix, device.name,
+                world.broker.login(device.name), victim, client_id, witness,
+                world.gateway.log_path,
+            )  # fmt: skip
+            world.counters.impersonations += attempts
+
+
+async def clock_jump(world: World, fault: Fault, rng: random.Random):
+    world.clocks.jump(fault.by_s)  # World refused the scenario without libfaketime
+
+
+async def clock_skew(world: World, fault: Fault, rng: random.Random):
+    names = [device.name for device in _chosen(world, fault, rng)]
+    world.clocks.skew(names, fault.by_s)
+
+    async def heal() -> None:
+        world.clocks.skew(names, 0.0)
+
+    return heal
 
 
 HANDLERS = {
@@ -139,4 +190,9 @@ HANDLERS = {
     "replay-metadata": replay_metadata,
     "expire-metadata": expire_metadata,
     "gateway-restart": gateway_restart,
+    "cloud-reject": cloud_reject,
+    "clock-jump": clock_jump,
+    "clock-skew": clock_skew,
+    "poison": poison_fault,
+    "impersonate": impersonate,
 }

@@ -14,11 +14,21 @@ from protocol.topics import Event, ProtocolError, Status, parse_device_topic
 
 # Refusals that are the device judging a model, not rejecting forged or stale metadata.
 NOT_ATTACKS = ("health gate", "gate vectors unusable")
+# Why a device is blocked when what it was served looked forged, stale or tampered with (an
+# unreachable repository or a target not yet listed is the way, not an attack).
+ATTACK_BLOCKS = ("expired", "rollback", "hash-mismatch", "too-long", "bad-signature", "untrusted")
+DELTA_REFUSED = "delta refused ("
 
 
 def is_attack(event: Event) -> bool:
+    """An update the device refused, or could not verify and retries, or a delta it refused and
+    replaced by the full model, because of what an attacker could have served."""
     reason = str(event.detail.get("reason", ""))
-    return event.kind == "update_refused" and not reason.startswith(NOT_ATTACKS)
+    if event.kind == "update_refused":
+        return not reason.startswith(NOT_ATTACKS)
+    if event.kind == "update_blocked":
+        return reason.split(":", 1)[0] in ATTACK_BLOCKS
+    return event.kind == "update_downloaded" and reason.startswith(DELTA_REFUSED)
 
 
 class Monitor:

@@ -2,9 +2,10 @@
 measured (never assumed) at the end of a run, and judged against the scenario's ``[expect]``.
 
 Telemetry: every agent counts in its spool the records it produced and those its byte cap
-dropped; the gateway counts what its spool dropped; the cloud keeps each record id once. So
-``telemetry_lost = sent - delivered_unique - dropped_counted`` is what vanished uncounted, and a
-healthy site reports 0.
+dropped; the gateway counts what its spool and its dead-letter cap dropped, and keeps the records
+the cloud refused for good as dead letters; the cloud keeps each record id once. So
+``telemetry_lost = sent - delivered_unique - dropped_counted - dead_lettered`` is what vanished
+uncounted, and a healthy site reports 0.
 """
 
 from __future__ import annotations
@@ -91,6 +92,21 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
         "mcus_total": len(world.mcus),
         "mcus_on_target": mcus_on_target(world),
         "attacks_refused": world.monitor.attacks_refused(),
+        "update_refusals_transient": world.monitor.event_counts()["update_blocked"],
+        "devices_blocked": sum(
+            1 for p in (view or {}).get("progress", []) if p.get("state") == "blocked"
+        ),
+    }
+    status = await world.gateway.get("/v1/status")
+    fleet_state["metadata_expiry_warnings"] = len(
+        (status.get("metadata") or {}).get("warnings", [])
+    )
+    attempts = world.counters.impersonations
+    security = {
+        "malformed_counted": round(await world.gateway.malformed_total()),
+        "malformed_published": world.counters.poisoned,
+        "impersonations_refused": sum(a.refused for a in attempts),
+        "impersonation_attempts": [a.to_json() for a in attempts],
     }
     await world.stop_devices()
     delivery = await _telemetry(world)
@@ -102,12 +118,19 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
         "startup_s": round(outcome.startup_s, 2),
         **fleet_state,
         **delivery,
+        **security,
         "agent_restarts": world.counters.agent_restarts,
+        "gateway_unplanned_exits": len(world.gateway.unplanned_exits),
         "update_bytes_served": dict(world.relay.served),
         "events": dict(sorted(world.monitor.event_counts().items())),
         "steps": outcome.steps,
     }
-    violations = outcome.violations + world.counters.crashes
+    violations = outcome.violations + world.counters.crashes + world.gateway.unplanned_exits
+    if report["dead_letter_records_kept"] < report["telemetry_dead_lettered"]:
+        violations.append(
+            f"the cloud refused {report['telemetry_dead_lettered']} records for good but the "
+            f"gateway keeps only {report['dead_letter_records_kept']} in dead letters"
+        )
     violations += [v for e in scenario.expect if (v := e.check(report)) is not None]
     report["violations"] = violations
     report["passed"] = not violations
@@ -128,14 +151,21 @@ async def _telemetry(world: World) -> dict:
     spools = [device.spool() for device in world.devices]
     sent = sum(s.produced for s in spools)
     seconds = world.fleet_window[1] - world.fleet_window[0]
-    dropped = sum(s.dropped for s in spools) + status["spool"]["dropped"]
+    dead = (await world.gateway.get("/v1/dead-letters"))["stats"]
+    dropped = sum(s.dropped for s in spools) + status["spool"]["dropped"] + dead["dropped_records"]
     delivered = len(world.cloud.ids)
+    # Refused for good and never delivered otherwise (a record an agent sent twice may be in
+    # a delivered batch and in a refused one); the gateway must still hold them.
+    dead_lettered = len(world.cloud.rejected_ids - world.cloud.ids)
     return {
         "telemetry_sent": sent,
         "telemetry_delivered_unique": delivered,
         "telemetry_dropped_counted": dropped,
-        "telemetry_lost": sent - delivered - dropped,
+        "telemetry_dead_lettered": dead_lettered,
+        "telemetry_lost": sent - delivered - dropped - dead_lettered,
         "telemetry_left_on_devices": sum(s.left for s in spools),
         "telemetry_per_s": round(sent / seconds, 1),
         "cloud_refused_requests": world.cloud.refused_requests,
+        "cloud_rejected_requests": world.cloud.rejected_requests,
+        "dead_letter_records_kept": dead["records"],
     }

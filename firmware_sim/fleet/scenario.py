@@ -29,10 +29,19 @@ FAULTS = (
     "replay-metadata",
     "expire-metadata",
     "gateway-restart",
+    "poison",
+    "impersonate",
+    "cloud-reject",
+    "clock-jump",
+    "clock-skew",
 )
+CLOCK_FAULTS = ("clock-jump", "clock-skew")
+PROVISIONS = ("update", "config")
 ATTACKS = ("corrupt-delta", "replay-metadata", "expire-metadata")
 BROKER_FAULTS = ("broker-restart", "broker-down")
-LASTING = ("broker-down", "cloud-down", "cloud-errors", "partition", *ATTACKS)
+LASTING = ("broker-down", "cloud-down", "cloud-errors", "cloud-reject", "partition", "clock-skew",
+           *ATTACKS)  # fmt: skip
+WITH_DEVICES = ("partition", "power-cut", "poison", "impersonate", "clock-skew")
 WAITS = ("rollout:completed", "rollout:paused", "devices_on_target:all", "mcus_on_target:all")
 REPORT_KEYS = (
     "scenario",
@@ -51,11 +60,21 @@ REPORT_KEYS = (
     "mcus_total",
     "mcus_on_target",
     "agent_restarts",
+    "gateway_unplanned_exits",
+    "malformed_counted",
+    "impersonations_refused",
+    "telemetry_dead_lettered",
+    "update_refusals_transient",
+    "devices_blocked",
+    "metadata_expiry_warnings",
 )
 # "all" in [expect] means: equal to this other report key.
 ALL_OF = {"devices_on_target": "devices_total", "mcus_on_target": "mcus_total"}
 COMPARISON = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*(-?[0-9]+(?:\.[0-9]+)?)\s*")
-DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*")
+DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
+OFFSET = re.compile(r"\s*([+-]?)\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
+UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_CLOCK_OFFSET_S = 100 * 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,7 @@ class Fleet:
     mcus: int = 0
     mcu_version: int = 1
     rate_hz: float = 5.0
+    provision: str = "update"  # "config": the model file in agent.toml, no update installed it
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,8 @@ class Fault:
     devices: int | tuple[str, ...] | None = None
     state: str | None = None
     op: int | str | None = None
+    count: int = 1  # poison: rounds of malformed messages per device
+    by_s: float = 0.0  # clock-jump, clock-skew: the clock offset in seconds
 
 
 @dataclass(frozen=True)
@@ -168,6 +190,9 @@ class Scenario:
         dropped = self.faults_of(kinds)
         return replace(self, steps=tuple(s for s in self.steps if s not in dropped))
 
+    def clock_faults(self) -> list[Step]:
+        return self.faults_of(CLOCK_FAULTS)
+
     def partitionable(self) -> set[str]:
         """Devices a ``partition`` may cut off, which alone go through relays: those it names,
         and for a count the first that many (relaying every device would make the simulator
@@ -184,14 +209,31 @@ class Scenario:
 
 
 def parse_duration(text: Any, where: str) -> float:
-    """``"5s"``, ``"1.5m"``, ``"500ms"``, ``"2h"`` or a number of seconds -> seconds."""
+    """``"5s"``, ``"1.5m"``, ``"500ms"``, ``"2h"``, ``"3d"`` or a number of seconds -> seconds."""
     if isinstance(text, int | float) and not isinstance(text, bool) and text >= 0:
         return float(text)
     match = DURATION.fullmatch(text) if isinstance(text, str) else None
     if not match:
-        raise UserError(f"{where}: bad duration {text!r}: use a number with ms, s, m or h")
-    scale = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
-    return float(match.group(1)) * scale
+        raise UserError(f"{where}: bad duration {text!r}: use a number with ms, s, m, h or d")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def parse_offset(text: Any, where: str) -> float:
+    """A clock offset: ``"+400d"``, ``"-2h"``, ``"45d"`` or a number of seconds -> seconds,
+    within a century either way and never zero (a fault that changes nothing is a mistake)."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = OFFSET.fullmatch(text) if isinstance(text, str) else None
+        if not match:
+            raise UserError(
+                f"{where}: bad clock offset {text!r}: use a signed number with ms, s, m, h or d"
+            )
+        seconds = float(match.group(2)) * UNITS[match.group(3)]
+        seconds = -seconds if match.group(1) == "-" else seconds
+    if not 0 < abs(seconds) <= MAX_CLOCK_OFFSET_S:
+        raise UserError(f"{where}: clock offset {text!r} must be non-zero and within 100 years")
+    return seconds
 
 
 def resolve_model(text: str, base: Path, where: str) -> Path:
@@ -236,6 +278,7 @@ def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
         mcus=table.value("mcus", int, 0, 0, 10_000),
         mcu_version=table.value("mcu_version", int, 1, 1, 255),
         rate_hz=table.value("rate_hz", float, 5.0, 0.1, 1000.0),
+        provision=table.choice("provision", PROVISIONS, "update"),
     )
     if fleet.mcus > fleet.devices:
         table.fail("mcus", "must not exceed devices (each MCU hangs off one agent)")
@@ -291,8 +334,16 @@ def _fault(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Fault:
     if lasting:
         default = "10s" if kind in ATTACKS else ...
         for_s = parse_duration(table.value("for", str | int | float, default), f"{where}.for")
-    rate = table.value("rate", float, 0.5, 0.0, 1.0) if kind == "cloud-errors" else 0.0
-    devices = _devices(table, fleet) if kind in ("partition", "power-cut") else None
+    rate = 0.0
+    if kind in ("cloud-errors", "cloud-reject"):
+        rate = table.value("rate", float, 0.5, 0.0, 1.0)
+    devices = _devices(table, fleet) if kind in WITH_DEVICES else None
+    count = table.value("count", int, 1, 1, 100) if kind == "poison" else 1
+    by_s = 0.0
+    if kind in CLOCK_FAULTS:
+        by_s = parse_offset(table.value("by", str | int | float), f"{where}.by")
+        if kind == "clock-jump" and by_s < 0:
+            table.fail("by", "a clock jump goes forward (use clock-skew for a clock behind)")
     state = table.value("state", str, None) if kind == "power-cut" else None
     if state is not None and state.upper() not in STATES:
         table.fail("state", f"must be one of {', '.join(s.lower() for s in STATES)}")
@@ -303,7 +354,8 @@ def _fault(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Fault:
         op = table.value("op", int | str, "random")
         if op != "random" and not (isinstance(op, int) and op >= 1):
             table.fail("op", 'must be a flash operation index >= 1 or "random"')
-    return Fault(kind, for_s, rate, devices, state.upper() if state else None, op)
+    state = state.upper() if state else None
+    return Fault(kind, for_s, rate, devices, state, op, count, by_s)
 
 
 # Update states a power cut can wait for (the updater saves each before it acts on it).

@@ -11,10 +11,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from edgefleet import tomlconfig
 from edgefleet.errors import UserError
 from edgefleet.processes import start_edgefleet, terminate
 from firmware_sim.broker import BrokerConfig, BrokerError, Mosquitto, find_mosquitto, free_port
+from firmware_sim.fleet.clock import ClockFile
 from firmware_sim.fleet.embedded_broker import EMBEDDED, EmbeddedBroker
 from gateway import admin_client
 from gateway import config as gateway_config
@@ -22,6 +26,8 @@ from protocol.broker_auth import command_user
 
 GATEWAY_USER = "gateway"
 MONITOR_USER = "monitor"
+WITNESS_USER = "witness"  # a site user who watches what impersonators manage to publish
+MALFORMED_METRIC = "edgefleet_gateway_ingest_malformed"
 
 
 class SiteBroker:
@@ -39,7 +45,8 @@ class SiteBroker:
             return
         workdir.mkdir(parents=True, exist_ok=True)
         # amqtt ignores passwords, but keeps the sessions of named clients only
-        self.users = {user: secrets.token_urlsafe(16) for user in (GATEWAY_USER, MONITOR_USER)}
+        users = (GATEWAY_USER, MONITOR_USER, WITNESS_USER)
+        self.users = {user: secrets.token_urlsafe(16) for user in users}
         # the gateway's command connection is a session of its own, hence a user of its own
         self.users[command_user(GATEWAY_USER)] = self.users[GATEWAY_USER]
         if choice is None:
@@ -83,6 +90,11 @@ class SiteBroker:
             return {"username": user, "password": password}
         return {"username": device} if self.kind == "embedded" else {}
 
+    def login(self, device: str) -> tuple[str, str]:
+        """The device's own user name and password, as its agent logs in."""
+        keys = self.device_login(device)
+        return keys.get("username", device), keys.get("password", "")
+
     def why_not_controllable(self) -> str | None:
         """Why broker faults cannot be injected, or None when they can."""
         if self.kind == "external":
@@ -120,21 +132,35 @@ def broker_choice(given: str | None) -> str | None:
 
 
 class GatewayProcess:
-    """``edgefleet gateway run`` with a generated config; the admin API is how it is driven."""
+    """``edgefleet gateway run`` with a generated config; the admin API is how it is driven.
+    ``clock``: the process runs on that moveable clock. Every exit the simulator did not cause
+    is counted in ``unplanned_exits``; ``malformed`` keeps the ingest's malformed-message
+    counter across restarts (scraped just before each kill)."""
 
-    def __init__(self, workdir: Path, tables: dict) -> None:
+    def __init__(self, workdir: Path, tables: dict, clock: ClockFile | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "gateway.toml"
         self.config_path.write_text(tomlconfig.dumps(tables))
         self.config = gateway_config.load(self.config_path)
+        self.clock = clock
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.expected_exit = False
+        self.unplanned_exits: list[str] = []
+        self.malformed_before = 0.0  # counted by gateway processes that are gone
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "gateway.log"
 
     async def start(self, timeout: float = 30.0) -> None:
         self.starts += 1
+        self.expected_exit = False
         self.proc = start_edgefleet(
-            ["gateway", "run", "--config", str(self.config_path)], self.workdir / "gateway.log"
+            ["gateway", "run", "--config", str(self.config_path)],
+            self.log_path,
+            env=self.clock.env() if self.clock else None,
         )
         deadline = time.monotonic() + timeout
         while True:
@@ -148,14 +174,53 @@ class GatewayProcess:
                     raise UserError("the gateway did not answer within 30 s") from None
                 await asyncio.sleep(0.1)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exited_unplanned(self) -> bool:
+        """True once per exit nobody asked for (the caller starts it again)."""
+        if self.proc is None or self.running or self.expected_exit:
+            return False
+        self.unplanned_exits.append(
+            f"the gateway exited with code {self.proc.returncode} (see {self.log_path})"
+        )
+        self.expected_exit = True
+        return True
+
+    async def kill(self) -> None:
+        if self.running:
+            self.malformed_before += await self.scrape_malformed()
+            self.expected_exit = True
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is not None:
+            self.expected_exit = True
             terminate(self.proc, timeout)
+
+    async def scrape_malformed(self) -> float:
+        """``edgefleet_gateway_ingest_malformed_total``, summed over its labels, as Prometheus
+        would scrape it from the running gateway (0 when it does not answer)."""
+        listen = self.config.metrics
+        url = f"http://{listen.host}:{listen.port}/metrics"
+        try:
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as answer:
+                text = await answer.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return 0.0
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == MALFORMED_METRIC
+            for sample in family.samples
+            if sample.name == f"{MALFORMED_METRIC}_total"
+        )
+
+    async def malformed_total(self) -> float:
+        return self.malformed_before + await self.scrape_malformed()
 
     async def get(self, path: str) -> dict:
         return await admin_client.get(self.config.admin, path)
@@ -189,7 +254,7 @@ def gateway_tables(
             "batch_age_s": 0.2,
         },
         "admin": {"listen": f"unix:{workdir / 'admin.sock'}"},
-        "metrics": {"listen": ""},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
         "repository": {
             "dir": workdir / "served",
             "keys": keys,

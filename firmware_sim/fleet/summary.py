@@ -45,9 +45,14 @@ def summary_lines(report: dict) -> list[str]:
         f"  telemetry  {report['telemetry_sent']} sent, "
         f"{report['telemetry_delivered_unique']} delivered, "
         f"{report['telemetry_dropped_counted']} dropped (counted), "
-        f"{report['telemetry_lost']} lost",
-        f"  security   {report['attacks_refused']} forged or stale updates refused",
+        f"{report['telemetry_dead_lettered']} dead letters, {report['telemetry_lost']} lost",
+        f"  security   {report['attacks_refused']} forged or stale updates refused, "
+        f"{report['malformed_counted']} malformed messages counted, "
+        f"{report['impersonations_refused']}/{len(report['impersonation_attempts'])} "
+        "impersonations refused",
     ]
+    if report["gateway_unplanned_exits"]:
+        lines.append(f"  gateway    {report['gateway_unplanned_exits']} unplanned exits")
     if report["mcus_total"]:
         lines.append(f"  mcus       {report['mcus_on_target']}/{report['mcus_total']} on target")
     lines += [f"  violation: {v}" for v in report["violations"]]

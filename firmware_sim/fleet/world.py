@@ -18,8 +18,10 @@ from agent.updater.device import Device
 from agent.updater.store import Offer
 from edgefleet.errors import UserError
 from firmware_sim.broker import free_port
+from firmware_sim.fleet.clock import ClockError, SiteClocks
 from firmware_sim.fleet.cloud import Cloud
 from firmware_sim.fleet.devices import SimDevice, agent_tables
+from firmware_sim.fleet.impersonation import Attempt
 from firmware_sim.fleet.mcus import BAUD, ImageSigner, SimMcu
 from firmware_sim.fleet.mitm import TIMESTAMP, RepositoryRelay
 from firmware_sim.fleet.monitor import Monitor
@@ -46,17 +48,29 @@ class RolloutRecord:
 class Counters:
     agent_restarts: int = 0
     crashes: list[str] = field(default_factory=list)
+    poisoned: int = 0  # malformed messages the broker took from poisoning clients
+    impersonations: list[Attempt] = field(default_factory=list)
 
 
 class World:
     def __init__(self, scenario: Scenario, workdir: Path, broker_url: str | None) -> None:
         self.scenario, self.workdir = scenario, workdir
         self.fleet = scenario.fleet
+        self.prefix = default_prefix(SITE)
         self.broker = SiteBroker(workdir / "broker", broker_url)
         broker_faults = scenario.faults_of(BROKER_FAULTS)
         if broker_faults and (reason := self.broker.why_not_controllable()):
             step = broker_faults[0]
             raise UserError(f"step {step.index} ({step.describe()}) cannot run: {reason}")
+        self.clocks: SiteClocks | None = None
+        if clock_faults := scenario.clock_faults():
+            try:
+                self.clocks = SiteClocks(workdir / "clocks")
+            except ClockError as exc:
+                step = clock_faults[0]
+                raise UserError(
+                    f"step {step.index} ({step.describe()}) cannot run: {exc}"
+                ) from None
         self.cloud = Cloud(scenario.seed)
         self.operator: Repository | None = None
         self.gateway: GatewayProcess | None = None
@@ -109,14 +123,16 @@ class World:
             self.operator.keys.online,
             (repo_port, self.relay.url),
         )
-        self.gateway = GatewayProcess(self.workdir / "gateway", tables)
+        clock = self.clocks.gateway if self.clocks else None
+        self.gateway = GatewayProcess(self.workdir / "gateway", tables, clock)
         self._stack.callback(self.gateway.stop)
         await self.gateway.start()
         await self.import_releases()
         self.old_timestamp = await self.relay.fetch(TIMESTAMP)
         template = self.workdir / "template"
         root = self.operator.metadata_dir / "1.root.json"
-        await asyncio.to_thread(self._provision, template, root)
+        if fleet.provision == "update":
+            await asyncio.to_thread(self._provision, template, root)
         self.relay.served = dict.fromkeys(self.relay.served, 0)  # count what devices fetch
         monitor_user = self.broker.user(MONITOR_USER)
         self.monitor = Monitor(self.broker.url, default_prefix(SITE), monitor_user)
@@ -142,7 +158,10 @@ class World:
     async def _add_device(self, index: int, template: Path, root: Path) -> None:
         name = device_name(index)
         home = self.workdir / "devices" / name
-        shutil.copytree(template, home / "state")
+        if self.fleet.provision == "update":
+            shutil.copytree(template, home / "state")
+        else:  # the README's way: agent.toml names the model file; no update installed it
+            (home / "state").mkdir(parents=True)
         url = self.broker.url
         mcus = []
         if index < len(self.mcus):
@@ -165,7 +184,10 @@ class World:
             seed=self.scenario.seed * 100_003 + index,
         )
         tables["mqtt"] |= self.broker.device_login(name)
-        device = SimDevice(name, home, tables)
+        if self.fleet.provision == "config":  # what the model is, as the README's agent.toml says
+            tables["model"] |= {"name": self.fleet.name, "version": self.fleet.version}
+        clock = self.clocks.device(name) if self.clocks else None
+        device = SimDevice(name, home, tables, clock)
         if not self.fleet_window:
             self.fleet_window.append(time.monotonic())
         device.start()
@@ -205,10 +227,17 @@ class World:
     # -- devices ----------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        """Start again every agent that stopped, as systemd would; a stop nobody caused (not a
-        power cut) is a crash and becomes a violation."""
+        """Start again every agent and the gateway when they stopped, as systemd would; a stop
+        nobody caused (not a power cut, not a fault step) is a crash: a violation for an agent,
+        ``gateway_unplanned_exits`` for the gateway."""
         while True:
             await asyncio.sleep(0.25)
+            if self.gateway.exited_unplanned():
+                log.warning("gateway_exited", reason=self.gateway.unplanned_exits[-1])
+                try:
+                    await self.gateway.start()
+                except UserError as exc:
+                    self.gateway.unplanned_exits.append(str(exc))
             for device in self.devices:
                 if device.proc is None or device.running:
                     continue

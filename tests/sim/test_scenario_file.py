@@ -173,3 +173,76 @@ SHIPPED = [
 def test_every_shipped_scenario_reads(path):
     scenario = load(path)
     assert scenario.steps and scenario.expect
+
+
+FLEET = {"devices": 3, "model": "fixture:kws_f32_v1"}
+
+
+def fault_step(**keys):
+    data = {"name": "t", "fleet": FLEET, "step": [{"at": 1, "do": "fault", **keys}]}
+    return parse(data, "t", None).steps[0].action
+
+
+def test_hostile_and_clock_faults_read():
+    poison = fault_step(kind="poison", devices=["dev000", "dev002"], count=3)
+    assert (poison.devices, poison.count) == (("dev000", "dev002"), 3)
+    assert fault_step(kind="impersonate", devices=2).devices == 2
+    reject = fault_step(kind="cloud-reject", rate=0.25, **{"for": "10s"})
+    assert (reject.rate, reject.for_s) == (0.25, 10.0)
+    assert fault_step(kind="clock-jump", by="45d").by_s == 45 * 86400
+    skew = fault_step(kind="clock-skew", devices=["dev001"], by="-2h", **{"for": "1m"})
+    assert (skew.by_s, skew.for_s, skew.devices) == (-7200.0, 60.0, ("dev001",))
+    assert fault_step(kind="clock-skew", by="+400d", **{"for": 5}).by_s == 400 * 86400
+
+
+def test_provision_reads_with_update_as_default():
+    def read(**extra):
+        return parse({"name": "t", "fleet": FLEET | extra}, "t", None).fleet.provision
+
+    assert read() == "update" and read(provision="config") == "config"
+
+
+NEW_BAD = [
+    ({"kind": "clock-jump"}, "step[0].by: is required"),
+    ({"kind": "clock-jump", "by": "-3d"}, "step[0].by: a clock jump goes forward"),
+    ({"kind": "clock-jump", "by": "soon"}, "bad clock offset"),
+    ({"kind": "clock-jump", "by": "0s"}, "must be non-zero"),
+    ({"kind": "clock-skew", "by": "+1d"}, "step[0].for: is required"),
+    ({"kind": "cloud-reject", "rate": 2, "for": 1}, "step[0].rate"),
+    ({"kind": "poison", "count": 0}, "step[0].count"),
+    ({"kind": "poison", "devices": ["nobody"]}, "step[0].devices"),
+    ({"kind": "impersonate", "count": 2}, "unknown key"),
+    ({"kind": "partition", "for": 1, "by": "1d"}, "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("keys", "message"), NEW_BAD)
+def test_bad_new_fault_keys_one_line(keys, message):
+    with pytest.raises(UserError) as caught:
+        fault_step(**keys)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_bad_provision_names_the_key():
+    with pytest.raises(UserError, match=r"fleet\.provision: must be one of update, config"):
+        parse({"name": "t", "fleet": FLEET | {"provision": "factory"}}, "t", None)
+
+
+def test_clock_faults_are_refused_in_one_line_without_libfaketime(tmp_path, monkeypatch):
+    from firmware_sim.fleet.world import World
+
+    monkeypatch.setattr("firmware_sim.fleet.clock.LIBRARY_GLOBS", ("/nonexistent/*.so.1",))
+    scenario = parse(
+        {
+            "name": "t",
+            "fleet": FLEET,
+            "step": [{"at": 1, "do": "fault", "kind": "clock-jump", "by": "45d"}],
+        },
+        "t",
+        None,
+    )
+    with pytest.raises(UserError) as caught:
+        World(scenario, tmp_path, None)
+    text = str(caught.value)
+    assert "step 0 (fault clock-jump)" in text and "libfaketime" in text and "\n" not in text
+    assert not (tmp_path / "devices").exists()

@@ -19,7 +19,9 @@ REPORT_KEYS = {
     "scenario", "passed", "duration_s", "devices_total", "devices_on_target",
     "devices_rolled_back", "bricked", "rollout_state", "telemetry_sent",
     "telemetry_delivered_unique", "telemetry_lost", "telemetry_dropped_counted",
-    "attacks_refused", "mcus_on_target", "violations",
+    "attacks_refused", "mcus_on_target", "violations", "telemetry_dead_lettered",
+    "gateway_unplanned_exits", "malformed_counted", "impersonations_refused",
+    "update_refusals_transient", "devices_blocked", "metadata_expiry_warnings",
 }  # fmt: skip
 
 pytestmark = pytest.mark.slow
@@ -41,6 +43,7 @@ def assert_adds_up(report: dict) -> None:
         report["telemetry_sent"]
         - report["telemetry_delivered_unique"]
         - report["telemetry_dropped_counted"]
+        - report["telemetry_dead_lettered"]
     )
     assert report["telemetry_lost"] == lost
     assert 0 <= report["devices_on_target"] <= report["devices_total"]
@@ -54,7 +57,7 @@ def test_scenario_passes(path, tmp_path):
     assert done.returncode == 0, json.dumps(report["violations"]) + done.stderr[-2000:]
     assert_adds_up(report)
     assert report["telemetry_sent"] > 0 and report["telemetry_lost"] == 0
-    assert report["bricked"] == 0
+    assert report["bricked"] == 0 and report["gateway_unplanned_exits"] == 0
 
 
 def test_an_unmet_expectation_fails_the_run(tmp_path):
