@@ -158,8 +158,11 @@ class Mosquitto:
             self._proc.send_signal(signal.SIGHUP)
             if self.config.tls is None:
                 self._wait_accepted(name, logins[name], timeout)
-            else:
-                time.sleep(0.5)  # nothing to log in with; a reload takes milliseconds
+            else:  # nothing to log in with: give the reload its time, then the listener
+                time.sleep(0.5)
+                why = wait_listening(self._proc, self.config.host, self.config.port, timeout)
+                if why is not None:
+                    raise BrokerError(f"mosquitto did not listen again after a reload ({why})")
         return name, logins[name]
 
     def _wait_accepted(self, user: str, password: str, timeout: float) -> None:
