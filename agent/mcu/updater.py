@@ -211,7 +211,11 @@ class McuUpdater:
             log.info("mcu_unreachable", mcu=mcu.settings.name, reason=answer.get("reason"))
 
     async def _worker(
-        self, mcu: Mcu, args: list[str], on_line: Callable[[dict], None], timeout: float
+        self,
+        mcu: Mcu,
+        args: list[str],
+        on_line: Callable[[dict], None],
+        timeout: float,  # noqa: ASYNC109 - past it the child is killed and reported, not raised
     ) -> tuple[int | None, str]:
         """Run the worker for ``mcu``, handing each JSON line it prints to ``on_line``."""
         command = [sys.executable, "-m", "agent.mcu.worker", *mcu.worker_args(), *args]

@@ -131,7 +131,8 @@ class RepositoryService:
                 try:
                     await self.import_from(self.config.import_dir)
                     self._seen, failed = stat, None
-                except Exception as exc:  # retried at the next change or poll
+                # Catch-all: retried at the next change or poll; the watch must outlive any refusal
+                except Exception as exc:  # noqa: BLE001
                     if str(exc) != failed:  # a folder being copied fails until it is whole
                         log.warning("watched import refused", error=str(exc))
                     failed = str(exc)

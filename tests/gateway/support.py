@@ -238,7 +238,7 @@ class Publisher:
                 seq += count
                 if self.interval:
                     time.sleep(self.interval * random.uniform(0.5, 1.5))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread, which raises it
             self.error = exc
 
     @property
