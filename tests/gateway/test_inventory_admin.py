@@ -79,7 +79,7 @@ async def test_inventory_cli_admin_token_and_dir_sink(broker, make_gateway):
     assert (cam_row["drift_alarm"], cam_row["drift_alarms"]) == (True, 1)
     assert (cam_row["spool_depth"], cam_row["spool_dropped"], cam_row["health"]) == (3, 4, "ok")
 
-    summary = json.loads(gateway.cli("status").stdout)
+    summary = json.loads(gateway.cli("status", "--json").stdout)
     assert (summary["devices"], summary["devices_online"], summary["spool"]["dropped"]) == (2, 1, 0)
 
     table = gateway.cli("devices")
