@@ -327,6 +327,10 @@ class Gateway:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(20)
 
+    def log_path(self) -> Path:
+        """The log of the latest start."""
+        return self.workdir / f"gateway.{self.starts}.log"
+
     def log(self) -> str:
         return "\n".join(
             p.read_text(errors="replace")[-4000:]
