@@ -19,6 +19,7 @@ system-deps:
 
 test: venv system-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 demo: venv system-deps

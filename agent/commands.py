@@ -1,12 +1,12 @@
-"""``edgefleet agent run --config agent.toml``: the device daemon; ``edgefleet agent
+"""``edgefleet agent run [--config agent.toml]``: the device daemon; ``edgefleet agent
 install-service``: its systemd service."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from edgefleet import service_commands
+from edgefleet.commandline import add_config, config_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser = commands.add_parser(
         "run", help="run the agent daemon: inference, telemetry spool, MQTT link, drift"
     )
-    run_parser.add_argument("--config", type=Path, required=True, help="agent TOML file")
+    add_config(run_parser, "agent")
     # A device daemon: logging leaves out what only a terminal needs (see edgefleet.logs).
     run_parser.set_defaults(handler=run, lean=True)
     service_commands.register(commands, "agent")
@@ -26,4 +26,4 @@ def run(args: argparse.Namespace) -> int:
 
     from agent import config, daemon
 
-    return asyncio.run(daemon.run(config.load(args.config)))
+    return asyncio.run(daemon.run(config.load(config_path(args.config, "agent"))))

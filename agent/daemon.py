@@ -162,7 +162,8 @@ class Agent:
             return
         deadline = time.monotonic() + self.config.telemetry.drain_s
         link.flush()
-        while spool.stats.depth and not link_task.done() and time.monotonic() < deadline:
+        # The spool empties as the broker acknowledges: nothing signals it, so it is polled.
+        while spool.stats.depth and not link_task.done() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if spool.stats.depth:
             log.warning("drain_incomplete", depth=spool.stats.depth)

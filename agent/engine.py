@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefleet.runtime_output import runtime_output_logged
 from protocol.model_meta import TensorSpec
 
 # Engine name -> module providing ``Interpreter``, in order of preference.
@@ -67,8 +68,9 @@ class Engine:
             raise EngineError(f"cannot read model {path}: {exc.strerror}") from None
         check_tflite(data)
         try:
-            self._interpreter = module.Interpreter(model_content=data, num_threads=threads)
-            self._interpreter.allocate_tensors()
+            with runtime_output_logged(self.runtime):
+                self._interpreter = module.Interpreter(model_content=data, num_threads=threads)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"model does not load: {exc}") from None
         inputs = self._interpreter.get_input_details()

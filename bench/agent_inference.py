@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
+from edgefleet import tomlconfig  # noqa: E402
 from edgefleet.models import model_path  # noqa: E402
 from firmware_sim.broker import BrokerConfig, Mosquitto, free_port  # noqa: E402
 from protocol.topics import Status  # noqa: E402
@@ -103,12 +104,8 @@ def write_config(work: Path, name: str, broker: Mosquitto, **tables: dict) -> Pa
     }
     for table, values in tables.items():
         base.setdefault(table, {}).update(values)
-    lines = []
-    for table, values in base.items():
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     path = work / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tomlconfig.dumps(base))
     return path
 
 

@@ -265,8 +265,7 @@ def start_real_agents(
         shutil.copytree(work / "template", work / f"state-{device}" / "update")
         tables = agent_config(work, broker, model_path("kws_f32_v1"), device=device)
         tables["inference"] = {"rate_hz": 25.0}
-        tables["update"] = {"trusted_root": root}
-        tables["update.probation"] = FAST_PROBATION
+        tables["update"] = {"trusted_root": root, "probation": FAST_PROBATION}
         agent = AgentProcess(write_config(work / f"{device}.toml", tables))
         stack.callback(agent.kill)
 

@@ -3,6 +3,9 @@
 Each part of the system contributes its subcommands through a ``register(subparsers)`` function
 in a small ``commands`` module that imports nothing heavy; a subcommand's handler imports what it
 needs when it runs, so ``edgefleet agent run`` never pays for the signing code and the reverse.
+What every command shares (``--json``, tables, defaults in ``--help``, global options anywhere,
+configuration lookup) is in :mod:`edgefleet.commandline` and :mod:`edgefleet.tables`; the rules
+are in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import importlib
 import sys
 
 from edgefleet import __version__, logs
+from edgefleet.commandline import Parser, add_global_options, every_parser
 from edgefleet.errors import UserError
 
 COMMAND_MODULES = (
@@ -29,27 +33,24 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edgefleet",
         description="Keep ML models alive on fleets of embedded devices.",
     )
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity (logs go to stderr; JSON when stderr is not a terminal)",
-    )
+    add_global_options(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for _, sub in list(every_parser(parser))[1:]:
+        add_global_options(sub, top=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(args.log_level, lean=getattr(args, "lean", False))
+    logs.configure(args.log_level, lean=getattr(args, "lean", False), fmt=args.log_format)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:

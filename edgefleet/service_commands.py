@@ -18,7 +18,7 @@ def register(commands: argparse._SubParsersAction, role: str) -> None:
         "--root",
         type=Path,
         default=Path("/"),
-        help="install under this folder, e.g. a package's staging folder (default /)",
+        help="install under this folder, e.g. a package's staging folder",
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would be written")
     parser.add_argument(

@@ -4,12 +4,12 @@ the key when they fail, and a refusal of keys nobody reads (a typo is an error, 
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import structlog
+import tomli_w
 
 from edgefleet.errors import UserError
 
@@ -125,26 +125,18 @@ class Table:
             self.fail(unknown[0], "unknown key")
 
 
-def dumps(tables: dict[str, dict | list[dict]]) -> str:
-    """Write the configs edgefleet generates (simulated devices, a site's gateway) as TOML:
-    ``{"table": {...}}`` or ``{"table": [{...}, ...]}`` for an array of tables; values are
-    strings, paths, numbers, booleans or flat lists of them."""
-    out: list[str] = []
-    for name, body in tables.items():
-        for values in body if isinstance(body, list) else [body]:
-            out.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
-            out += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-            out.append("")
-    return "\n".join(out)
+def dumps(tables: dict[str, Any]) -> str:
+    """Write the configs edgefleet generates (simulated devices, a site's gateway) as TOML with
+    tomli-w; ``{"table": [{...}, ...]}`` becomes an array of tables. Paths are written as text,
+    which tomli-w does not do by itself."""
+    return tomli_w.dumps(_plain(tables))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, int | float):
-        return repr(value)
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+        return [_plain(item) for item in value]
+    return value

@@ -85,7 +85,7 @@ class AdminServer:
         else:
             site = web.TCPSite(self._runner, listen.host, listen.port)
             await site.start()
-        log.info("admin API listening", listen=str(listen))
+        log.info("admin_api_listening", listen=str(listen))
         return self
 
     async def __aexit__(self, *exc) -> None:

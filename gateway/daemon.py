@@ -46,7 +46,7 @@ class Stopper:
         self.failure: BaseException | None = None
 
     def fail(self, exc: BaseException) -> None:
-        log.error("gateway part failed", error=repr(exc), exc_info=exc)
+        log.error("gateway_part_failed", error=repr(exc), exc_info=exc)
         self.failure = self.failure or exc
         self.event.set()
 
@@ -112,7 +112,7 @@ async def run(config: GatewayConfig) -> int:
             await stack.enter_async_context(MetricsServer(config.metrics, metrics))
         await stack.enter_async_context(AdminServer(config.admin, token, routes))
         log.info(
-            "gateway running",
+            "gateway_running",
             site=config.site,
             spool_records=spool.stats.records,
             devices=len(inventory.devices),
@@ -126,5 +126,5 @@ async def run(config: GatewayConfig) -> int:
         await stopper.event.wait()
         pinger.cancel()
         notifier.send(STOPPING="1", STATUS="stopping")
-        log.info("gateway stopping")
+        log.info("gateway_stopping")
     return 1 if stopper.failure else 0

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from edgefleet import service_commands
+from edgefleet.commandline import add_config, add_json, add_table_options, config_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,42 +17,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser = commands.add_parser(
         "run", help="run the gateway: MQTT ingest, spool, uplink, inventory, metrics, admin API"
     )
-    run_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+    add_config(run_parser, "gateway")
     run_parser.set_defaults(handler=run)
 
     devices_parser = commands.add_parser("devices", help="list the devices the gateway knows")
-    devices_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
-    devices_parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    add_config(devices_parser, "gateway")
+    add_table_options(devices_parser, "the devices")
     devices_parser.set_defaults(handler=devices)
 
     status_parser = commands.add_parser("status", help="spool depth, drops and devices online")
-    status_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+    add_config(status_parser, "gateway")
+    add_json(status_parser, "the whole status")
     status_parser.set_defaults(handler=status)
 
     dead_parser = commands.add_parser(
         "dead-letters",
         help="what the gateway set aside: malformed device messages, records the cloud refused",
     )
-    dead_parser.add_argument("--config", type=Path, help="gateway TOML file")
-    dead_parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    add_config(dead_parser, "gateway")
+    add_table_options(dead_parser, "the dead letters and their counts")
     dead_parser.set_defaults(handler=dead_letters)
     dead_commands = dead_parser.add_subparsers(dest="dead_letters_command", metavar="COMMAND")
     resend_parser = dead_commands.add_parser(
         "resend", help="put records the cloud refused back into the uplink (all without IDs)"
     )
     resend_parser.add_argument("ids", type=int, nargs="*", metavar="ID", help="dead letter ids")
+    # Also after ``resend``; SUPPRESS keeps what was given before it.
     resend_parser.add_argument(
-        "--config", type=Path, default=argparse.SUPPRESS, help="gateway TOML file"
+        "--config", type=Path, default=argparse.SUPPRESS, help="as before the command"
     )
     resend_parser.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON for scripts"
+        "--json", action="store_true", default=argparse.SUPPRESS, help="as before the command"
     )
 
     import_parser = commands.add_parser(
         "import-release",
         help="have the running gateway take in a release signed offline (a repository folder)",
     )
-    import_parser.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+    add_config(import_parser, "gateway")
     import_parser.add_argument(
         "--from",
         dest="source",
@@ -59,18 +62,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="the operator's repository folder (readable by the gateway's user)",
     )
-    import_parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    add_json(import_parser)
     import_parser.set_defaults(handler=import_release)
 
     service_commands.register(commands, "gateway")
 
 
+def _config(args: argparse.Namespace):
+    from gateway import config
+
+    return config.load(config_path(args.config, "gateway"))
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway import config, daemon
+    from gateway import daemon
 
-    return asyncio.run(daemon.run(config.load(args.config)))
+    return asyncio.run(daemon.run(_config(args)))
 
 
 def devices(args: argparse.Namespace) -> int:
@@ -78,15 +87,15 @@ def devices(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from gateway import admin_client, config
+    from gateway import admin_client
     from gateway.devices import table as device_table
 
-    answer = asyncio.run(admin_client.get(config.load(args.config).admin, "/v1/devices"))
+    answer = asyncio.run(admin_client.get(_config(args).admin, "/v1/devices"))
     if args.json:
         json.dump(answer["devices"], sys.stdout, indent=2)
         print()
     else:
-        device_table.print_table(answer["devices"])
+        device_table.print_table(answer["devices"], wide=args.wide)
     return 0
 
 
@@ -94,23 +103,35 @@ def status(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from gateway import admin_client, config
+    from gateway import admin_client
 
-    answer = asyncio.run(admin_client.get(config.load(args.config).admin, "/v1/status"))
-    print(json.dumps(answer, indent=2))
+    answer = asyncio.run(admin_client.get(_config(args).admin, "/v1/status"))
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print_status(answer)
     return 0
+
+
+def print_status(answer: dict) -> None:
+    """The figures an operator looks at first, one per line; ``--json`` has every one."""
+    spool = answer["spool"]
+    print(f"site: {answer['site']} (edgefleet {answer['version']})")
+    print(f"devices: {answer['devices']} ({answer['devices_online']} online)")
+    print(f"spool: {spool['records']} records, {spool['bytes']} bytes, {spool['dropped']} dropped")
+    for role, entry in ((answer.get("metadata") or {}).get("roles") or {}).items():
+        print(f"metadata {role}: expires {entry['expires']}")
+    for line in (answer.get("metadata") or {}).get("warnings") or ():
+        print(f"warning: {line}")
 
 
 def dead_letters(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from edgefleet.errors import UserError
-    from gateway import admin_client, config
+    from gateway import admin_client
 
-    if args.config is None:
-        raise UserError("the following argument is required: --config")
-    admin = config.load(args.config).admin
+    admin = _config(args).admin
     if args.dead_letters_command == "resend":
         answer = asyncio.run(admin_client.post(admin, "/v1/dead-letters/resend", {"ids": args.ids}))
         if args.json:
@@ -124,22 +145,37 @@ def dead_letters(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
-    print_dead_letters(answer["dead_letters"], answer["stats"])
+    print_dead_letters(answer["dead_letters"], answer["stats"], wide=args.wide)
     return 0
 
 
-def print_dead_letters(entries: list[dict], stats: dict) -> None:
+def print_dead_letters(entries: list[dict], stats: dict, wide: bool = False) -> None:
     import datetime
 
-    head = ("ID", "TIME (UTC)", "SOURCE", "KIND", "REASON", "SIZE")
-    print("{:>6}  {:19}  {:6}  {:9}  {:15}  {:>8}  DETAIL".format(*head))
-    for entry in entries:
-        at = datetime.datetime.fromtimestamp(entry["at"], datetime.UTC)
-        detail = " ".join(entry["detail"].split())[:70]
-        print(
-            f"{entry['id']:>6}  {at:%Y-%m-%d %H:%M:%S}  {entry['source']:6}  {entry['kind']:9}  "
-            f"{entry['reason']:15}  {entry['size']:>8}  {detail}"
+    from edgefleet.tables import Column, print_table
+
+    columns = (
+        Column("id", right=True),
+        Column("time (UTC)"),
+        Column("source"),
+        Column("kind", narrow=False),
+        Column("reason"),
+        Column("size", right=True, narrow=False),
+        Column("detail"),
+    )
+    rows = [
+        (
+            entry["id"],
+            f"{datetime.datetime.fromtimestamp(entry['at'], datetime.UTC):%Y-%m-%d %H:%M:%S}",
+            entry["source"],
+            entry["kind"],
+            entry["reason"],
+            entry["size"],
+            " ".join(entry["detail"].split()),
         )
+        for entry in entries
+    ]
+    print_table(columns, rows, title="dead letters", wide=wide)
     print(
         f"{stats['entries']} dead letters ({stats['records']} records), "
         f"{stats['dropped']} dropped by the cap ({stats['dropped_records']} records)"
@@ -154,14 +190,14 @@ def import_release(args: argparse.Namespace) -> int:
     import json
 
     from edgefleet.errors import UserError
-    from gateway import admin_client, config
+    from gateway import admin_client
 
     source = args.source.resolve()
     if not (source / "metadata").is_dir():
         raise UserError(f"{source}: not a repository (no metadata/ folder)")
     answer = asyncio.run(
         admin_client.post(
-            config.load(args.config).admin,
+            _config(args).admin,
             "/v1/repository/import",
             {"source": str(source)},
             IMPORT_TIMEOUT_S,

@@ -163,7 +163,7 @@ class MetricsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.listen.host, self.listen.port)
         await site.start()
-        log.info("metrics listening", listen=str(self.listen))
+        log.info("metrics_listening", listen=str(self.listen))
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("image", type=Path, help="image signed by imgtool (MCUboot format)")
     parser.add_argument("--port", required=True, help="serial device, pty, or socket://HOST:PORT")
-    parser.add_argument("--baud", type=int, default=115200, help="line rate (default 115200)")
+    parser.add_argument("--baud", type=int, default=115200, help="line rate")
     parser.add_argument(
         "--confirm",
         action="store_true",

@@ -211,9 +211,13 @@ class McuUpdater:
             log.info("mcu_unreachable", mcu=mcu.settings.name, reason=answer.get("reason"))
 
     async def _worker(
-        self, mcu: Mcu, args: list[str], on_line: Callable[[dict], None], timeout: float
+        self,
+        mcu: Mcu,
+        args: list[str],
+        on_line: Callable[[dict], None],
+        limit_s: float,
     ) -> tuple[int | None, str]:
         """Run the worker for ``mcu``, handing each JSON line it prints to ``on_line`` (killing
         it leaves the MCU safe: it keeps the image it runs until a swap is confirmed)."""
         command = [sys.executable, "-m", "agent.mcu.worker", *mcu.worker_args(), *args]
-        return await run_child(command, on_line, timeout)
+        return await run_child(command, on_line, limit_s)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 
 async def run_child(
-    command: Sequence[str], on_line: Callable[[dict], None], timeout: float
+    command: Sequence[str], on_line: Callable[[dict], None], limit_s: float
 ) -> tuple[int | None, str]:
     """Run ``command``; returns its exit code (None: it was killed) and its stderr."""
     child = await asyncio.create_subprocess_exec(
@@ -28,7 +28,7 @@ async def run_child(
                 on_line(line)
 
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit_s):
             _, stderr = await asyncio.gather(relay(), child.stderr.read())
             await child.wait()
     except TimeoutError:

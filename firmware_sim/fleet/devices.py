@@ -146,8 +146,7 @@ def agent_tables(
             "drain_s": 20.0,
         },
         "drift": {"window": 200},
-        "update": {"trusted_root": trusted_root},
-        "update.probation": PROBATION,
+        "update": {"trusted_root": trusted_root, "probation": PROBATION},
     }
     if mcus:
         tables["mcu"] = mcus

@@ -80,7 +80,8 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
     """Let the fleet settle (every device reports afresh, none mid-update), then measure."""
     since_ms = time.time() * 1000
     deadline = time.monotonic() + SETTLE_S
-    while (bricked(world) or unsettled(world, since_ms)) and time.monotonic() < deadline:
+    # Devices settle in other processes: polled.
+    while (bricked(world) or unsettled(world, since_ms)) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.5)
     view = await world.rollout_view()
     fleet_state = {

@@ -132,7 +132,8 @@ class Runner:
             raise ValueError(f"{count()} of {total} on target after {wait.timeout_s:g} s")
         return f"{total} on target"
 
-    async def _until_rollout(self, world: World, timeout: float) -> str | None:
+    # A wait in a scenario ends at its deadline with the last state seen, not an error.
+    async def _until_rollout(self, world: World, timeout: float) -> str | None:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         state = None
         while time.monotonic() < deadline:
@@ -148,9 +149,9 @@ class Runner:
             await asyncio.sleep(0.2)
         return state
 
-    async def _until(self, condition: Callable[[], bool], timeout: float) -> None:
+    async def _until(self, condition: Callable[[], bool], timeout: float) -> None:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
-        while not condition() and time.monotonic() < deadline:
+        while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 - other processes
             await asyncio.sleep(0.2)
 
     async def _heal_all(self) -> None:

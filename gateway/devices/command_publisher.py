@@ -38,7 +38,7 @@ class CommandPublisher:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("command connection refused", reason=str(reason_code))
+            log.warning("command_connection_refused", reason=str(reason_code))
             return
         self.connected.set()
 

@@ -12,7 +12,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     provision = commands.add_parser(
         "provision",
         help="create a device's broker login and a bundle folder to copy onto it",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     provision.add_argument("device", metavar="ID", help="device id, [A-Za-z0-9_-]{1,64}")
     provision.add_argument("--site", required=True, help="the gateway's site")

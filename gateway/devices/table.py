@@ -1,11 +1,26 @@
-"""The devices table as ``edgefleet gateway devices`` prints it (rich)."""
+"""The devices table as ``edgefleet gateway devices`` prints it (see edgefleet.tables)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from rich.console import Console
-from rich.table import Table
+from edgefleet.tables import Column
+from edgefleet.tables import print_table as _print
+
+COLUMNS = (
+    Column("device"),
+    Column("state"),
+    Column("last seen"),
+    Column("agent", narrow=False),
+    Column("model"),
+    Column("update"),
+    Column("health", narrow=False),
+    Column("drift", narrow=False),
+    Column("spool", right=True, narrow=False),
+    Column("drops", right=True, narrow=False),
+    Column("records", right=True, narrow=False),
+    Column("mcus", narrow=False),
+)
 
 
 def _when(seconds: float | None) -> str:
@@ -14,47 +29,29 @@ def _when(seconds: float | None) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _value(value) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
 def _mcus(mcus) -> str:
     return "\n".join(f"{m['name']} {m['version'] or '-'} {m['state']}" for m in mcus) or "-"
 
 
-def print_table(devices: list[dict], console: Console | None = None) -> None:
-    table = Table(title=f"{len(devices)} devices")
-    columns = (
-        "device",
-        "state",
-        "last seen",
-        "agent",
-        "model",
-        "update",
-        "health",
-        "drift",
-        "spool",
-        "drops",
-        "records",
-        "mcus",
-    )
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("device", "last seen"))
+def print_table(devices: list[dict], wide: bool = False) -> None:
+    rows = []
     for d in devices:
         model = f"{d['model']} v{d['model_version']}" if d.get("model") else "-"
         drift = ("ALARM" if d["drift_alarm"] else "ok") + f" ({d['drift_alarms']})"
-        table.add_row(
-            d["device"],
-            d["state"],
-            _when(d["last_seen"]),
-            _value(d["agent_version"]),
-            model,
-            _value(d["update_state"]),
-            _value(d["health"]),
-            drift,
-            _value(d["spool_depth"]),
-            _value(d["spool_dropped"]),
-            str(d["records"]),
-            _mcus(d.get("mcus") or ()),
+        rows.append(
+            (
+                d["device"],
+                d["state"],
+                _when(d["last_seen"]),
+                d["agent_version"],
+                model,
+                d["update_state"],
+                d["health"],
+                drift,
+                d["spool_depth"],
+                d["spool_dropped"],
+                d["records"],
+                _mcus(d.get("mcus") or ()),
+            )
         )
-    (console or Console()).print(table)
+    _print(COLUMNS, rows, title=f"{len(devices)} devices", wide=wide)

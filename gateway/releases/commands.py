@@ -8,6 +8,9 @@ from pathlib import Path
 
 import structlog
 
+from edgefleet.commandline import add_json, add_table_options
+from edgefleet.tables import Column, print_table
+
 log = structlog.get_logger()
 
 
@@ -22,6 +25,7 @@ def register(subparsers) -> None:
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     init = keys_sub.add_parser("init", help="create keys and an empty signed repository")
     _repo_arguments(init)
+    add_json(init, "the repository's folders")
     init.set_defaults(handler=_keys_init)
     rotate = keys_sub.add_parser(
         "rotate", help="replace a role's key through a new root that existing devices accept"
@@ -30,6 +34,7 @@ def register(subparsers) -> None:
     rotate.add_argument(
         "--role", required=True, choices=["root", "targets", "snapshot", "timestamp"]
     )
+    add_json(rotate, "the new key")
     rotate.set_defaults(handler=_keys_rotate)
 
     release = subparsers.add_parser(
@@ -59,7 +64,7 @@ def register(subparsers) -> None:
     add.add_argument(
         "--expires",
         default="90d",
-        help="lifetime of the targets metadata (e.g. 90d, 12h; default 90d)",
+        help="lifetime of the targets metadata, e.g. 90d, 12h",
     )
     add.add_argument(
         "--reference-inputs",
@@ -72,13 +77,13 @@ def register(subparsers) -> None:
         type=int,
         default=1000,
         help="seeded reference inputs to generate: the drift reference histograms come from "
-        "them (default 1000; fewer than 500 give false drift alarms)",
+        "them (fewer than 500 give false drift alarms)",
     )
     add.add_argument(
         "--gate-samples",
         type=int,
         default=8,
-        help="reference inputs the health gate replays on the device (default 8)",
+        help="reference inputs the health gate replays on the device",
     )
     add.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     add.add_argument(
@@ -117,9 +122,7 @@ def register(subparsers) -> None:
     image.add_argument(
         "--version", required=True, type=int, help="integer version, higher than the latest"
     )
-    image.add_argument(
-        "--expires", default="90d", help="lifetime of the targets metadata (default 90d)"
-    )
+    image.add_argument("--expires", default="90d", help="lifetime of the targets metadata")
     image.add_argument(
         "--force",
         action="store_true",
@@ -138,6 +141,7 @@ def register(subparsers) -> None:
     _repo_arguments(rollback)
     rollback.add_argument("--name", required=True)
     rollback.add_argument("--version", required=True, type=int)
+    add_json(rollback, "the re-signed release")
     rollback.set_defaults(handler=_release_rollback)
 
     renew = release_sub.add_parser(
@@ -153,7 +157,7 @@ def register(subparsers) -> None:
         "--role",
         choices=["targets", "root"],
         default="targets",
-        help="the offline role to renew (default targets)",
+        help="the offline role to renew",
     )
     renew.add_argument(
         "--expires",
@@ -166,14 +170,14 @@ def register(subparsers) -> None:
         "expiry", help="when each role's metadata expires, with warnings for the offline ones"
     )
     _repo_arguments(expiry)
-    expiry.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_table_options(expiry, "the expiries")
     expiry.set_defaults(handler=_release_expiry)
 
     listing = release_sub.add_parser(
         "list", help="list signed model versions, MCU images and when the metadata expires"
     )
     _repo_arguments(listing)
-    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_table_options(listing, "the releases")
     listing.set_defaults(handler=_release_list)
 
 
@@ -182,12 +186,12 @@ def _repo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--offline-keys",
         type=Path,
-        help="folder of root.key and targets.key (default REPO/keys/offline)",
+        help="folder of root.key and targets.key (default: REPO/keys/offline)",
     )
     parser.add_argument(
         "--online-keys",
         type=Path,
-        help="folder of snapshot/timestamp/deltas keys (default REPO/keys/online)",
+        help="folder of snapshot/timestamp/deltas keys (default: REPO/keys/online)",
     )
 
 
@@ -204,6 +208,15 @@ def _keys_init(args) -> int:
     from gateway.releases.repository import Repository
 
     repo = Repository.init(args.repo, _key_dirs(args))
+    if args.json:
+        folders = {
+            "repository": repo.dir,
+            "offline_keys": repo.keys.offline,
+            "online_keys": repo.keys.online,
+            "root": repo.metadata_dir / "root.json",
+        }
+        print(json.dumps({key: str(path) for key, path in folders.items()}, indent=2))
+        return 0
     print(f"created repository {repo.dir}")
     print(f"  offline keys (keep off the gateway): {repo.keys.offline}")
     print(f"  online keys (for the gateway):       {repo.keys.online}")
@@ -216,6 +229,13 @@ def _keys_rotate(args) -> int:
 
     repo = Repository(args.repo, _key_dirs(args))
     keyid = repo.rotate_key(args.role)
+    if args.json:
+        print(
+            json.dumps(
+                {"role": args.role, "keyid": keyid, "root_version": repo.root.signed.version}
+            )
+        )
+        return 0
     print(f"rotated {args.role} key to {keyid[:16]} (root version {repo.root.signed.version})")
     return 0
 
@@ -319,6 +339,9 @@ def _release_rollback(args) -> int:
 
     check_range("--version", args.version, 1, MAX_VERSION)
     release = Repository(args.repo, _key_dirs(args)).sign_rollback(args.name, args.version)
+    if args.json:
+        print(json.dumps(_release_json(release), indent=2))
+        return 0
     print(f"signed {release.path} as a permitted downgrade")
     return 0
 
@@ -350,23 +373,22 @@ def _release_expiry(args) -> int:
     if args.json:
         print(json.dumps(expiry.to_json(), indent=2))
     else:
-        _print_expiry(expiry)
+        _print_expiry(expiry, args.wide)
     return 0
 
 
-def _print_expiry(expiry) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="metadata expiry")
-    for column in ("role", "expires", "days left"):
-        table.add_column(column, justify="right" if column == "days left" else "left")
-    for role, at in expiry.expires.items():
-        table.add_row(role, at.isoformat(), f"{expiry.seconds_left(role) / 86400:.1f}")
-    console = Console()
-    console.print(table)
+def _print_expiry(expiry, wide: bool = False) -> None:
+    print_table(
+        (Column("role"), Column("expires"), Column("days left", right=True)),
+        [
+            (role, at.isoformat(), f"{expiry.seconds_left(role) / 86400:.1f}")
+            for role, at in expiry.expires.items()
+        ],
+        title="metadata expiry",
+        wide=wide,
+    )
     for line in expiry.warnings():
-        console.print(f"warning: {line}", style="bold red", highlight=False)
+        print(f"warning: {line}")
 
 
 def _release_list(args) -> int:
@@ -377,47 +399,52 @@ def _release_list(args) -> int:
     if args.json:
         print(json.dumps([_release_json(r) for r in (*releases, *images)], indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"releases in {args.repo}")
-    for column in (
-        "model",
-        "version",
-        "bytes",
-        "sha256",
-        "input",
-        "output",
-        "budget ms",
-        "rollback",
-    ):
-        table.add_column(column, justify="right" if column in ("version", "bytes") else "left")
 
     def tensors(specs) -> str:
         return ", ".join(f"{s.dtype}[{'x'.join(map(str, s.shape))}]" for s in specs)
 
-    for r in releases:
-        table.add_row(
-            r.name,
-            str(r.version),
-            str(r.length),
-            r.sha256[:12],
-            tensors(r.meta.inputs),
-            tensors(r.meta.outputs),
-            f"{r.meta.latency_budget_ms:g}",
-            "yes" if r.meta.rollback else "",
-        )
-    console = Console()
     if releases or not images:
-        console.print(table)
+        print_table(
+            (
+                Column("model"),
+                Column("version", right=True),
+                Column("bytes", right=True),
+                Column("sha256"),
+                Column("input", narrow=False),
+                Column("output", narrow=False),
+                Column("budget ms", right=True),
+                Column("rollback"),
+            ),
+            [
+                (
+                    r.name,
+                    r.version,
+                    r.length,
+                    r.sha256[:12],
+                    tensors(r.meta.inputs),
+                    tensors(r.meta.outputs),
+                    f"{r.meta.latency_budget_ms:g}",
+                    "yes" if r.meta.rollback else "",
+                )
+                for r in releases
+            ],
+            title=f"releases in {args.repo}",
+            wide=args.wide,
+        )
+        print()
     if images:
-        image_table = Table(title=f"MCU images in {args.repo}")
-        for column in ("name", "version", "image version", "bytes", "sha256"):
-            image_table.add_column(column, justify="right" if column == "bytes" else "left")
-        for i in images:
-            image_table.add_row(
-                i.name, str(i.version), i.meta.image_version, str(i.length), i.sha256[:12]
-            )
-        console.print(image_table)
-    _print_expiry(_expiry(repo))
+        print_table(
+            (
+                Column("name"),
+                Column("version", right=True),
+                Column("image version"),
+                Column("bytes", right=True),
+                Column("sha256"),
+            ),
+            [(i.name, i.version, i.meta.image_version, i.length, i.sha256[:12]) for i in images],
+            title=f"MCU images in {args.repo}",
+            wide=args.wide,
+        )
+        print()
+    _print_expiry(_expiry(repo), args.wide)
     return 0

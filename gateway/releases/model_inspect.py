@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefleet.runtime_output import runtime_output_logged
 from gateway.releases.errors import ReleaseError, check_range
 from protocol.drift import DriftReference
 from protocol.model_meta import NAME_PATTERN, GateRef, GateVectors, ModelMeta, TensorSpec
@@ -92,8 +93,9 @@ def _interpreter(data: bytes, path: Path):
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interpreter = Interpreter(model_content=data)
-        interpreter.allocate_tensors()
+        with runtime_output_logged("litert"):
+            interpreter = Interpreter(model_content=data)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReleaseError(f"{path}: LiteRT cannot load the model: {first_line}") from None

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from securesystemslib.signer import CryptoSigner
+from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -373,7 +374,7 @@ class Repository:
             try:
                 trusted.verify_delegate("root", candidate)
                 candidate.verify_delegate("root", candidate)
-            except Exception as exc:
+            except (UnsignedMetadataError, ValueError) as exc:
                 raise ReleaseError(f"{path}: not signed by the trusted root keys: {exc}") from None
             if candidate.signed.version != version:
                 raise ReleaseError(f"{path}: holds root version {candidate.signed.version}")
@@ -384,7 +385,7 @@ class Repository:
         incoming_path = source.metadata_dir / f"{incoming.signed.version}.targets.json"
         try:
             trusted.verify_delegate("targets", incoming)
-        except Exception as exc:
+        except (UnsignedMetadataError, ValueError) as exc:
             raise ReleaseError(f"{incoming_path}: not signed by the targets key: {exc}") from None
         if incoming.signed.version < self.targets.signed.version:
             raise ReleaseError(
@@ -404,7 +405,7 @@ class Repository:
             try:
                 data = blob.read_bytes()
                 target.verify_length_and_hashes(data)
-            except Exception as exc:  # OSError or tuf's LengthOrHashMismatchError
+            except (OSError, LengthOrHashMismatchError) as exc:
                 raise ReleaseError(f"{blob}: missing or not the signed bytes: {exc}") from None
             self._store_target(target, data)
         for number, data in new_roots:

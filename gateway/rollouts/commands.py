@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
+from edgefleet.commandline import add_config, add_json, add_table_options, config_path
 from edgefleet.errors import UserError
+from edgefleet.tables import Column, print_table
 
 START_TIMEOUT_S = 300.0  # the gateway signs the deltas the devices need before it answers
 WAIT_POLL_S = 1.0
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="rollout_command", metavar="COMMAND", required=True)
 
     start = commands.add_parser("start", help="offer a model version to the fleet in stages")
-    start.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+    add_config(start, "gateway")
     start.add_argument("--model", required=True, help="model or MCU image name, as signed")
     start.add_argument("--version", required=True, help="model version to roll out")
     start.add_argument("--stages", default="1,10,50,100", help="cumulative percentages")
@@ -69,18 +70,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--blocked-deadline",
         default="1h",
         help="how long a device may stay blocked (unable to fetch or verify the update) before "
-        "it counts as failed (default 1h)",
+        "it counts as failed",
     )
     start.add_argument(
         "--wait", action="store_true", help="show progress until it ends; exit 0 only if completed"
     )
-    start.add_argument("--json", action="store_true", help="JSON for scripts")
+    add_json(start, "the new rollout (with --wait: how it ended)")
     start.set_defaults(handler=start_rollout)
 
     status = commands.add_parser("status", help="every rollout, or one in detail")
     status.add_argument("id", nargs="?", help="a rollout id")
-    status.add_argument("--config", type=Path, required=True, help="gateway TOML file")
-    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    add_config(status, "gateway")
+    add_table_options(status, "the rollouts, or the one rollout")
     status.set_defaults(handler=show_status)
 
     for action, text in (
@@ -90,14 +91,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         sub = commands.add_parser(action, help=text)
         sub.add_argument("id", help="a rollout id")
-        sub.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+        add_config(sub, "gateway")
+        add_json(sub, "the rollout's new state")
         sub.set_defaults(handler=operate, action=action)
 
 
 def _admin(args: argparse.Namespace):
     from gateway import config
 
-    return config.load(args.config).admin
+    return config.load(config_path(args.config, "gateway")).admin
 
 
 def _print_json(data) -> None:
@@ -182,63 +184,72 @@ def show_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
     elif args.id:
-        print_detail(answer)
+        print_detail(answer, args.wide)
     else:
-        print_list(answer["rollouts"])
+        print_list(answer["rollouts"], args.wide)
     return 0
 
 
-def print_list(rollouts: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def print_list(rollouts: list[dict], wide: bool = False) -> None:
     columns = ("devices", "committed", "failed", "blocked")
-    table = Table("id", "model", "version", "state", "stage", *columns)
-    for r in rollouts:
-        table.add_row(
-            r["id"],
-            r["model"],
-            str(r["version"]),
-            r["state"],
-            str(r["stage"]),
-            *(str(r[c]) for c in columns),
-        )
-    Console().print(table)
+    print_table(
+        (
+            Column("id"),
+            Column("model"),
+            Column("version", right=True),
+            Column("state"),
+            Column("stage", right=True),
+            *(Column(c, right=True, narrow=c in ("committed", "failed")) for c in columns),
+        ),
+        [
+            (r["id"], r["model"], r["version"], r["state"], r["stage"], *(r[c] for c in columns))
+            for r in rollouts
+        ],
+        title="rollouts",
+        wide=wide,
+    )
 
 
-def print_detail(view: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
+def print_detail(view: dict, wide: bool = False) -> None:
     plan = view["plan"]
-    console.print(
+    print(
         f"rollout {view['id']}: {view['model']} v{view['version']} {view['state']}, "
         f"stage {view['stage'] + 1}/{len(plan['stages'])}"
         + (f" — {view['reason']}" if view["reason"] else "")
     )
-    console.print(
+    print(
         f"soak {plan['soak_s']:g}s, max failure rate {plan['max_failure_rate']:g}, "
         f"auto-rollback {'on' if plan['auto_rollback'] else 'off'}, "
         f"blocked deadline {plan['blocked_deadline_s']:g}s"
     )
     columns = ("devices", "pending", "offered", "blocked", "committed", "failed")
-    table = Table("stage", "percent", *columns)
-    for row in view["stages"]:
-        counts = (row[key] for key in columns)
-        table.add_row(str(row["stage"] + 1), f"{row['percent']}%", *map(str, counts))
-    console.print(table)
+    print_table(
+        (
+            Column("stage", right=True),
+            Column("percent", right=True),
+            *(Column(c, right=True) for c in columns),
+        ),
+        [
+            (row["stage"] + 1, f"{row['percent']}%", *(row[c] for c in columns))
+            for row in view["stages"]
+        ],
+        wide=wide,
+    )
     held = [p for p in view["progress"] if p["state"] in ("blocked", "failed")]
     if held:
-        devices = Table("device", "state", "reason")
-        for p in held:
-            devices.add_row(p["device"], p["state"], p["detail"])
-        console.print(devices)
+        print()
+        print_table(
+            (Column("device"), Column("state"), Column("reason")),
+            [(p["device"], p["state"], p["detail"]) for p in held],
+            wide=wide,
+        )
     if view["skipped"]:
-        skipped = Table("skipped device", "reason")
-        for row in view["skipped"]:
-            skipped.add_row(row["device"], row["reason"])
-        console.print(skipped)
+        print()
+        print_table(
+            (Column("skipped device"), Column("reason")),
+            [(row["device"], row["reason"]) for row in view["skipped"]],
+            wide=wide,
+        )
 
 
 def operate(args: argparse.Namespace) -> int:
@@ -249,5 +260,8 @@ def operate(args: argparse.Namespace) -> int:
     answer = asyncio.run(
         admin_client.post(_admin(args), f"/v1/rollouts/{args.id}/{args.action}", {})
     )
-    print(f"rollout {answer['id']} {answer['state']}")
+    if args.json:
+        _print_json(answer)
+    else:
+        print(f"rollout {answer['id']} {answer['state']}")
     return 0

@@ -221,7 +221,7 @@ class RolloutService:
                 try:
                     await self.controller.tick()
                 except (ConnectionError, TimeoutError) as exc:  # sent again at the next tick
-                    log.warning("rollout command not delivered", error=repr(exc))
+                    log.warning("rollout_command_not_delivered", error=repr(exc))
             await asyncio.sleep(self.config.tick_s)
 
     async def _reconcile(self) -> None:
@@ -247,7 +247,7 @@ class RolloutService:
         else:
             facts, skipped, sources = candidates(devices, plan.model, plan.version)
             offers = await self.repository.build_deltas(plan.model, plan.version, sources)
-            log.info("rollout deltas ready", offers=[(o.fetch, o.kind, o.length) for o in offers])
+            log.info("rollout_deltas_ready", offers=[(o.fetch, o.kind, o.length) for o in offers])
             meta = release.meta
         async with self._lock:
             rollout = await self.controller.start(plan, facts, meta, skipped)

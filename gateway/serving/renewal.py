@@ -130,7 +130,7 @@ class MetadataKeeper:
             return
         try:
             await asyncio.to_thread(self.check)
-        except Exception as exc:  # serve what there is; the timer tries again
+        except Exception as exc:  # noqa: BLE001 - serve what there is; the timer tries again
             log.error("metadata_renewal_failed", error=str(exc))
             self._due_at = self.clock() + timedelta(seconds=self.interval)
 
@@ -138,7 +138,8 @@ class MetadataKeeper:
         while True:
             try:
                 await asyncio.to_thread(self.check)
-            except Exception as exc:  # a failed renewal is retried; the old one is still valid
+            # Catch-all: a failed renewal (keys, disk, signing) is retried; the old is valid
+            except Exception as exc:  # noqa: BLE001
                 log.error("metadata_renewal_failed", error=str(exc))
             await asyncio.sleep(self.interval)
 

@@ -65,7 +65,7 @@ class RepositoryService:
         )
         self.keeper = await self._stack.enter_async_context(keeper)
         self.repo, self._deltas = repo, DeltaService(repo)
-        log.info("repository serving", listen=str(listen), url=self.url)
+        log.info("repository_serving", listen=str(listen), url=self.url)
 
     def expiry(self) -> Expiry | None:
         """When the served metadata expires, seen now (None before the first import)."""
@@ -84,7 +84,7 @@ class RepositoryService:
         result = await asyncio.to_thread(work)
         await self._serve()
         log.info(
-            "release imported",
+            "release_imported",
             source=str(source),
             created=result.created,
             new_targets=result.new_targets,
@@ -131,9 +131,10 @@ class RepositoryService:
                 try:
                     await self.import_from(self.config.import_dir)
                     self._seen, failed = stat, None
-                except Exception as exc:  # retried at the next change or poll
+                # Catch-all: retried at the next change or poll; the watch must outlive any refusal
+                except Exception as exc:  # noqa: BLE001
                     if str(exc) != failed:  # a folder being copied fails until it is whole
-                        log.warning("watched import refused", error=str(exc))
+                        log.warning("watched_import_refused", error=str(exc))
                     failed = str(exc)
             await asyncio.sleep(self.config.import_poll_s)
 
@@ -165,9 +166,7 @@ class RepositoryService:
         if (self.config.dir / "metadata").is_dir():
             await self._serve()
         else:
-            log.info(
-                "no repository yet: serving starts at the first import", dir=str(self.config.dir)
-            )
+            log.info("repository_awaiting_first_import", dir=str(self.config.dir))
         if self.config.import_dir is not None:
             self._watch_task = asyncio.create_task(self._watch(), name="release-watch")
         return self

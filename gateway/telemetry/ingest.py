@@ -107,7 +107,7 @@ def classify(
             message = Event.decode(payload)
     except ProtocolError as exc:
         return Malformed(kind, exc.reason, str(exc))
-    except Exception as exc:  # a decoder's bug must not stop the gateway either
+    except Exception as exc:  # noqa: BLE001 - a decoder's bug must not stop the gateway either
         return Malformed(kind, "internal", f"{type(exc).__name__}: {exc}")
     if message.device != device:
         detail = f"payload of device {message.device!r} on the topic of {device!r}"
@@ -166,25 +166,25 @@ class Ingest:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("mqtt connect refused", reason=str(reason_code))
+            log.warning("mqtt_connect_refused", reason=str(reason_code))
             return
         with self._lock:
             self._generation += 1
         self.metrics.connected.set(1)
         topics = subscriptions(self.config)
         client.subscribe([(t, 1) for t in topics])
-        log.info("mqtt connected", session_present=flags.session_present, topics=topics)
+        log.info("mqtt_connected", session_present=flags.session_present, topics=topics)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
             self._generation += 1
         self.metrics.connected.set(0)
-        log.warning("mqtt disconnected", reason=str(reason_code))
+        log.warning("mqtt_disconnected", reason=str(reason_code))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [str(code) for code in reason_codes if code.is_failure]
         if refused:
-            log.error("mqtt subscription refused", reasons=refused)
+            log.error("mqtt_subscription_refused", reasons=refused)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         # Nothing here may raise: an exception would end paho's network thread.
@@ -264,7 +264,7 @@ class Ingest:
             Inventory.save_sync(conn, [device])
         except sqlite3.OperationalError:
             raise  # the database itself: nothing of the group may be acknowledged
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one device's message never stops the rest
             conn.execute("ROLLBACK TO message")
             conn.execute("RELEASE message")
             vars(self.spool.stats).update(vars(spool_stats))
@@ -308,14 +308,14 @@ class Ingest:
         for topic, why in result.malformed:
             self.metrics.malformed.labels(why.kind, why.reason).inc()
             log.warning(
-                "malformed message: kept as a dead letter",
+                "malformed_message_dead_lettered",
                 kind=why.kind,
                 reason=why.reason,
                 topic=topic[:200],
                 detail=why.detail[:300],
             )
         if result.dropped:
-            log.warning("spool full: dropped oldest records", dropped=result.dropped)
+            log.warning("spool_full_dropped_oldest", dropped=result.dropped)
 
     def _ack(self, group: list[Inbound]) -> None:
         with self._lock:
@@ -352,7 +352,7 @@ class Ingest:
             self.config.host, self.config.port, keepalive=self.config.keepalive_s, **session
         )
         self._client.loop_start()
-        log.info("mqtt connecting", host=self.config.host, port=self.config.port)
+        log.info("mqtt_connecting", host=self.config.host, port=self.config.port)
         return self
 
     async def __aexit__(self, *exc) -> None:

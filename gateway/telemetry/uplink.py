@@ -123,7 +123,7 @@ class Uplink:
                     random.random,
                 )
                 log.warning(
-                    "upload failed",
+                    "upload_failed",
                     reason=str(exc),
                     key=batch.key,
                     records=batch.records,
@@ -165,7 +165,7 @@ class Uplink:
                     settled[part.key] = exc
                     self.metrics.refusals.labels(str(exc.status)).inc()
                     log.warning(
-                        "cloud refused a batch",
+                        "cloud_refused_batch",
                         status=exc.status,
                         key=part.key,
                         records=part.records,
@@ -191,7 +191,7 @@ class Uplink:
 
         transaction(conn, work)
         log.warning(
-            "records set aside as dead letters",
+            "records_dead_lettered",
             key=batch.key,
             records=sum(letter.records for letter in letters),
         )

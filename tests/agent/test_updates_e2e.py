@@ -97,8 +97,7 @@ class Device1:
             shutil.copytree(world.template, self.update_dir, symlinks=True)
         tables = agent_config(tmp_path, broker, model_path("kws_f32_v1"))
         tables["model"] |= {"name": "kws", "version": 1}
-        tables["update"] = {"trusted_root": world.root}
-        tables["update.probation"] = PROBATION | probation
+        tables["update"] = {"trusted_root": world.root, "probation": PROBATION | probation}
         self.config = write_config(tmp_path / "agent.toml", tables)
 
     @property

@@ -238,7 +238,7 @@ class Publisher:
                 seq += count
                 if self.interval:
                     time.sleep(self.interval * random.uniform(0.5, 1.5))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread, which raises it
             self.error = exc
 
     @property
@@ -326,6 +326,10 @@ class Gateway:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(20)
+
+    def log_path(self) -> Path:
+        """The log of the latest start."""
+        return self.workdir / f"gateway.{self.starts}.log"
 
     def log(self) -> str:
         return "\n".join(

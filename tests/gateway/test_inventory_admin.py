@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import socket
 
 import aiohttp
@@ -79,7 +80,7 @@ async def test_inventory_cli_admin_token_and_dir_sink(broker, make_gateway):
     assert (cam_row["drift_alarm"], cam_row["drift_alarms"]) == (True, 1)
     assert (cam_row["spool_depth"], cam_row["spool_dropped"], cam_row["health"]) == (3, 4, "ok")
 
-    summary = json.loads(gateway.cli("status").stdout)
+    summary = json.loads(gateway.cli("status", "--json").stdout)
     assert (summary["devices"], summary["devices_online"], summary["spool"]["dropped"]) == (2, 1, 0)
 
     table = gateway.cli("devices")
@@ -113,6 +114,10 @@ async def test_inventory_cli_admin_token_and_dir_sink(broker, make_gateway):
             assert response.status == 401
 
     assert gateway.stop() == 0
+    # Off a terminal every line of the daemon's stderr is a JSON object named in snake_case.
+    lines = [json.loads(line) for line in gateway.log_path().read_text().splitlines()]
+    assert {"gateway_running", "mqtt_connected", "gateway_stopping"} <= {x["event"] for x in lines}
+    assert all(re.fullmatch(r"[a-z][a-z0-9_.]*", x["event"]) for x in lines if "logger" not in x)
     cam.disconnect()
     cam.loop_stop()
     pump.loop_stop()

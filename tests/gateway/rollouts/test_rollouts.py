@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agent.trust import TrustedRepository
+from agent.trust import TrustedRepository, TrustError
 from edgefleet.models import model_path
 from firmware_sim.broker import free_port
 from protocol.delta import apply_delta, delta_target_path
@@ -106,7 +106,7 @@ def test_a_watched_folder_is_imported_when_the_operator_signs(start_gateway, ope
         try:
             device = TrustedRepository(tmp_path / f"tuf{version}", url, root)
             return device.target(f"kws/{version}.tflite").model_meta().version == version
-        except Exception:
+        except TrustError:
             return False
 
     wait_for(lambda: serves(2), 20, "the first import")

@@ -48,8 +48,7 @@ def test_twenty_agents_bad_model_stops_at_the_canary_good_model_reaches_all(
         shutil.copytree(tmp_path / "template", tmp_path / f"state-{device}" / "update")
         tables = agent_config(tmp_path, broker, model_path("kws_f32_v1"), device=device)
         tables["inference"] = {"rate_hz": 25.0}
-        tables["update"] = {"trusted_root": root}
-        tables["update.probation"] = FAST_PROBATION
+        tables["update"] = {"trusted_root": root, "probation": FAST_PROBATION}
         AgentProcess(write_config(tmp_path / f"{device}.toml", tables))  # reaped after the test
     wait_inventory(config, AGENTS)
 

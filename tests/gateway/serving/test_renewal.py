@@ -155,7 +155,7 @@ def test_a_running_gateway_renews_what_it_serves_and_reports_expiry(broker, make
         return left > timedelta(days=6)
 
     wait_for(renewed, 10, "the gateway to renew its online roles")
-    status = json.loads(cli(gateway.config_path, "gateway", "status").stdout)
+    status = json.loads(cli(gateway.config_path, "gateway", "status", "--json").stdout)
     assert status["metadata"]["roles"]["snapshot"]["seconds_left"] > 6 * 86400
     (warning,) = status["metadata"]["warnings"]
     assert "targets metadata expires in 4 days" in warning

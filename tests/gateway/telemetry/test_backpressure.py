@@ -47,7 +47,8 @@ async def test_inbox_never_exceeds_receive_maximum_with_a_slow_disk(
     )
     task = asyncio.create_task(daemon.run(config.load(path)))
     try:
-        while not (ingests := [o for o in gc.get_objects() if isinstance(o, Ingest)]):
+        # The daemon builds its Ingest inside: found by polling the heap.
+        while not (ingests := [o for o in gc.get_objects() if isinstance(o, Ingest)]):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         ingest = ingests[0]
         device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-1")
