@@ -253,13 +253,23 @@ def _release_json(release) -> dict:
     }
 
 
-def _release_add(args) -> int:
+def _check_version(args) -> None:
+    """``--version`` in the range every store and device holds, named in one line if not."""
     from gateway.releases.errors import check_range
-    from gateway.releases.model_inspect import ReleaseOptions, build_model_meta, read_model
-    from gateway.releases.repository import Repository, parse_duration
     from protocol.model_meta import MAX_VERSION
 
     check_range("--version", args.version, 1, MAX_VERSION)
+
+
+def _print_signed(args, signed, text: str) -> None:
+    print(json.dumps(_release_json(signed), indent=2) if args.json else text)
+
+
+def _release_add(args) -> int:
+    from gateway.releases.model_inspect import ReleaseOptions, build_model_meta, read_model
+    from gateway.releases.repository import Repository, parse_duration
+
+    _check_version(args)
     lifetime = parse_duration(args.expires)
     repo = Repository(args.repo, _key_dirs(args))
     latest = repo.latest_version(args.name)
@@ -285,23 +295,21 @@ def _release_add(args) -> int:
     release = repo.add_release(inspected.meta, model, inspected.gate_bytes, lifetime)
     for warning in inspected.warnings:
         log.warning("release_warning", release=release.path, detail=warning)
-    if args.json:
-        print(json.dumps(_release_json(release), indent=2))
-    else:
-        print(
-            f"signed {release.path}: {release.length} bytes, sha256 {release.sha256[:16]}, "
-            f"latency budget {release.meta.latency_budget_ms:g} ms"
-        )
+    _print_signed(
+        args,
+        release,
+        f"signed {release.path}: {release.length} bytes, sha256 {release.sha256[:16]}, "
+        f"latency budget {release.meta.latency_budget_ms:g} ms",
+    )
     return 0
 
 
 def _release_add_image(args) -> int:
-    from gateway.releases.errors import ReleaseError, check_range
+    from gateway.releases.errors import ReleaseError
     from gateway.releases.repository import Repository, parse_duration
     from protocol.mcu_image import McuImageError, inspect_image, parse_version
-    from protocol.model_meta import MAX_VERSION
 
-    check_range("--version", args.version, 1, MAX_VERSION)
+    _check_version(args)
     lifetime = parse_duration(args.expires)
     repo = Repository(args.repo, _key_dirs(args))
     try:
@@ -322,27 +330,21 @@ def _release_add_image(args) -> int:
             raise ReleaseError(f"{mismatch} (sign it again with imgtool --version, or --force)")
         log.warning("image_version_mismatch", image=str(args.image), detail=mismatch)
     image = repo.add_image(args.name, args.version, data, lifetime)
-    if args.json:
-        print(json.dumps(_release_json(image), indent=2))
-    else:
-        print(
-            f"signed {image.path}: MCU image {image.meta.image_version}, {image.length} bytes, "
-            f"sha256 {image.sha256[:16]}"
-        )
+    _print_signed(
+        args,
+        image,
+        f"signed {image.path}: MCU image {image.meta.image_version}, {image.length} bytes, "
+        f"sha256 {image.sha256[:16]}",
+    )
     return 0
 
 
 def _release_rollback(args) -> int:
-    from gateway.releases.errors import check_range
     from gateway.releases.repository import Repository
-    from protocol.model_meta import MAX_VERSION
 
-    check_range("--version", args.version, 1, MAX_VERSION)
+    _check_version(args)
     release = Repository(args.repo, _key_dirs(args)).sign_rollback(args.name, args.version)
-    if args.json:
-        print(json.dumps(_release_json(release), indent=2))
-        return 0
-    print(f"signed {release.path} as a permitted downgrade")
+    _print_signed(args, release, f"signed {release.path} as a permitted downgrade")
     return 0
 
 
