@@ -9,6 +9,7 @@ when the candidate errs too often, or when its latency p95 grows past the limits
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -92,7 +93,7 @@ def record(counts: Counts, limits: ProbationLimits, observation: Observation) ->
     _keep(counts.incumbent_latency_ms, observation.incumbent_latency_ms, limits)
 
 
-def _keep(kept: list[float], new, limits: ProbationLimits) -> None:
+def _keep(kept: list[float], new: Iterable[float], limits: ProbationLimits) -> None:
     kept.extend(float(v) for v in new)
     del kept[: max(0, len(kept) - limits.max_latency_samples)]
 
