@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
+import numpy.typing as npt
 
 from protocol.drift import psi
 
@@ -49,8 +50,8 @@ class Counts:
     errors: int = 0
     shadowed: int = 0
     agreed: int = 0
-    candidate_top1: np.ndarray = field(init=False)
-    incumbent_top1: np.ndarray = field(init=False)
+    candidate_top1: npt.NDArray[np.int64] = field(init=False)
+    incumbent_top1: npt.NDArray[np.int64] = field(init=False)
     candidate_latency_ms: list[float] = field(default_factory=list)
     incumbent_latency_ms: list[float] = field(default_factory=list)
 
