@@ -12,7 +12,7 @@ from typing import Any
 
 
 async def run_child(
-    command: Sequence[str], on_line: Callable[[dict[str, Any]], None], timeout: float
+    command: Sequence[str], on_line: Callable[[dict[str, Any]], None], limit_s: float
 ) -> tuple[int | None, str]:
     """Run ``command``; returns its exit code (None: it was killed) and its stderr."""
     child = await asyncio.create_subprocess_exec(
@@ -29,7 +29,7 @@ async def run_child(
                 on_line(line)
 
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit_s):
             stdout, errors = _pipes(child)
             _, stderr = await asyncio.gather(relay(stdout), errors.read())
             await child.wait()
