@@ -20,6 +20,7 @@ system-deps:
 test: venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 demo: venv system-deps
@@ -32,6 +33,7 @@ bench: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Regenerate the bundled models (needs TensorFlow in a separate environment).
 models:

@@ -12,9 +12,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from protocol.model_meta import MetadataError, ModelMeta
@@ -47,7 +49,7 @@ class VerifiedTarget:
     path: str
     length: int
     sha256: str
-    custom: dict
+    custom: dict[str, Any]
 
     def model_meta(self) -> ModelMeta:
         try:
@@ -145,7 +147,7 @@ class TrustedRepository:
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError, ValueError) as exc:
             raise _wrap(exc, f"refresh from {repository}") from None
 
-    def _info(self, path: str):
+    def _info(self, path: str) -> TargetFile:
         try:
             info = self._updater.get_targetinfo(path)
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:

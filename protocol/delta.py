@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 import bsdiff4
 import bsdiff4.core
@@ -55,6 +56,9 @@ class Algorithm(IntEnum):
     BSDIFF4 = 1
     XOR_PLANES_LZMA = 2  # equal-length models: XOR, split into 4 byte planes, then LZMA
 
+
+# The container is parsed in place: slices of it are memoryviews, not copies.
+Bytes = bytes | memoryview
 
 PLANES = 4  # float32 weights: a fine-tune changes mantissas, rarely sign and exponent bytes
 
@@ -96,7 +100,7 @@ def check_header(header: DeltaHeader, expected: Expected) -> None:
         raise DeltaError("delta was made for another source model (source sha256 mismatch)")
 
 
-def _sha256(data: bytes) -> bytes:
+def _sha256(data: Bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
@@ -130,7 +134,8 @@ def encode_payload(algorithm: Algorithm, old: bytes, new: bytes) -> bytes | None
     if algorithm == Algorithm.FULL_ZLIB:
         return zlib.compress(new, 9)
     if algorithm == Algorithm.BSDIFF4:
-        return bsdiff4.diff(old, new)
+        patch: bytes = bsdiff4.diff(old, new)
+        return patch
     if len(old) != len(new):
         return None
     # A dictionary no larger than the data keeps small deltas fast to make.
@@ -176,7 +181,17 @@ def read_header(delta: bytes) -> DeltaHeader:
     return DeltaHeader(algo, source, target, target_len, payload_len)
 
 
-def _bounded(decoder, data: bytes, limit: int, what: str) -> bytes:
+class _Decompressor(Protocol):
+    """What zlib's, bz2's and lzma's incremental decompressors have in common."""
+
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+    def decompress(self, data: Bytes, max_length: int, /) -> bytes: ...
+
+
+def _bounded(decoder: _Decompressor, data: Bytes, limit: int, what: str) -> bytes:
     """Everything ``decoder`` makes of ``data``, refused as soon as it exceeds ``limit`` bytes
     (so a bomb costs at most ``limit`` bytes), or when the stream does not end exactly there."""
     try:
@@ -196,7 +211,7 @@ BSDIFF_MAGIC = b"BSDIFF40"
 _BSDIFF_HEADER = 32  # magic, then control, diff (compressed) and new lengths as int64
 
 
-def _bsdiff4_patch(header: DeltaHeader, old: bytes, payload: bytes) -> bytes:
+def _bsdiff4_patch(header: DeltaHeader, old: bytes, payload: Bytes) -> bytes:
     """``bsdiff4.patch`` with bounds: its format declares the new size and carries three bz2
     streams that ``bsdiff4.patch`` inflates whole. Here the declared size must be the signed
     one and each stream is inflated with a bound before bsdiff4's core rebuilds the model."""
@@ -226,12 +241,13 @@ def _bsdiff4_patch(header: DeltaHeader, old: bytes, payload: bytes) -> bytes:
     if len(control) % 24:
         raise DeltaError("bsdiff4 control block is not whole entries")
     try:
-        return bsdiff4.core.patch(old, new_len, control, diff, extra)
+        new: bytes = bsdiff4.core.patch(old, new_len, control, diff, extra)
+        return new
     except Exception as exc:  # the core raises bare ValueError/RuntimeError on bad patches
         raise DeltaError(f"delta payload does not apply: {exc}") from exc
 
 
-def _patch(header: DeltaHeader, old: bytes, payload: bytes) -> bytes:
+def _patch(header: DeltaHeader, old: bytes, payload: Bytes) -> bytes:
     if header.algorithm == Algorithm.BSDIFF4:
         return _bsdiff4_patch(header, old, payload)
     if len(old) != header.target_length:

@@ -13,8 +13,10 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 FORMAT_VERSION = 1
 DEFAULT_BINS = 10
@@ -29,12 +31,12 @@ class Histogram:
     edges: tuple[float, ...]
     counts: tuple[int, ...]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         # Floats travel as decimal strings: TUF's canonical JSON, which signs them, has no floats.
         return {"edges": [repr(e) for e in self.edges], "counts": list(self.counts)}
 
     @classmethod
-    def from_json(cls, data: dict) -> Histogram:
+    def from_json(cls, data: dict[str, Any]) -> Histogram:
         edges, counts = (
             tuple(float(e) for e in data["edges"]),
             tuple(int(c) for c in data["counts"]),
@@ -46,7 +48,7 @@ class Histogram:
         return cls(edges, counts)
 
 
-def make_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[float, ...]:
+def make_edges(values: npt.ArrayLike, bins: int = DEFAULT_BINS) -> tuple[float, ...]:
     """Equal-width edges spanning the reference values (widened when they are all equal)."""
     lo, hi = float(np.min(values)), float(np.max(values))
     if not math.isfinite(lo) or not math.isfinite(hi):
@@ -56,14 +58,17 @@ def make_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[float, ...
     return tuple(float(e) for e in np.linspace(lo, hi, bins + 1))
 
 
-def bin_counts(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+def bin_counts(values: npt.ArrayLike, edges: Sequence[float]) -> npt.NDArray[np.intp]:
     """Counts per bin; out-of-range values are clipped into the first or last bin."""
     inner = np.asarray(edges[1:-1], dtype=np.float64)
     index = np.searchsorted(inner, np.asarray(values, dtype=np.float64).ravel(), side="right")
     return np.bincount(index, minlength=len(edges) - 1)
 
 
-def psi(reference: Sequence[int], live: Sequence[int]) -> float:
+def psi(
+    reference: Sequence[int] | npt.NDArray[np.integer[Any]],
+    live: Sequence[int] | npt.NDArray[np.integer[Any]],
+) -> float:
     """Population stability index of ``live`` against ``reference`` (same bins)."""
     ref = np.asarray(reference, dtype=np.float64)
     cur = np.asarray(live, dtype=np.float64)
@@ -76,12 +81,14 @@ def psi(reference: Sequence[int], live: Sequence[int]) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def feature_summary(batch: np.ndarray) -> np.ndarray:
+def feature_summary(batch: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """``[N, ...]`` float inputs -> ``[N, F]``: each feature's mean over the non-feature axes."""
-    batch = np.asarray(batch, dtype=np.float64)
-    if batch.ndim == 1:
-        batch = batch[:, None]
-    per_feature = batch.reshape(batch.shape[0], -1, batch.shape[-1]).mean(axis=1)
+    values = np.asarray(batch, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    per_feature: npt.NDArray[np.float64] = values.reshape(
+        values.shape[0], -1, values.shape[-1]
+    ).mean(axis=1)
     if per_feature.shape[1] <= MAX_FEATURES:
         return per_feature
     groups = np.array_split(np.arange(per_feature.shape[1]), MAX_FEATURES)
@@ -98,12 +105,15 @@ class DriftReference:
     top1: tuple[int, ...]
 
     @classmethod
-    def build(cls, inputs: np.ndarray, outputs: np.ndarray, bins: int = DEFAULT_BINS):
+    def build(
+        cls, inputs: npt.ArrayLike, outputs: npt.ArrayLike, bins: int = DEFAULT_BINS
+    ) -> DriftReference:
         """From float inputs ``[N, ...]`` and float outputs ``[N, ...]`` (last axis = classes)."""
         features = feature_summary(inputs)
-        scores = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+        scores = np.asarray(outputs, dtype=np.float64)
+        scores = scores.reshape(len(scores), -1)
 
-        def columns(matrix: np.ndarray) -> tuple[Histogram, ...]:
+        def columns(matrix: npt.NDArray[np.float64]) -> tuple[Histogram, ...]:
             result = []
             for column in matrix.T:
                 edges = make_edges(column, bins)
@@ -113,7 +123,7 @@ class DriftReference:
         top1 = np.bincount(scores.argmax(axis=1), minlength=scores.shape[1])
         return cls(columns(features), columns(scores), tuple(int(c) for c in top1))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION,
             "inputs": [h.to_json() for h in self.inputs],
@@ -122,7 +132,7 @@ class DriftReference:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> DriftReference:
+    def from_json(cls, data: dict[str, Any]) -> DriftReference:
         if data.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported drift reference format {data.get('format')!r}")
         return cls(

@@ -14,6 +14,7 @@ import hashlib
 import re
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 KIND = "mcu-image"
 VERSION_TEXT = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,5})\+([0-9]{1,10})")
@@ -36,12 +37,18 @@ def target_path(name: str, version: int) -> str:
     return f"{name}/{version}.bin"
 
 
-def parse_version(text: str) -> tuple[int, int, int, int]:
+def parse_version(text: object) -> tuple[int, int, int, int]:
     """``"1.2.3+4"`` -> ``(1, 2, 3, 4)``, comparable as MCUboot compares versions."""
+    major, minor, revision, build = (int(part) for part in _version_match(text).groups())
+    return major, minor, revision, build
+
+
+def _version_match(text: object) -> re.Match[str]:
+    """``text`` as a version text; it comes from JSON, so it may be anything."""
     match = VERSION_TEXT.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise McuImageError(f"bad image version {str(text)[:40]!r}: use MAJOR.MINOR.REVISION+BUILD")
-    return tuple(int(part) for part in match.groups())
+    return match
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ class McuImageMeta:
     image_version: str  # from the MCUboot header: what the MCU reports when it runs the image
     size: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "kind": KIND,
             "name": self.name,
@@ -64,15 +71,19 @@ class McuImageMeta:
     def from_json(cls, data: object) -> McuImageMeta:
         if not isinstance(data, dict) or data.get("kind") != KIND:
             raise McuImageError("the signed metadata does not describe an MCU image")
-        name, version, size = data.get("name"), data.get("version"), data.get("size")
+        name = data.get("name")
         if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
             raise McuImageError(f"bad MCU image name {str(name)[:80]!r}")
-        for key, value in (("version", version), ("size", size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise McuImageError(f"MCU image {key} must be a positive integer")
-        image_version = data.get("image_version")
-        parse_version(image_version)
+        version = _positive("version", data.get("version"))
+        size = _positive("size", data.get("size"))
+        image_version = _version_match(data.get("image_version")).string
         return cls(name, version, image_version, size)
+
+
+def _positive(key: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise McuImageError(f"MCU image {key} must be a positive integer")
+    return value
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,10 @@ def parse_image(data: bytes) -> ParsedImage:
     simulated MCU's bootloader, which checks a slot before booting it."""
     if len(data) < HEADER.size:
         raise McuImageError("shorter than an MCUboot header")
-    magic, _load, hdr_size, prot_size, img_size, _flags, *version, _pad = HEADER.unpack_from(data)
+    fields = HEADER.unpack_from(data)
+    magic, _load, hdr_size, prot_size, img_size, _flags, major, minor, revision, build, _pad = (
+        fields
+    )
     if magic != IMAGE_MAGIC:
         raise McuImageError("no MCUboot image magic")
     if hdr_size < HEADER.size:
@@ -104,7 +118,9 @@ def parse_image(data: bytes) -> ParsedImage:
         offset = _tlv_area(data, offset, TLV_PROT_INFO_MAGIC, tlvs, prot_size)
     covered = offset
     end = _tlv_area(data, offset, TLV_INFO_MAGIC, tlvs)
-    return ParsedImage(tuple(version), hdr_size, img_size, covered, end, tuple(tlvs))
+    return ParsedImage(
+        (major, minor, revision, build), hdr_size, img_size, covered, end, tuple(tlvs)
+    )
 
 
 def inspect_image(data: bytes) -> str:
@@ -120,13 +136,19 @@ def inspect_image(data: bytes) -> str:
     return "{}.{}.{}+{}".format(*parsed.version)
 
 
-def _tlv_area(data: bytes, offset: int, magic: int, out: list, expected: int | None = None):
+def _tlv_area(
+    data: bytes,
+    offset: int,
+    magic: int,
+    out: list[tuple[int, bytes]],
+    expected: int | None = None,
+) -> int:
     if offset + TLV_INFO.size > len(data):
         raise McuImageError("the image ends before its TLV area")
     found, total = TLV_INFO.unpack_from(data, offset)
     if found != magic or total < TLV_INFO.size or expected not in (None, total):
         raise McuImageError(f"bad TLV area at {offset:#x}")
-    end = offset + total
+    end: int = offset + total
     if end > len(data):
         raise McuImageError("the TLV area runs past the end of the image")
     cursor = offset + TLV_INFO.size

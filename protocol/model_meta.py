@@ -12,6 +12,7 @@ import base64
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class TensorSpec:
     zero_point: int = 0
 
     @classmethod
-    def from_details(cls, details: dict) -> TensorSpec:
+    def from_details(cls, details: dict[str, Any]) -> TensorSpec:
         """From a LiteRT / tflite-runtime interpreter's tensor details."""
         scale, zero_point = details["quantization"]
         return cls(
@@ -81,7 +82,7 @@ class TensorSpec:
             np.float32
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "shape": list(self.shape),
@@ -90,7 +91,7 @@ class TensorSpec:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> TensorSpec:
+    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
         try:
             quant = data.get("quantization", {})
             spec = cls(
@@ -132,7 +133,7 @@ class ModelMeta:
     measured: dict[str, float] = field(default_factory=dict)
     rollback: bool = False  # the operator signed this version as a permitted downgrade
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = {
             "format": FORMAT_VERSION,
             "name": self.name,
@@ -156,7 +157,7 @@ class ModelMeta:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> ModelMeta:
+    def from_json(cls, data: dict[str, Any]) -> ModelMeta:
         _require(isinstance(data, dict), "model metadata is not an object")
         _require(
             data.get("format") == FORMAT_VERSION,
@@ -196,7 +197,7 @@ class ModelMeta:
             all(NAME_PATTERN.fullmatch(t) for t in meta.hardware_tags),
             "hardware tags must be names ([A-Za-z0-9][A-Za-z0-9_.-]{0,63})",
         )
-        _require(meta.inputs and meta.outputs, "model metadata lists no tensors")
+        _require(bool(meta.inputs and meta.outputs), "model metadata lists no tensors")
         _require(
             math.isfinite(meta.latency_budget_ms) and meta.latency_budget_ms > 0,
             "latency budget must be positive",
@@ -205,7 +206,7 @@ class ModelMeta:
         return meta
 
 
-def encode_array(array: np.ndarray) -> dict:
+def encode_array(array: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(array)
     return {
         "dtype": str(array.dtype),
@@ -214,7 +215,7 @@ def encode_array(array: np.ndarray) -> dict:
     }
 
 
-def decode_array(data: dict) -> np.ndarray:
+def decode_array(data: dict[str, Any]) -> np.ndarray:
     try:
         dtype = np.dtype(data["dtype"]).newbyteorder("<")
         shape = tuple(int(d) for d in data["shape"])
@@ -232,7 +233,7 @@ class GateVectors:
     inputs: tuple[np.ndarray, ...]
     outputs: tuple[np.ndarray, ...]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION,
             "inputs": [encode_array(a) for a in self.inputs],
@@ -240,7 +241,7 @@ class GateVectors:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> GateVectors:
+    def from_json(cls, data: dict[str, Any]) -> GateVectors:
         _require(
             isinstance(data, dict) and data.get("format") == FORMAT_VERSION,
             "unsupported gate vectors format",

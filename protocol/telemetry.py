@@ -70,14 +70,20 @@ def _finite(value: Any, what: str) -> float:
     return float(value)
 
 
+def _list(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ProtocolError(f"{what} is not a list", "type")
+    return value
+
+
 def _floats(value: Any, what: str, limit: int) -> tuple[float, ...]:
-    _require(isinstance(value, list), f"{what} is not a list", "type")
+    value = _list(value, what)
     _require(len(value) <= limit, f"{what} has more than {limit} items", "size")
     return tuple(_finite(v, what) for v in value)
 
 
 def _counts(value: Any, what: str, limit: int) -> tuple[int, ...]:
-    _require(isinstance(value, list), f"{what} is not a list", "type")
+    value = _list(value, what)
     _require(len(value) <= limit, f"{what} has more than {limit} items", "size")
     _require(all(_is_int(v) for v in value), f"{what} holds a count that is not an integer", "type")
     _require(all(0 <= v < MAX_INT for v in value), f"{what} holds a count out of range", "range")
@@ -106,7 +112,7 @@ class InputSummary:
     max: float
     features: tuple[float, ...]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "mean": round(float(self.mean), 6),
             "std": round(float(self.std), 6),
@@ -118,8 +124,10 @@ class InputSummary:
     @classmethod
     def from_json(cls, data: Any) -> InputSummary:
         _require(isinstance(data, dict), "input summary is not an object", "type")
-        stats = (_finite(data.get(k), f"input {k}") for k in ("mean", "std", "min", "max"))
-        return cls(*stats, _floats(data.get("feat"), "input features", MAX_FEATURES))
+        mean, std, lo, hi = (
+            _finite(data.get(k), f"input {k}") for k in ("mean", "std", "min", "max")
+        )
+        return cls(mean, std, lo, hi, _floats(data.get("feat"), "input features", MAX_FEATURES))
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ class RawInput:
     shape: tuple[int, ...]
     data: bytes
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "dtype": self.dtype,
             "shape": list(self.shape),
@@ -173,8 +181,8 @@ class Inference:
 
     kind = "inference"
 
-    def to_json(self) -> dict:
-        data = {
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
             "model": self.model,
             "version": self.version,
             "top": [[int(c), round(float(s), 6)] for c, s in self.top],
@@ -186,9 +194,8 @@ class Inference:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> Inference:
-        top = data.get("top")
-        _require(isinstance(top, list), "top-k is not a list", "type")
+    def from_json(cls, data: dict[str, Any]) -> Inference:
+        top = _list(data.get("top"), "top-k")
         _require(0 < len(top) <= MAX_TOP_K, f"top-k needs 1..{MAX_TOP_K} entries", "size")
         pairs = []
         for item in top:
@@ -232,7 +239,7 @@ class DriftWindow:
 
     kind = "drift"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "version": self.version,
@@ -249,15 +256,15 @@ class DriftWindow:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> DriftWindow:
+    def from_json(cls, data: dict[str, Any]) -> DriftWindow:
         def hists(key: str, limit: int) -> tuple[tuple[int, ...], ...]:
-            value = data.get(key)
-            _require(isinstance(value, list), f"{key} is not a list", "type")
+            value = _list(data.get(key), key)
             _require(len(value) <= limit, f"{key} has more than {limit} histograms", "size")
             return tuple(_counts(h, key, MAX_BINS) for h in value)
 
         compared, alarm = data.get("compared"), data.get("alarm")
-        _require(isinstance(compared, bool) and isinstance(alarm, bool), "bad drift flags", "type")
+        if not (isinstance(compared, bool) and isinstance(alarm, bool)):
+            raise ProtocolError("bad drift flags", "type")
         return cls(
             model=_model_name(data),
             version=_version(data),
@@ -327,21 +334,23 @@ class Batch:
     records: tuple[Record, ...]
 
 
-def _model_name(data: dict) -> str:
+def _model_name(data: dict[str, Any]) -> str:
     name = data.get("model")
-    _require(isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None, "bad model name")
+    if not (isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None):
+        raise ProtocolError("bad model name")
     return name
 
 
-def _version(data: dict) -> int:
+def _version(data: dict[str, Any]) -> int:
     version = _non_negative_int(data, "version")
     _require(version >= 1, "model version must be >= 1")
     return version
 
 
-def _non_negative_int(data: dict, key: str) -> int:
+def _non_negative_int(data: dict[str, Any], key: str) -> int:
     value = data.get(key)
-    _require(_is_int(value), f"field {key!r} is not an integer", "type")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"field {key!r} is not an integer", "type")
     _require(0 <= value < MAX_INT, f"field {key!r} is out of range", "range")
     return value
 
@@ -414,12 +423,11 @@ def decode_batch(payload: bytes) -> Batch:
     """Untrusted bytes -> a validated batch whose records all belong to its device."""
     data = load_object(payload, MAX_BATCH_BYTES, "telemetry")
     device = data.get("device")
-    _require(
-        isinstance(device, str) and DEVICE_ID_PATTERN.fullmatch(device) is not None,
-        "bad batch device",
-    )
+    if not (isinstance(device, str) and DEVICE_ID_PATTERN.fullmatch(device) is not None):
+        raise ProtocolError("bad batch device")
     items = data.get("records")
-    _require(isinstance(items, list) and 0 < len(items) <= MAX_BATCH_RECORDS, "bad record list")
+    if not (isinstance(items, list) and 0 < len(items) <= MAX_BATCH_RECORDS):
+        raise ProtocolError("bad record list")
     records = tuple(Record.from_json(item) for item in items)
     _require(all(r.id.device == device for r in records), "record of another device in batch")
     return Batch(device, records)

@@ -18,7 +18,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from protocol.mcu_image import VERSION_TEXT
 
@@ -174,14 +174,15 @@ def decode_json(payload: bytes, what: str) -> Any:
     return data
 
 
-def load_object(payload: bytes, limit: int, what: str) -> dict:
+def load_object(payload: bytes, limit: int, what: str) -> dict[str, Any]:
     """Untrusted bytes -> a JSON object of the current schema, or ``ProtocolError``."""
     _require(isinstance(payload, bytes | bytearray), f"{what} payload is not bytes", "type")
     _require(
         len(payload) <= limit, f"{what} payload of {len(payload)} bytes exceeds {limit}", "size"
     )
     data = decode_json(bytes(payload), what)
-    _require(isinstance(data, dict), f"{what} payload is not a JSON object", "type")
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what} payload is not a JSON object", "type")
     schema = data.get("schema")
     _require(schema == SCHEMA_VERSION, f"unsupported {what} schema {schema!r:.40}", "schema")
     return data
@@ -199,13 +200,23 @@ def check_int(value: int, what: str) -> int:
     return value
 
 
-def dump_object(data: dict, limit: int, what: str) -> bytes:
+def dump_object(data: dict[str, Any], limit: int, what: str) -> bytes:
     raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
     _require(len(raw) <= limit, f"{what} payload of {len(raw)} bytes exceeds {limit}")
     return raw
 
 
-def get(data: dict, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+
+
+@overload
+def get(data: dict[str, Any], key: str, kind: type[_T]) -> _T: ...
+@overload
+def get(data: dict[str, Any], key: str, kind: type[_T], default: _D) -> _T | _D: ...
+@overload
+def get(data: dict[str, Any], key: str, kind: tuple[type, ...], default: Any = ...) -> Any: ...
+def get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
     """``data[key]`` checked to be of ``kind`` (bool is never an int here)."""
     if key not in data:
         _require(default is not ..., f"missing field {key!r}")
@@ -226,14 +237,20 @@ def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def _name(data: dict, key: str, default: Any = ...) -> str:
-    value = get(data, key, str, default)
-    if value is not None and value is not default:
+def _name(data: dict[str, Any], key: str) -> str:
+    value = get(data, key, str)
+    _require(NAME_PATTERN.fullmatch(value) is not None, f"field {key!r} is not a name")
+    return value
+
+
+def _optional_name(data: dict[str, Any], key: str) -> str | None:
+    value = get(data, key, str, None)
+    if value is not None:
         _require(NAME_PATTERN.fullmatch(value) is not None, f"field {key!r} is not a name")
     return value
 
 
-def _scalars(data: dict, key: str) -> dict[str, str | int | float | bool | None]:
+def _scalars(data: dict[str, Any], key: str) -> dict[str, str | int | float | bool | None]:
     """A small flat object of scalars (event details, config changes)."""
     value = get(data, key, dict, {})
     _require(len(value) <= MAX_DETAIL_KEYS, f"field {key!r} has too many keys", "size")
@@ -253,14 +270,14 @@ def _scalars(data: dict, key: str) -> dict[str, str | int | float | bool | None]
     return dict(value)
 
 
-def _device(data: dict) -> str:
+def _device(data: dict[str, Any]) -> str:
     device = get(data, "device", str)
     _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, "bad device id")
     return device
 
 
-def _non_negative(data: dict, key: str, default: Any = ...) -> int:
-    value = get(data, key, int, default)
+def _non_negative(data: dict[str, Any], key: str) -> int:
+    value = get(data, key, int)
     _require(value >= 0, f"field {key!r} is negative", "range")
     return value
 
@@ -274,7 +291,7 @@ class ModelInfo:
     version: int
     sha256: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
 
     @classmethod
@@ -294,7 +311,7 @@ class DriftInfo:
     alarm: bool
     compared: bool
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "window": self.window,
             "max_psi": round(self.max_psi, 6),
@@ -323,7 +340,7 @@ class SpoolInfo:
     dropped: int
     produced: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "depth": self.depth,
             "bytes": self.bytes,
@@ -349,7 +366,7 @@ class McuInfo:
     version: str | None
     state: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "state": self.state}
 
     @classmethod
@@ -435,7 +452,7 @@ class Status:
         )
 
 
-def _hardware(data: dict) -> dict:
+def _hardware(data: dict[str, Any]) -> dict[str, Any]:
     tags = get(data, "tags", list, [])
     _require(len(tags) <= MAX_HARDWARE_TAGS, "too many hardware tags", "size")
     _require(
@@ -458,7 +475,7 @@ class Event:
 
     def encode(self) -> bytes:
         _require(self.kind in EVENT_KINDS, f"unknown event kind {self.kind!r}")
-        data = {
+        data: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "device": self.device,
             "ts_ms": self.ts_ms,
@@ -519,7 +536,7 @@ class Command:
         command = cls(
             id=command_id,
             kind=kind,
-            model=_name(data, "model", None),
+            model=_optional_name(data, "model"),
             version=version,
             rollout=get(data, "rollout", (str, type(None)), None),
             repository=get(data, "repository", (str, type(None)), None),

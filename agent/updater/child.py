@@ -8,18 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 async def run_child(
-    command: Sequence[str], on_line: Callable[[dict], None], limit_s: float
+    command: Sequence[str], on_line: Callable[[dict[str, Any]], None], limit_s: float
 ) -> tuple[int | None, str]:
     """Run ``command``; returns its exit code (None: it was killed) and its stderr."""
     child = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
 
-    async def relay() -> None:
-        async for raw in child.stdout:
+    async def relay(stdout: asyncio.StreamReader) -> None:
+        async for raw in stdout:
             try:
                 line = json.loads(raw)
             except ValueError:
@@ -29,7 +30,8 @@ async def run_child(
 
     try:
         async with asyncio.timeout(limit_s):
-            _, stderr = await asyncio.gather(relay(), child.stderr.read())
+            stdout, errors = _pipes(child)
+            _, stderr = await asyncio.gather(relay(stdout), errors.read())
             await child.wait()
     except TimeoutError:
         stderr = b"worker timed out"
@@ -38,3 +40,10 @@ async def run_child(
             child.kill()
             await child.wait()
     return child.returncode, stderr.decode(errors="replace")
+
+
+def _pipes(child: asyncio.subprocess.Process) -> tuple[asyncio.StreamReader, asyncio.StreamReader]:
+    """The child's stdout and stderr, which ``run_child`` always opens as pipes."""
+    if child.stdout is None or child.stderr is None:
+        raise RuntimeError("child process started without stdout and stderr pipes")
+    return child.stdout, child.stderr

@@ -7,6 +7,7 @@ process. Probation needs live traffic, so by hand a trial ends with ``--commit``
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from edgefleet.errors import UserError
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     update = subparsers.add_parser(
         "update",
         help="offer a model update to this device's updater, or end its trial",
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     update.set_defaults(handler=_update)
 
 
-def _update(args) -> int:
+def _update(args: argparse.Namespace) -> int:
     from agent.updater.manager import Transition, UpdateConfig, UpdateManager
     from agent.updater.states import State
 
@@ -48,7 +49,7 @@ def _update(args) -> int:
             reason = f" ({item.detail['reason']})" if item.detail.get("reason") else ""
             print(f"{item.state.value}{reason}", flush=True)
 
-    async def run() -> dict:
+    async def run() -> dict[str, str | int | None]:
         config = UpdateConfig(args.state_dir, args.root)
         async with UpdateManager(config, show) as manager:
             if args.target:
@@ -69,7 +70,7 @@ def _update(args) -> int:
     return 1 if status["update_state"] == "REFUSED" and args.target else 0
 
 
-def _line(status: dict) -> str:
+def _line(status: dict[str, str | int | None]) -> str:
     version = status["active_version"]
     active = f"slot {status['active_slot']} (v{version})" if version else "no model"
     return f"state {status['update_state']}, active {active}"

@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from agent.trust import TrustedRepository, TrustError
+from agent.trust import TrustedRepository, TrustError, VerifiedTarget
 from agent.updater.device import Device
 from agent.updater.download import (
     DEFAULT_MAX_MODEL_BYTES,
@@ -26,11 +26,11 @@ from agent.updater.files import write_atomic
 from agent.updater.gate import run_gate
 from agent.updater.slots import SlotRecord
 from agent.updater.states import AT_REST, BEFORE_SWITCH, Event, State
-from agent.updater.store import Offer, Saved
+from agent.updater.store import Changes, Offer, Saved
 from agent.updater.verified import check, fetch_verified, signed_target, trust_failure
 from agent.updater.versions import VersionsError
 from protocol.delta import DeltaError, Expected, apply_delta, delta_target_path
-from protocol.model_meta import GateVectors, MetadataError
+from protocol.model_meta import GateVectors, MetadataError, ModelMeta
 
 MODEL_PATH = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(?P<version>[0-9]+)\.tflite")
 
@@ -47,7 +47,13 @@ class CycleConfig:
     download: DownloadLimits = field(default_factory=DownloadLimits)
 
 
-def name_refusal(allowed: frozenset[str] | None, incumbent: SlotRecord | None, name: str):
+# What a handler learnt: the event it ends with, and the facts the store saves with it.
+Step = tuple[Event, Changes]
+
+
+def name_refusal(
+    allowed: frozenset[str] | None, incumbent: SlotRecord | None, name: str
+) -> str | None:
     """Why a model of ``name`` may not run on this device, or None."""
     if allowed is None:
         allowed = frozenset({incumbent.name}) if incumbent else None
@@ -61,8 +67,8 @@ def downgrade_refusal(
     highest: Mapping[str, int],
     name: str,
     version: int,
-    custom: dict,
-):
+    custom: Mapping[str, Any],
+) -> str | None:
     """Why an offered version may not replace the incumbent, or None. A version that is not
     newer than the running one of its name, or older than the highest of its name this device
     ever committed (``highest``, so leaving a name and coming back is no way down), is refused
@@ -102,7 +108,7 @@ class Cycle:
         if offer is None or offer == saved.offer:
             return self.drive(saved)
         if saved.state not in AT_REST:
-            raise Busy(f"an update to {saved.offer.target} is in state {saved.state}")
+            raise Busy(f"an update to {saved.require_offer().target} is in state {saved.state}")
         pointer = self.device.slots.pointer()
         saved = self.device.store.advance(
             Saved(saves=saved.saves, state=saved.state),
@@ -124,9 +130,9 @@ class Cycle:
 
     # -- handlers ------------------------------------------------------------------------
 
-    def plan(self, saved: Saved):
+    def plan(self, saved: Saved) -> Step:
         """OFFERED: read the signed facts, refuse downgrades, choose a delta when one exists."""
-        offer = saved.offer
+        offer = saved.require_offer()
         match = MODEL_PATH.fullmatch(offer.target)
         if match is None:
             raise Refused(f"{offer.target}: not a model target path")
@@ -158,7 +164,7 @@ class Cycle:
                     fetch_path = candidate
         return Event.PLANNED, {"fetch": fetch_path}
 
-    def _within_limit(self, signed) -> None:
+    def _within_limit(self, signed: VerifiedTarget) -> None:
         """Refuse a target signed longer than ``max_model_bytes``, before a byte is fetched."""
         if signed.length > self.config.max_model_bytes:
             raise Refused(
@@ -166,10 +172,10 @@ class Cycle:
                 f"more than max_model_bytes ({self.config.max_model_bytes})"
             )
 
-    def download(self, saved: Saved):
+    def download(self, saved: Saved) -> Step:
         """DOWNLOADING: fetch (resuming), check against the signed hash, rebuild from a delta,
         and check the result against the offline-signed model before keeping it."""
-        offer = saved.offer
+        offer = saved.require_offer()
         target = self._signed(offer, offer.target)
         fallback = ""
         if saved.fetch == offer.target:
@@ -200,14 +206,15 @@ class Cycle:
         )
         return Event.FETCHED, {"candidate": record, "reason": fallback}
 
-    def _rebuild(self, saved: Saved, target) -> bytes:
+    def _rebuild(self, saved: Saved, target: VerifiedTarget) -> bytes:
         """The model from the incumbent and the offered delta, checked against the signed
-        model before it is kept."""
-        offer = saved.offer
+        model before it is kept. Only a plan with an incumbent chooses a delta."""
+        offer = saved.require_offer()
+        incumbent = saved.require_incumbent()
         delta = self._fetch_verified(offer, saved.fetch)
-        source = self.device.slots.path(saved.incumbent.slot).read_bytes()
+        source = self.device.slots.path(incumbent.slot).read_bytes()
         expected = Expected(
-            bytes.fromhex(saved.incumbent.sha256), bytes.fromhex(target.sha256), target.length
+            bytes.fromhex(incumbent.sha256), bytes.fromhex(target.sha256), target.length
         )
         try:
             data = apply_delta(source, delta, expected)
@@ -216,18 +223,20 @@ class Cycle:
         self._check(offer, offer.target, data)
         return data
 
-    def install(self, saved: Saved):
+    def install(self, saved: Saved) -> Step:
         """VERIFIED: write the verified candidate into the inactive slot, durably."""
+        offer, candidate = saved.require_offer(), saved.require_candidate()
         data = (self.device.layout.work / "candidate.tflite").read_bytes()
-        self._check(saved.offer, saved.offer.target, data)
-        self.device.slots.install(saved.candidate.slot, data)
+        self._check(offer, offer.target, data)
+        self.device.slots.install(candidate.slot, data)
         return Event.INSTALLED, {}
 
-    def gate(self, saved: Saved):
+    def gate(self, saved: Saved) -> Step:
         """INSTALLED: the candidate, as it lies in its slot, must pass the health gate."""
-        if not self.device.slots.holds(saved.candidate):
-            raise Refused(f"slot {saved.candidate.slot} does not hold the verified candidate")
-        meta = self._meta(self._signed(saved.offer, saved.offer.target))
+        offer, candidate = saved.require_offer(), saved.require_candidate()
+        if not self.device.slots.holds(candidate):
+            raise Refused(f"slot {candidate.slot} does not hold the verified candidate")
+        meta = self._meta(self._signed(offer, offer.target))
         try:
             vectors = GateVectors.from_json(
                 json.loads((self.device.layout.work / "gate.json").read_bytes())
@@ -235,14 +244,14 @@ class Cycle:
         except (OSError, ValueError, MetadataError) as exc:
             raise Refused(f"gate vectors unusable: {exc}") from None
         verdict = run_gate(
-            self.device.slots.path(saved.candidate.slot), meta, vectors, self.config.engine
+            self.device.slots.path(candidate.slot), meta, vectors, self.config.engine
         )
         if not verdict.passed:
             raise Refused(f"health gate: {verdict.summary}")
         first = saved.incumbent is None
         return (Event.FIRST_MODEL if first else Event.GATE_PASSED), {"reason": ""}
 
-    HANDLERS: ClassVar[Mapping[State, Callable]] = {
+    HANDLERS: ClassVar[Mapping[State, Callable[[Cycle, Saved], Step]]] = {
         State.OFFERED: plan,
         State.DOWNLOADING: download,
         State.VERIFIED: install,
@@ -251,14 +260,14 @@ class Cycle:
 
     # -- trust helpers ---------------------------------------------------------------------
 
-    def _signed(self, offer: Offer, path: str):
+    def _signed(self, offer: Offer, path: str) -> VerifiedTarget:
         return signed_target(self.trust(offer), path)
 
     def _check(self, offer: Offer, path: str, data: bytes) -> None:
         check(self.trust(offer), path, data)
 
     @staticmethod
-    def _meta(target):
+    def _meta(target: VerifiedTarget) -> ModelMeta:
         try:
             return target.model_meta()
         except TrustError as exc:

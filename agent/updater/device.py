@@ -51,9 +51,9 @@ class Layout:
 def settled_pointer(saved: Saved) -> Pointer | None:
     """What the active pointer must say in ``saved``'s state (None: leave it as it is)."""
     if saved.state == State.TRIAL:
-        return Pointer(saved.candidate, saved.incumbent)
+        return Pointer(saved.require_candidate(), saved.incumbent)
     if saved.state == State.COMMITTED:
-        return Pointer(saved.candidate)
+        return Pointer(saved.require_candidate())
     if saved.state == State.ROLLED_BACK and saved.incumbent is not None:
         return Pointer(saved.incumbent)
     return None
@@ -109,8 +109,9 @@ class Device:
             self.slots.point(wanted, POINTER_STEP[saved.state])
         if saved.state == State.COMMITTED:
             # An unreadable record is not repaired here: the next offer is refused, naming it.
+            committed = saved.require_candidate()
             with contextlib.suppress(VersionsError):
-                self.versions.record(saved.candidate.name, saved.candidate.version)
+                self.versions.record(committed.name, committed.version)
         if saved.state in AT_REST and any(self.layout.work.iterdir()):
             shutil.rmtree(self.layout.work)
             self.layout.work.mkdir()

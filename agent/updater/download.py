@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from http.client import HTTPResponse
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -40,7 +41,7 @@ def target_url(repository: str, path: str, sha256: str) -> str:
     return f"{repository.rstrip('/')}/targets/{folder}/{sha256}.{name}"
 
 
-def _offset(response, have: int) -> int | None:
+def _offset(response: HTTPResponse, have: int) -> int | None:
     """Where the body starts in the file: 0 for a whole file, ``have`` for the asked-for range,
     None for a range that was not asked for."""
     if response.status != 206:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.engine import Engine, EngineError
 from protocol.model_meta import GateVectors, ModelMeta, TensorSpec
@@ -55,7 +56,7 @@ def judge_gate(
     problems: Sequence[str],
     outputs: np.ndarray | None,
     expected: np.ndarray,
-    latencies_ms: Sequence[float],
+    latencies_ms: Sequence[float] | npt.NDArray[np.float64],
 ) -> GateVerdict:
     """Pass when the signature matches, the reference outputs are reproduced within the signed
     tolerance on at least ``min_top1_agreement`` of the samples (and agree on the top class as
@@ -78,7 +79,9 @@ def judge_gate(
     return GateVerdict(not reasons, tuple(reasons), median)
 
 
-def run_gate(model: Path, meta: ModelMeta, vectors: GateVectors, engine: str = "auto"):
+def run_gate(
+    model: Path, meta: ModelMeta, vectors: GateVectors, engine: str = "auto"
+) -> GateVerdict:
     """Load ``model`` and judge it against the signed metadata and reference vectors."""
     try:
         loaded = Engine(model, engine)

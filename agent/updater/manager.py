@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVarTuple
 
 import structlog
 
@@ -40,6 +41,7 @@ from agent.updater.store import Saved
 from agent.updater.worker import EXIT_BUSY, EXIT_NOT_ALLOWED, EXIT_TEMPFAIL
 
 log = structlog.get_logger()
+_Args = TypeVarTuple("_Args")
 
 # protocol.topics event kind for each state entered (others only change the status).
 EVENT_KINDS = {
@@ -77,11 +79,11 @@ class Transition:
 
 def transition(
     state: str, event: str | None, target: str | None, reason: str, boots: int, rollout: str
-):
+) -> Transition:
     """The gateway's rollout controller keys on ``rollout``, so every transition carries it."""
-    state = State(state)
-    detail = {
-        "update_state": state.value,
+    entered = State(state)
+    detail: dict[str, str | int | None] = {
+        "update_state": entered.value,
         "event": event,
         "target": target,
         "rollout": rollout,
@@ -89,12 +91,17 @@ def transition(
     }
     if reason:
         detail["reason"] = reason[:512]
-    return Transition(state, EVENT_KINDS.get(state), detail)
+    return Transition(entered, EVENT_KINDS.get(entered), detail)
 
 
 def blocked(state: str, target: str | None, reason: str, rollout: str) -> Transition:
     """The device cannot fetch or verify the offered update yet (``update_blocked``)."""
-    detail = {"update_state": state, "target": target, "rollout": rollout, "reason": reason[:512]}
+    detail: dict[str, str | int | None] = {
+        "update_state": state,
+        "target": target,
+        "rollout": rollout,
+        "reason": reason[:512],
+    }
     return Transition(State(state), "update_blocked", detail)
 
 
@@ -139,7 +146,7 @@ class UpdateManager:
         for item in pending:
             self.on_transition(item)
 
-    async def _local(self, fn, *args) -> Saved:
+    async def _local(self, fn: Callable[[*_Args], Saved], *args: *_Args) -> Saved:
         """A device step (file operations with fsync) off the event loop; transitions are
         relayed on the loop's thread."""
         try:
@@ -162,7 +169,7 @@ class UpdateManager:
         await self._local(self.device.boot, self.config.probation.max_trial_boots)
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self._trial_started_s, self._counts = None, None
 
     # -- what the daemon reads -----------------------------------------------------------
@@ -176,12 +183,12 @@ class UpdateManager:
         """An update stopped before its switch (restart, unreachable repository): ``resume``."""
         return self.saved.state in BEFORE_SWITCH
 
-    def active_model(self) -> tuple[Path, dict] | None:
+    def active_model(self) -> tuple[Path, dict[str, Any]] | None:
         """The model the daemon must run, and what was signed about it."""
         active = self.device.active()
         return (active[0], active[1].to_json()) if active else None
 
-    def _signed_target(self, target: str) -> dict | None:
+    def _signed_target(self, target: str) -> dict[str, Any] | None:
         """What the verified metadata the worker stored says about ``target`` (plain JSON: the
         daemon never loads python-tuf); None when it does not list it."""
         try:
@@ -191,7 +198,7 @@ class UpdateManager:
             return None
         return info if isinstance(info, dict) else None
 
-    def signed_meta(self, target: str, sha256: str) -> dict | None:
+    def signed_meta(self, target: str, sha256: str) -> dict[str, Any] | None:
         """The ML metadata the targets key signed for ``target`` (drift reference, signature);
         None when the verified metadata no longer names these bytes."""
         info = self._signed_target(target)
@@ -220,6 +227,8 @@ class UpdateManager:
             log.error("configured_model_not_the_signed_one", path=str(path), target=target)
             return None
         record = await asyncio.to_thread(self.device.adopt, data, name, version, target)
+        if record is None:  # a slot became active meanwhile
+            return None
         log.info("configured_model_adopted", target=target, slot=record.slot, signed=bool(signed))
         return record
 
@@ -228,7 +237,8 @@ class UpdateManager:
         if self.saved.state != State.TRIAL:
             return None
         slots = self.device.slots
-        return slots.path(self.saved.candidate.slot), slots.path(self.saved.incumbent.slot)
+        candidate, incumbent = self.saved.require_candidate(), self.saved.require_incumbent()
+        return slots.path(candidate.slot), slots.path(incumbent.slot)
 
     def should_shadow(self) -> bool:
         """Whether to run the incumbent on the next input too (one in ``shadow_every``)."""
@@ -308,7 +318,7 @@ class UpdateManager:
             *args,
         ]  # fmt: skip
 
-        def relay(data: dict) -> None:
+        def relay(data: dict[str, Any]) -> None:
             if "state" not in data:
                 return
             if "blocked" in data:  # the way to the update failed; it is tried again later

@@ -9,10 +9,12 @@ when the candidate errs too often, or when its latency p95 grows past the limits
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
+import numpy.typing as npt
 
 from protocol.drift import psi
 
@@ -48,8 +50,8 @@ class Counts:
     errors: int = 0
     shadowed: int = 0
     agreed: int = 0
-    candidate_top1: np.ndarray = field(init=False)
-    incumbent_top1: np.ndarray = field(init=False)
+    candidate_top1: npt.NDArray[np.int64] = field(init=False)
+    incumbent_top1: npt.NDArray[np.int64] = field(init=False)
     candidate_latency_ms: list[float] = field(default_factory=list)
     incumbent_latency_ms: list[float] = field(default_factory=list)
 
@@ -92,7 +94,7 @@ def record(counts: Counts, limits: ProbationLimits, observation: Observation) ->
     _keep(counts.incumbent_latency_ms, observation.incumbent_latency_ms, limits)
 
 
-def _keep(kept: list[float], new, limits: ProbationLimits) -> None:
+def _keep(kept: list[float], new: Iterable[float], limits: ProbationLimits) -> None:
     kept.extend(float(v) for v in new)
     del kept[: max(0, len(kept) - limits.max_latency_samples)]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.updater.files import sha256_file, write_atomic
 
@@ -32,11 +33,11 @@ class SlotRecord:
     sha256: str
     length: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> SlotRecord:
+    def from_json(cls, data: dict[str, Any]) -> SlotRecord:
         try:
             record = cls(
                 slot=str(data["slot"]),
@@ -58,7 +59,7 @@ class Pointer:
     active: SlotRecord
     previous: SlotRecord | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "format": POINTER_FORMAT,
             "active": self.active.to_json(),

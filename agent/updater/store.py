@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from agent.updater.files import write_atomic
 from agent.updater.slots import SlotError, SlotRecord
@@ -30,12 +31,20 @@ class Offer:
     target: str
     rollout: str = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str]:
         return {"repository": self.repository, "target": self.target, "rollout": self.rollout}
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class Saved:
+    """The update in hand. Which optional fields are set follows from ``state``: the offer from
+    OFFERED to TRIAL, the candidate from VERIFIED to COMMITTED, the incumbent in TRIAL (a
+    device's first model goes straight to COMMITTED). Code that runs only in such states reads
+    them through ``require_*``: a saved state that breaks the rule is ``UnknownState``."""
+
     state: State = State.IDLE
     offer: Offer | None = None
     fetch: str = ""  # the target downloaded: a delta path or the model path itself
@@ -45,7 +54,16 @@ class Saved:
     reason: str = ""  # why the last refusal or rollback happened
     saves: int = 0
 
-    def to_json(self) -> dict:
+    def require_offer(self) -> Offer:
+        return _required(self.offer, "offer", self.state)
+
+    def require_candidate(self) -> SlotRecord:
+        return _required(self.candidate, "candidate", self.state)
+
+    def require_incumbent(self) -> SlotRecord:
+        return _required(self.incumbent, "incumbent", self.state)
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "state": self.state.value,
@@ -78,6 +96,22 @@ class Saved:
             raise UnknownState(f"saved state is unreadable: {exc!r}") from None
 
 
+class Changes(TypedDict, total=False):
+    """The facts an event saves with the state it leads to."""
+
+    offer: Offer
+    incumbent: SlotRecord | None
+    fetch: str
+    candidate: SlotRecord
+    reason: str
+
+
+def _required(value: _T | None, name: str, state: State) -> _T:
+    if value is None:
+        raise UnknownState(f"saved state {state.value} has no {name}")
+    return value
+
+
 Listener = Callable[[Saved, Event | None], None]
 
 
@@ -105,6 +139,6 @@ class StateStore:
             self.listener(saved, event)
         return saved
 
-    def advance(self, saved: Saved, event: Event, **changes) -> Saved:
+    def advance(self, saved: Saved, event: Event, **changes: Unpack[Changes]) -> Saved:
         """Persist the state ``event`` leads to (with ``changes``) before anyone acts on it."""
         return self.save(replace(saved, state=next_state(saved.state, event), **changes), event)

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent.updater.device import Device
 from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
@@ -29,7 +30,7 @@ EXIT_TEMPFAIL = 75
 DEFAULT_MAX_TRIAL_BOOTS = 3
 
 
-def transition_line(saved: Saved, event: Event | None) -> dict:
+def transition_line(saved: Saved, event: Event | None) -> dict[str, Any]:
     return {
         "state": saved.state.value,
         "event": event.value if event else None,
@@ -39,7 +40,7 @@ def transition_line(saved: Saved, event: Event | None) -> dict:
     }
 
 
-def _print_line(data: dict) -> None:
+def _print_line(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
     sys.stdout.flush()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 from protocol.serial.errors import CodecError
 from protocol.serial.frame import Frame
@@ -91,13 +91,13 @@ class UploadFlag(enum.IntFlag):
     RESTART = 0x1
 
 
-def _unpack(layout: struct.Struct, payload: bytes, name: str) -> tuple:
+def _unpack(layout: struct.Struct, payload: bytes, name: str) -> tuple[Any, ...]:
     if len(payload) < layout.size:
         raise CodecError(f"{name} payload of {len(payload)} bytes, need {layout.size}")
     return layout.unpack_from(payload)
 
 
-def _exact(layout: struct.Struct, payload: bytes, name: str) -> tuple:
+def _exact(layout: struct.Struct, payload: bytes, name: str) -> tuple[Any, ...]:
     if len(payload) != layout.size:
         raise CodecError(f"{name} payload of {len(payload)} bytes, need {layout.size}")
     return layout.unpack(payload)
@@ -115,7 +115,7 @@ class Hello:
     """Host's offer: the versions it speaks and the largest chunk and window it would use."""
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO
-    LAYOUT: ClassVar = struct.Struct("<BBHBI")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBHBI")
     min_version: int = MIN_PROTOCOL_VERSION
     max_version: int = PROTOCOL_VERSION
     max_chunk: int = 1024
@@ -137,7 +137,7 @@ class HelloReply:
     """MCU's choice: one version, chunk and window no larger than offered, common features."""
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO_REPLY
-    LAYOUT: ClassVar = struct.Struct("<BHBI")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BHBI")
     version: int
     max_chunk: int
     window: int
@@ -150,15 +150,16 @@ class HelloReply:
 
     @classmethod
     def unpack(cls, payload: bytes) -> HelloReply:
-        fields = _unpack(cls.LAYOUT, payload, "HELLO_REPLY")
-        return cls(*fields, device=_text(payload[cls.LAYOUT.size :], "HELLO_REPLY"))
+        version, max_chunk, window, features = _unpack(cls.LAYOUT, payload, "HELLO_REPLY")
+        device = _text(payload[cls.LAYOUT.size :], "HELLO_REPLY")
+        return cls(version, max_chunk, window, features, device)
 
 
 @dataclass(frozen=True, slots=True)
 class SlotInfo:
     """One slot: validity, flags, MCUboot version, and size and SHA-256 of the image file."""
 
-    LAYOUT: ClassVar = struct.Struct("<BBBBHII32s")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<BBBBHII32s")
     state: SlotState = SlotState.EMPTY
     flags: int = 0
     version: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -196,7 +197,7 @@ class _Bare:
         return b""
 
     @classmethod
-    def unpack(cls, payload: bytes):
+    def unpack(cls, payload: bytes) -> Self:
         if payload:
             raise CodecError(f"{cls.TYPE.name} takes no payload")
         return cls()
@@ -211,7 +212,7 @@ class InfoReply:
     """Flash geometry, the RAM left for a model arena, the model's state, and both slots."""
 
     TYPE: ClassVar[MsgType] = MsgType.INFO_REPLY
-    LAYOUT: ClassVar = struct.Struct("<IIHIIB")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IIHIIB")
     slot_size: int
     max_image_size: int
     write_align: int
@@ -237,7 +238,9 @@ class InfoReply:
         slot = SlotInfo.LAYOUT.size
         if len(payload) != cls.LAYOUT.size + 2 * slot:
             raise CodecError(f"INFO_REPLY payload of {len(payload)} bytes")
-        *head, model = cls.LAYOUT.unpack_from(payload)
+        slot_size, max_image, write_align, sector_size, arena_size, model = cls.LAYOUT.unpack_from(
+            payload
+        )
         try:
             model_state = ModelState(model)
         except ValueError as exc:
@@ -245,7 +248,16 @@ class InfoReply:
         base = cls.LAYOUT.size
         primary = SlotInfo.unpack(payload[base : base + slot])
         secondary = SlotInfo.unpack(payload[base + slot :])
-        return cls(*head, model_state, primary, secondary)
+        return cls(
+            slot_size,
+            max_image,
+            write_align,
+            sector_size,
+            arena_size,
+            model_state,
+            primary,
+            secondary,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +265,7 @@ class Begin:
     """Start or resume an upload of ``size`` bytes whose SHA-256 is ``sha256``."""
 
     TYPE: ClassVar[MsgType] = MsgType.BEGIN
-    LAYOUT: ClassVar = struct.Struct("<I32sB")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<I32sB")
     size: int
     sha256: bytes
     flags: int = 0
@@ -271,7 +283,7 @@ class BeginReply:
     """Where the upload goes on: the MCU holds ``offset`` bytes hashing to ``prefix_sha256``."""
 
     TYPE: ClassVar[MsgType] = MsgType.BEGIN_REPLY
-    LAYOUT: ClassVar = struct.Struct("<I32s")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<I32s")
     offset: int
     prefix_sha256: bytes
 
@@ -286,7 +298,7 @@ class BeginReply:
 @dataclass(frozen=True, slots=True)
 class Data:
     TYPE: ClassVar[MsgType] = MsgType.DATA
-    LAYOUT: ClassVar = struct.Struct("<I")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<I")
     offset: int
     chunk: bytes
 
@@ -307,7 +319,7 @@ class Ack:
     """Cumulative: every byte before ``offset`` arrived in order."""
 
     TYPE: ClassVar[MsgType] = MsgType.ACK
-    LAYOUT: ClassVar = struct.Struct("<I")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<I")
     offset: int
 
     def pack(self) -> bytes:
@@ -336,7 +348,7 @@ class Infer:
 @dataclass(frozen=True, slots=True)
 class InferReply:
     TYPE: ClassVar[MsgType] = MsgType.INFER_REPLY
-    LAYOUT: ClassVar = struct.Struct("<I")
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<I")
     micros: int
     output: bytes
 
@@ -401,7 +413,27 @@ class Ok(_Bare):
     TYPE = MsgType.OK
 
 
-MESSAGES = {
+Message = (
+    Hello
+    | HelloReply
+    | Info
+    | InfoReply
+    | Begin
+    | BeginReply
+    | Data
+    | Ack
+    | Finish
+    | Test
+    | Confirm
+    | Revert
+    | Reboot
+    | Infer
+    | InferReply
+    | Ok
+    | Error
+)
+
+MESSAGES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello,
@@ -425,7 +457,7 @@ MESSAGES = {
 }
 
 
-def decode(frame: Frame):
+def decode(frame: Frame) -> Message:
     """The message a frame carries; CodecError for an unknown type or a malformed payload."""
     cls = MESSAGES.get(frame.type)
     if cls is None:
@@ -436,6 +468,6 @@ def decode(frame: Frame):
         raise CodecError(f"malformed {cls.TYPE.name} payload") from exc
 
 
-def to_frame(message, seq: int) -> Frame:
+def to_frame(message: Message, seq: int) -> Frame:
     """The frame carrying ``message`` with sequence number ``seq``."""
     return Frame(message.TYPE, seq, message.pack())

@@ -37,6 +37,22 @@ def test_every_state_is_reachable_and_an_unknown_event_raises():
         next_state(State.COMMITTED, Event.ROLLBACK)
 
 
+def test_a_saved_state_without_what_its_state_needs_is_unreadable(tmp_path, capsys):
+    """A file in DOWNLOADING with no offer (edited, or written by a broken agent) stops the
+    worker with one line naming what is missing, not a traceback from deep in a handler."""
+    from agent.updater import worker
+    from agent.updater.store import STATE_FORMAT, Saved, UnknownState
+
+    with pytest.raises(UnknownState, match="saved state TRIAL has no candidate"):
+        Saved(State.TRIAL).require_candidate()
+    (tmp_path / "state.json").write_text(
+        json.dumps(Saved(State.DOWNLOADING).to_json() | {"format": STATE_FORMAT})
+    )
+    code = worker.main(["--state-dir", str(tmp_path), "--root", str(tmp_path / "root.json"), "run"])
+    assert code == worker.EXIT_NOT_ALLOWED
+    assert "saved state DOWNLOADING has no offer" in capsys.readouterr().err
+
+
 async def test_a_worker_that_keeps_dying_is_given_up(world, tmp_path, monkeypatch):
     """A crash in the child (here SIGKILL at install) never reaches the daemon; the update
     resumes, and after ``max_worker_crashes`` deaths it is refused."""
