@@ -23,8 +23,8 @@ import time
 
 import structlog
 
+from agent.bad_input import BadInput
 from agent.config import AgentConfig
-from agent.faults import Faults
 from agent.link import Link
 from agent.mcu.updater import McuUpdater
 from agent.model_runner import ModelRunner
@@ -60,7 +60,7 @@ def update_config(config: AgentConfig) -> UpdateConfig:
 class Agent:
     def __init__(self, config: AgentConfig):
         self.config = config
-        self.faults = Faults()
+        self.bad_input = BadInput()
         self.notifier = Notifier()
         self._stop = asyncio.Event()
 
@@ -91,7 +91,7 @@ class Agent:
                 spool,
                 lambda: report.status(link),
                 lambda command: driver.on_command(command),
-                self.faults,
+                self.bad_input,
             )
             outbox = Outbox(cfg.device_id, link)
             outbox.event("started", agent_version=__version__, boot=spool.stats.boot)
@@ -108,15 +108,15 @@ class Agent:
                 )
                 mcus = await stack.enter_async_context(mcus)
             models = await stack.enter_async_context(
-                ModelRunner(cfg, spool, self.faults, outbox, updates, asyncio.Lock())
+                ModelRunner(cfg, spool, self.bad_input, outbox, updates, asyncio.Lock())
             )
             if updates is not None and updates.active_model() is None:
                 configured = models.choose()
                 await updates.adopt(configured.path, configured.name, configured.version)
-            report = StatusReport(cfg, spool, self.faults, models, updates, mcus)
+            report = StatusReport(cfg, spool, self.bad_input, models, updates, mcus)
             await models.follow()
             driver = await stack.enter_async_context(
-                UpdateDriver(updates, models, mcus, outbox, self.faults)
+                UpdateDriver(updates, models, mcus, outbox, self.bad_input)
             )
             link_task = asyncio.create_task(link.run(), name="link")
             watchdog_task = asyncio.create_task(self._watchdog(report, link), name="watchdog")

@@ -16,7 +16,7 @@ from protocol.drift import DriftReference, bin_counts, make_edges, psi
 
 
 @dataclass(frozen=True)
-class Verdict:
+class DriftVerdict:
     window: int
     compared: bool
     alarm: bool
@@ -35,7 +35,7 @@ def evaluate(
     outputs: list[np.ndarray],
     top1: np.ndarray,
     threshold: float,
-) -> Verdict:
+) -> DriftVerdict:
     """PSI of each live histogram against its reference; alarm when any exceeds ``threshold``."""
     window = int(top1.sum())
     as_tuples = (
@@ -44,12 +44,12 @@ def evaluate(
         tuple(int(c) for c in top1),
     )
     if reference is None:
-        return Verdict(window, False, False, 0.0, (), (), 0.0, *as_tuples)
+        return DriftVerdict(window, False, False, 0.0, (), (), 0.0, *as_tuples)
     inputs_psi = tuple(psi(r.counts, h) for r, h in zip(reference.inputs, inputs, strict=True))
     outputs_psi = tuple(psi(r.counts, h) for r, h in zip(reference.outputs, outputs, strict=True))
     top1_psi = psi(reference.top1, top1)
     worst = max((*inputs_psi, *outputs_psi, top1_psi), default=0.0)
-    return Verdict(
+    return DriftVerdict(
         window, True, worst > threshold, worst, inputs_psi, outputs_psi, top1_psi, *as_tuples
     )
 
@@ -63,7 +63,7 @@ def compatible(reference: DriftReference, features: int, classes: int) -> bool:
 
 
 class LiveDrift:
-    """Accumulates ``[n, F]`` feature summaries and ``[n, C]`` scores; returns a ``Verdict``
+    """Accumulates ``[n, F]`` feature summaries and ``[n, C]`` scores; returns a ``DriftVerdict``
     each time a window of ``window`` samples completes."""
 
     def __init__(
@@ -85,7 +85,7 @@ class LiveDrift:
             self._out_edges = [h.edges for h in reference.outputs]
         self._held: list[tuple[np.ndarray, np.ndarray]] = []
         self._reset(features)
-        self.last: Verdict | None = None
+        self.last: DriftVerdict | None = None
 
     def _reset(self, features: int) -> None:
         edges_in = self._in_edges or [()] * features
@@ -95,7 +95,7 @@ class LiveDrift:
         self._top1 = np.zeros(self.classes, np.int64)
         self._count = 0
 
-    def update(self, features: np.ndarray, scores: np.ndarray) -> list[Verdict]:
+    def update(self, features: np.ndarray, scores: np.ndarray) -> list[DriftVerdict]:
         verdicts = []
         while len(features):
             take = min(self.window - self._count, len(features))
@@ -116,7 +116,7 @@ class LiveDrift:
         for column, edges, counts in zip(scores.T, self._out_edges, self._outputs, strict=True):
             counts += bin_counts(column, edges)
 
-    def _close(self) -> Verdict:
+    def _close(self) -> DriftVerdict:
         if self._in_edges is None:
             features = np.concatenate([f for f, _ in self._held])
             scores = np.concatenate([s for _, s in self._held])

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import aiomqtt
 import structlog
 
+from agent.bad_input import BadInput
 from agent.config import MqttConfig, TelemetryConfig
-from agent.faults import Faults
 from agent.spool import Spool
 from edgefleet.backoff import backoff_delay
 from protocol.telemetry import batch_overhead, encode_batch
@@ -69,14 +69,14 @@ class Link:
         spool: Spool,
         status: Callable[[], Status],
         on_command: Callable[[Command], None],
-        faults: Faults,
+        bad_input: BadInput,
     ):
         self._device, self._mqtt, self._tel = device, mqtt, telemetry
-        self._spool, self._status, self._on_command, self._faults = (
+        self._spool, self._status, self._on_command, self._bad_input = (
             spool,
             status,
             on_command,
-            faults,
+            bad_input,
         )
         self._topics = {
             kind: device_topic(mqtt.prefix, device, kind)
@@ -225,12 +225,12 @@ class Link:
             if not isinstance(payload, bytes | bytearray):
                 payload = b""
             if len(payload) > MAX_CMD_BYTES:
-                self._faults.record("bad_command", "oversize command", size=len(payload))
+                self._bad_input.record("bad_command", "oversize command", size=len(payload))
                 continue
             try:
                 command = Command.decode(bytes(payload))
             except ProtocolError as exc:
-                self._faults.record("bad_command", str(exc))
+                self._bad_input.record("bad_command", str(exc))
                 continue
             self._on_command(command)
 

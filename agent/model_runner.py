@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from agent.bad_input import BadInput
 from agent.config import AgentConfig
-from agent.drift import LiveDrift, Verdict, compatible
+from agent.drift import DriftVerdict, LiveDrift, compatible
 from agent.engine import Engine, EngineError
-from agent.faults import Faults
 from agent.outbox import Outbox
 from agent.pipeline import ModelIdentity, Pipeline, Serving
 from agent.sources import ReplaySource, SerialSource, SourceError, SyntheticSource
@@ -72,13 +72,13 @@ def file_sha256(path: Path) -> str | None:
         return None
 
 
-def make_source(config: AgentConfig, shape: tuple[int, ...], faults: Faults):
+def make_source(config: AgentConfig, shape: tuple[int, ...], bad_input: BadInput):
     src, inf = config.source, config.inference
     if src.kind == "synthetic":
         return SyntheticSource(src, shape, inf.rate_hz, inf.max_chunk)
     if src.kind == "replay":
-        return ReplaySource(src, shape, inf.rate_hz, inf.max_chunk, faults)
-    return SerialSource(src, shape, inf.max_chunk, faults)
+        return ReplaySource(src, shape, inf.rate_hz, inf.max_chunk, bad_input)
+    return SerialSource(src, shape, inf.max_chunk, bad_input)
 
 
 class ModelRunner:
@@ -89,12 +89,12 @@ class ModelRunner:
         self,
         config: AgentConfig,
         spool: Spool,
-        faults: Faults,
+        bad_input: BadInput,
         outbox: Outbox,
         updates: UpdateManager | None,
         finishing: asyncio.Lock,
     ):
-        self.config, self.spool, self.faults, self.outbox = config, spool, faults, outbox
+        self.config, self.spool, self.bad_input, self.outbox = config, spool, bad_input, outbox
         self.updates = updates
         self.finishing = finishing  # held by whoever ends a trial (probation, operator, here)
         self.serving: Serving | None = None
@@ -204,7 +204,7 @@ class ModelRunner:
         return True
 
     def _model_error(self, path: Path, exc: EngineError) -> None:
-        self.faults.record("bad_model", str(exc), path=str(path))
+        self.bad_input.record("bad_model", str(exc), path=str(path))
         self.health = "model_error"
         self.outbox.event("model_error", path=str(path), reason=str(exc)[:500])
         self.outbox.notify()
@@ -262,17 +262,17 @@ class ModelRunner:
             await asyncio.wait([before[0]])
             before[1].close()
         try:
-            async with make_source(self.config, pipeline.sample_shape, self.faults) as source:
+            async with make_source(self.config, pipeline.sample_shape, self.bad_input) as source:
                 await pipeline.run(source)
             log.info("source_ended")
         except SourceError as exc:
-            self.faults.record("bad_sensor", str(exc))
+            self.bad_input.record("bad_sensor", str(exc))
             self.health = "source_error"
             self.outbox.notify()
 
     # -- pipeline callbacks ------------------------------------------------------------------
 
-    def _on_verdict(self, verdict: Verdict) -> None:
+    def _on_verdict(self, verdict: DriftVerdict) -> None:
         """Status carries the latest window; it is published at once when the alarm changes."""
         if verdict.alarm != self._alarm:
             self._alarm = verdict.alarm
@@ -283,7 +283,7 @@ class ModelRunner:
 
     def _on_unfit(self, count: int) -> None:
         for _ in range(count):
-            self.faults.record("bad_output", "input or model output is not finite")
+            self.bad_input.record("bad_output", "input or model output is not finite")
 
     def _on_observe(self, found: list[Observation]) -> None:
         """Probation evidence; when the updater falls behind, the surplus is left out (the

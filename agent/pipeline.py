@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 
 from agent.config import InferenceConfig
-from agent.drift import LiveDrift, Verdict
+from agent.drift import DriftVerdict, LiveDrift
 from agent.engine import Engine, Result
 from agent.sources import Chunk
 from agent.spool import Spool
@@ -141,7 +141,7 @@ def input_summaries(samples: np.ndarray) -> np.ndarray:
     return np.stack([mean, std, flat.min(axis=1), flat.max(axis=1)], axis=1)
 
 
-def drift_body(model: ModelIdentity, verdict: Verdict) -> DriftWindow:
+def drift_body(model: ModelIdentity, verdict: DriftVerdict) -> DriftWindow:
     """The wire record of a drift window: the verdict's fields under the model that made it."""
     return DriftWindow(model=model.name, version=model.version, **vars(verdict))
 
@@ -160,7 +160,7 @@ class Pipeline:
         drift: LiveDrift,
         model: ModelIdentity,
         config: InferenceConfig,
-        on_verdict: Callable[[Verdict], None],
+        on_verdict: Callable[[DriftVerdict], None],
         on_unfit: Callable[[int], None],
         on_observe: Callable[[list[Observation]], None] = lambda found: None,
     ):
@@ -295,7 +295,7 @@ class Pipeline:
 
     def _build(
         self, chunk: Chunk, result: Result, boot: str, seq: int
-    ) -> tuple[list[bytes], list[Verdict], int]:
+    ) -> tuple[list[bytes], list[DriftVerdict], int]:
         """In the records thread: account drift and encode records numbered from ``seq``.
         Samples whose input or output is not finite make no record; their count is returned."""
         samples, scores = chunk.samples, result.scores

@@ -7,7 +7,7 @@
 * ``SerialSource``: one sample per text line (numbers separated by commas or blanks) from a
   serial port or pyserial URL, read by a thread.
 
-A row or line that does not parse is counted in ``Faults`` (category ``bad_sensor``), logged once
+A row or line that does not parse is counted in ``BadInput`` (category ``bad_sensor``), logged once
 per reason, and skipped. Samples come in chunks so the engine thread is handed work in bulk.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.bad_input import BadInput
 from agent.config import SourceConfig
-from agent.faults import Faults
 
 SERIAL_QUEUE = 4096
 SERIAL_POLL_S = 1.0
@@ -125,11 +125,11 @@ class ReplaySource(_Stateless):
         shape: tuple[int, ...],
         rate: float,
         chunk: int,
-        faults: Faults,
+        bad_input: BadInput,
     ):
         self._path, self._loop = config.path, config.loop
         self._shape, self._size = shape, math.prod(shape)
-        self._pacer, self._faults = Pacer(rate, chunk), faults
+        self._pacer, self._bad_input = Pacer(rate, chunk), bad_input
         suffix = self._path.suffix.lower()
         if suffix not in (".npy", ".csv", ".jsonl"):
             raise SourceError(f"replay file {self._path} must be .npy, .csv or .jsonl")
@@ -157,7 +157,7 @@ class ReplaySource(_Stateless):
                     try:
                         yield self._parse(line, self._size).reshape(self._shape)
                     except (ValueError, TypeError, RecursionError) as exc:
-                        self._faults.record(
+                        self._bad_input.record(
                             "bad_sensor", str(exc), file=str(self._path), line=number
                         )
             if not self._loop:
@@ -196,9 +196,11 @@ class SerialSource:
     """Lines from a serial port; a reader thread parses them and hands samples to the loop
     through a bounded queue (a full queue counts the sample as an overrun)."""
 
-    def __init__(self, config: SourceConfig, shape: tuple[int, ...], chunk: int, faults: Faults):
+    def __init__(
+        self, config: SourceConfig, shape: tuple[int, ...], chunk: int, bad_input: BadInput
+    ):
         self._config, self._shape, self._size = config, shape, math.prod(shape)
-        self._chunk, self._faults = chunk, faults
+        self._chunk, self._bad_input = chunk, bad_input
         self._queue: asyncio.Queue[tuple[np.ndarray, int]] = asyncio.Queue(SERIAL_QUEUE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -233,7 +235,7 @@ class SerialSource:
                 try:
                     data = port.read_until(b"\n", limit + 1 - len(pending))
                 except serial.SerialException as exc:
-                    loop.call_soon_threadsafe(self._faults.record, "bad_sensor", str(exc))
+                    loop.call_soon_threadsafe(self._bad_input.record, "bad_sensor", str(exc))
                     self._stop.wait(SERIAL_POLL_S)
                     continue
                 pending += data
@@ -244,7 +246,7 @@ class SerialSource:
                     pending = b""
                 elif len(pending) > limit:
                     loop.call_soon_threadsafe(
-                        self._faults.record, "bad_sensor", f"line longer than {limit} bytes"
+                        self._bad_input.record, "bad_sensor", f"line longer than {limit} bytes"
                     )
                     skipping, pending = True, b""
         finally:
@@ -257,12 +259,12 @@ class SerialSource:
         try:
             values = parse_values(text, self._size).reshape(self._shape)
         except ValueError as exc:
-            self._faults.record("bad_sensor", str(exc))
+            self._bad_input.record("bad_sensor", str(exc))
             return
         try:
             self._queue.put_nowait((values, ts))
         except asyncio.QueueFull:
-            self._faults.record("sensor_overrun", "samples arrive faster than inference")
+            self._bad_input.record("sensor_overrun", "samples arrive faster than inference")
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         while True:

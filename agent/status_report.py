@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
+from agent.bad_input import BadInput
 from agent.config import AgentConfig
-from agent.faults import Faults
 from agent.link import Link
 from agent.mcu.updater import McuUpdater
 from agent.model_runner import ModelRunner
@@ -22,12 +22,12 @@ class StatusReport:
         self,
         config: AgentConfig,
         spool: Spool,
-        faults: Faults,
+        bad_input: BadInput,
         models: ModelRunner,
         updates: UpdateManager | None,
         mcus: McuUpdater | None,
     ):
-        self.config, self.spool, self.faults, self.models = config, spool, faults, models
+        self.config, self.spool, self.bad_input, self.models = config, spool, bad_input, models
         self.updates, self.mcus = updates, mcus
 
     def status(self, link: Link) -> Status:
@@ -35,7 +35,7 @@ class StatusReport:
         serving, pipeline = self.models.serving, self.models.pipeline
         verdict = serving.drift.last if serving else None
         model = serving.model if serving else None
-        counters: dict[str, int | float] = dict(self.faults.counts)
+        counters: dict[str, int | float] = dict(self.bad_input.counts)
         if pipeline:
             counters["inferences"] = pipeline.stats.inferences
             counters["latency_us"] = round(pipeline.stats.latency_us_ewma, 1)

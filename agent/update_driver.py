@@ -13,12 +13,12 @@ from enum import StrEnum
 
 import structlog
 
-from agent.faults import Faults
+from agent.bad_input import BadInput
 from agent.mcu.updater import McuUpdater
 from agent.model_runner import ModelRunner
 from agent.outbox import Outbox
 from agent.updater.manager import Transition, UpdateManager
-from agent.updater.probation import Decision
+from agent.updater.probation import Outcome
 from agent.updater.states import State
 from agent.updater.store import Offer
 from edgefleet.backoff import backoff_delay
@@ -89,10 +89,10 @@ class UpdateDriver:
         models: ModelRunner,
         mcus: McuUpdater | None,
         outbox: Outbox,
-        faults: Faults,
+        bad_input: BadInput,
     ):
         self.updates, self.models, self.mcus, self.outbox = updates, models, mcus, outbox
-        self.faults = faults
+        self.bad_input = bad_input
         self._job: str | None = None  # rollout of the update work in progress
         self._tasks: set[asyncio.Task] = set()
         self._group = asyncio.TaskGroup()
@@ -120,7 +120,7 @@ class UpdateDriver:
 
     def on_command(self, command: Command) -> None:
         log.info("command_received", id=command.id, kind=command.kind, rollout=command.rollout)
-        self.faults.counts["commands"] += 1
+        self.bad_input.counts["commands"] += 1
         if self.mcus is not None and self.mcus.tracks(command):
             self.mcus.command(command)
             return
@@ -217,7 +217,7 @@ class UpdateDriver:
             observation = await self.models.observed.get()
             async with self.models.finishing:
                 verdict = await self.updates.observe(observation)
-            if verdict is not None and verdict.decision != Decision.CONTINUE:
+            if verdict is not None and verdict.decision != Outcome.CONTINUE:
                 log.info("probation_verdict", decision=verdict.decision.value, why=verdict.summary)
                 await self.models.follow()
 

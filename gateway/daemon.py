@@ -32,7 +32,7 @@ from gateway.telemetry import dead_letter_api
 from gateway.telemetry.dead_letters import DeadLetters
 from gateway.telemetry.ingest import Ingest
 from gateway.telemetry.sinks import make_sink
-from gateway.telemetry.spool import Spool
+from gateway.telemetry.spool import UplinkSpool
 from gateway.telemetry.uplink import Uplink
 
 log = structlog.get_logger()
@@ -62,7 +62,7 @@ async def run(config: GatewayConfig) -> int:
     async with AsyncExitStack() as stack:
         stack.callback(notifier.close)
         store = await stack.enter_async_context(Store(config.database))
-        spool = await Spool(store, config.spool.max_bytes).open()
+        spool = await UplinkSpool(store, config.spool.max_bytes).open()
         limits = config.dead_letters
         dead_letters = await store.run(DeadLetters(limits.max_entries, limits.max_bytes).load_sync)
         inventory = await Inventory(store).open()

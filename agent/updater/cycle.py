@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.trust import TrustedRepository, TrustError, VerifiedTarget
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.download import (
     DEFAULT_MAX_MODEL_BYTES,
     DownloadLimits,
@@ -25,7 +25,7 @@ from agent.updater.errors import Busy, Refused, Transient, UpdateError
 from agent.updater.files import write_atomic
 from agent.updater.gate import run_gate
 from agent.updater.slots import SlotRecord
-from agent.updater.states import AT_REST, BEFORE_SWITCH, Event, State
+from agent.updater.states import AT_REST, BEFORE_SWITCH, State, Step
 from agent.updater.store import Changes, Offer, Saved
 from agent.updater.verified import check, fetch_verified, signed_target, trust_failure
 from agent.updater.versions import VersionsError
@@ -47,8 +47,8 @@ class CycleConfig:
     download: DownloadLimits = field(default_factory=DownloadLimits)
 
 
-# What a handler learnt: the event it ends with, and the facts the store saves with it.
-Step = tuple[Event, Changes]
+# What a handler learnt: the step it ends with, and the facts the store saves with it.
+Handled = tuple[Step, Changes]
 
 
 def name_refusal(
@@ -84,7 +84,7 @@ def downgrade_refusal(
 
 
 class Cycle:
-    def __init__(self, device: Device, config: CycleConfig):
+    def __init__(self, device: UpdaterDevice, config: CycleConfig):
         self.device = device
         self.config = config
         self._trust: TrustedRepository | None = None
@@ -112,7 +112,7 @@ class Cycle:
         pointer = self.device.slots.pointer()
         saved = self.device.store.advance(
             Saved(saves=saved.saves, state=saved.state),
-            Event.OFFER,
+            Step.OFFER,
             offer=offer,
             incumbent=pointer.active if pointer else None,
         )
@@ -124,13 +124,13 @@ class Cycle:
             try:
                 event, changes = self.HANDLERS[saved.state](self, saved)
             except Refused as exc:
-                event, changes = Event.REFUSE, {"reason": str(exc)}
+                event, changes = Step.REFUSE, {"reason": str(exc)}
             saved = self.device.settle(self.device.store.advance(saved, event, **changes))
         return saved
 
     # -- handlers ------------------------------------------------------------------------
 
-    def plan(self, saved: Saved) -> Step:
+    def plan(self, saved: Saved) -> Handled:
         """OFFERED: read the signed facts, refuse downgrades, choose a delta when one exists."""
         offer = saved.require_offer()
         match = MODEL_PATH.fullmatch(offer.target)
@@ -162,7 +162,7 @@ class Cycle:
             else:  # a delta no smaller than the model is not worth its risk
                 if delta.length < target.length:
                     fetch_path = candidate
-        return Event.PLANNED, {"fetch": fetch_path}
+        return Step.PLANNED, {"fetch": fetch_path}
 
     def _within_limit(self, signed: VerifiedTarget) -> None:
         """Refuse a target signed longer than ``max_model_bytes``, before a byte is fetched."""
@@ -172,7 +172,7 @@ class Cycle:
                 f"more than max_model_bytes ({self.config.max_model_bytes})"
             )
 
-    def download(self, saved: Saved) -> Step:
+    def download(self, saved: Saved) -> Handled:
         """DOWNLOADING: fetch (resuming), check against the signed hash, rebuild from a delta,
         and check the result against the offline-signed model before keeping it."""
         offer = saved.require_offer()
@@ -204,7 +204,7 @@ class Cycle:
             sha256=target.sha256,
             length=target.length,
         )
-        return Event.FETCHED, {"candidate": record, "reason": fallback}
+        return Step.FETCHED, {"candidate": record, "reason": fallback}
 
     def _rebuild(self, saved: Saved, target: VerifiedTarget) -> bytes:
         """The model from the incumbent and the offered delta, checked against the signed
@@ -223,15 +223,15 @@ class Cycle:
         self._check(offer, offer.target, data)
         return data
 
-    def install(self, saved: Saved) -> Step:
+    def install(self, saved: Saved) -> Handled:
         """VERIFIED: write the verified candidate into the inactive slot, durably."""
         offer, candidate = saved.require_offer(), saved.require_candidate()
         data = (self.device.layout.work / "candidate.tflite").read_bytes()
         self._check(offer, offer.target, data)
         self.device.slots.install(candidate.slot, data)
-        return Event.INSTALLED, {}
+        return Step.INSTALLED, {}
 
-    def gate(self, saved: Saved) -> Step:
+    def gate(self, saved: Saved) -> Handled:
         """INSTALLED: the candidate, as it lies in its slot, must pass the health gate."""
         offer, candidate = saved.require_offer(), saved.require_candidate()
         if not self.device.slots.holds(candidate):
@@ -249,9 +249,9 @@ class Cycle:
         if not verdict.passed:
             raise Refused(f"health gate: {verdict.summary}")
         first = saved.incumbent is None
-        return (Event.FIRST_MODEL if first else Event.GATE_PASSED), {"reason": ""}
+        return (Step.FIRST_MODEL if first else Step.GATE_PASSED), {"reason": ""}
 
-    HANDLERS: ClassVar[Mapping[State, Callable[[Cycle, Saved], Step]]] = {
+    HANDLERS: ClassVar[Mapping[State, Callable[[Cycle, Saved], Handled]]] = {
         State.OFFERED: plan,
         State.DOWNLOADING: download,
         State.VERIFIED: install,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.updater.slots import Pointer, SlotError, SlotRecord, Slots
-from agent.updater.states import AT_REST, BEFORE_SWITCH, Event, InvalidTransition, State
+from agent.updater.states import AT_REST, BEFORE_SWITCH, InvalidTransition, State, Step
 from agent.updater.store import Listener, Saved, StateStore, UnknownState
 from agent.updater.versions import CommittedVersions, VersionsError
 
@@ -62,7 +62,7 @@ def settled_pointer(saved: Saved) -> Pointer | None:
 POINTER_STEP = {State.TRIAL: "switch", State.COMMITTED: "commit", State.ROLLED_BACK: "rollback"}
 
 
-class Device:
+class UpdaterDevice:
     def __init__(self, state_dir: Path, listener: Listener | None = None):
         self.layout = Layout(Path(state_dir))
         self.layout.root.mkdir(parents=True, exist_ok=True)
@@ -119,14 +119,14 @@ class Device:
 
     def finish(self, saved: Saved, commit: bool, reason: str = "") -> Saved:
         """End a trial: commit the candidate, or roll back to the incumbent."""
-        event = Event.PROBATION_PASSED if commit else Event.ROLLBACK
+        event = Step.PROBATION_PASSED if commit else Step.ROLLBACK
         return self.settle(self.store.advance(saved, event, reason=reason))
 
     def abort(self, saved: Saved, reason: str) -> Saved:
         """Give up an update that has not switched yet (the active model never changed)."""
         if saved.state not in BEFORE_SWITCH:
             raise InvalidTransition(f"nothing to abort in state {saved.state}")
-        return self.settle(self.store.advance(saved, Event.REFUSE, reason=reason))
+        return self.settle(self.store.advance(saved, Step.REFUSE, reason=reason))
 
     def boot(self, max_trial_boots: int) -> Saved:
         """Recover at agent start: settle the saved state, count a start in TRIAL, and roll

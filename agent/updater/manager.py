@@ -24,19 +24,19 @@ from typing import Any, TypeVarTuple
 import structlog
 
 from agent.updater.child import run_child
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.probation import (
     Counts,
-    Decision,
     Observation,
+    Outcome,
     ProbationLimits,
-    Verdict,
+    ProbationVerdict,
     judge,
     record,
 )
 from agent.updater.slots import SlotRecord
-from agent.updater.states import BEFORE_SWITCH, Event, State
+from agent.updater.states import BEFORE_SWITCH, State, Step
 from agent.updater.store import Saved
 from agent.updater.worker import EXIT_BUSY, EXIT_NOT_ALLOWED, EXIT_TEMPFAIL
 
@@ -120,7 +120,7 @@ class UpdateManager:
         self.on_transition = on_transition
         self.clock = clock
         self._pending: list[Transition] = []
-        self.device = Device(config.state_dir, self._collect)
+        self.device = UpdaterDevice(config.state_dir, self._collect)
         self.saved = Saved()
         self._trial_started_s: float | None = None
         self._counts: Counts | None = None
@@ -128,7 +128,7 @@ class UpdateManager:
         self._crashes = 0
         self.blocked_reason = ""  # why the last try of the update in hand could not get through
 
-    def _collect(self, saved: Saved, event: Event | None) -> None:
+    def _collect(self, saved: Saved, event: Step | None) -> None:
         target = saved.offer.target if saved.offer else None
         self._pending.append(
             transition(
@@ -270,7 +270,7 @@ class UpdateManager:
         """Continue an interrupted update."""
         return await self._run_worker(["run"], rollout_of(self.saved))
 
-    async def observe(self, observation: Observation) -> Verdict | None:
+    async def observe(self, observation: Observation) -> ProbationVerdict | None:
         """Count live results during the trial; commits or rolls back when ``judge`` decides.
         Returns the verdict (None when no trial is running)."""
         if self._trial_started_s is None:
@@ -280,8 +280,8 @@ class UpdateManager:
             self._counts = Counts(classes=int(classes), started_s=self._trial_started_s)
         record(self._counts, self.config.probation, observation)
         verdict = judge(self._counts, self.config.probation, self.clock())
-        if verdict.decision != Decision.CONTINUE:
-            commit = verdict.decision == Decision.COMMIT
+        if verdict.decision != Outcome.CONTINUE:
+            commit = verdict.decision == Outcome.COMMIT
             reason = "" if commit else f"probation: {verdict.summary}"
             await self._local(self.device.finish, self.saved, commit, reason)
         return verdict

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from protocol.drift import psi
 
 
-class Decision(StrEnum):
+class Outcome(StrEnum):
     CONTINUE = "continue"
     COMMIT = "commit"
     ROLLBACK = "rollback"
@@ -100,8 +100,8 @@ def _keep(kept: list[float], new: Iterable[float], limits: ProbationLimits) -> N
 
 
 @dataclass(frozen=True)
-class Verdict:
-    decision: Decision
+class ProbationVerdict:
+    decision: Outcome
     reasons: tuple[str, ...] = ()
     measures: dict[str, float] = field(default_factory=dict)
 
@@ -114,11 +114,11 @@ def _p95(values: list[float]) -> float | None:
     return float(np.percentile(values, 95)) if values else None
 
 
-def judge(counts: Counts, limits: ProbationLimits, now_s: float) -> Verdict:
+def judge(counts: Counts, limits: ProbationLimits, now_s: float) -> ProbationVerdict:
     """Roll back as soon as enough evidence shows a problem; commit once the window has passed
     with enough evidence and none; otherwise keep watching."""
     if counts.shadowed < limits.min_samples or counts.inputs < limits.min_samples:
-        return Verdict(Decision.CONTINUE)
+        return ProbationVerdict(Outcome.CONTINUE)
     agreement = counts.agreed / counts.shadowed
     drift = psi(counts.incumbent_top1, counts.candidate_top1)
     error_rate = counts.errors / (counts.inputs + counts.errors)
@@ -138,7 +138,7 @@ def judge(counts: Counts, limits: ProbationLimits, now_s: float) -> Verdict:
         elif incumbent_p95 and p95 > limits.max_latency_p95_ratio * incumbent_p95:
             reasons.append(f"latency p95 {p95:.2f} ms against the incumbent's {incumbent_p95:.2f}")
     if reasons:
-        return Verdict(Decision.ROLLBACK, tuple(reasons), measures)
+        return ProbationVerdict(Outcome.ROLLBACK, tuple(reasons), measures)
     if now_s - counts.started_s < limits.window_s:
-        return Verdict(Decision.CONTINUE, (), measures)
-    return Verdict(Decision.COMMIT, (), measures)
+        return ProbationVerdict(Outcome.CONTINUE, (), measures)
+    return ProbationVerdict(Outcome.COMMIT, (), measures)

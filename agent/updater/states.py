@@ -21,7 +21,7 @@ class State(StrEnum):
     REFUSED = "REFUSED"
 
 
-class Event(StrEnum):
+class Step(StrEnum):
     OFFER = "offer"  # an update was offered
     PLANNED = "planned"  # signed metadata read, what to fetch decided
     FETCHED = "fetched"  # the candidate's bytes match the offline-signed target
@@ -42,20 +42,20 @@ AT_REST = frozenset({State.IDLE, State.COMMITTED, State.ROLLED_BACK, State.REFUS
 # States before the switch: the incumbent is still the active model.
 BEFORE_SWITCH = frozenset({State.OFFERED, State.DOWNLOADING, State.VERIFIED, State.INSTALLED})
 
-TRANSITIONS: dict[tuple[State, Event], State] = {
-    **{(state, Event.OFFER): State.OFFERED for state in AT_REST},
-    (State.OFFERED, Event.PLANNED): State.DOWNLOADING,
-    (State.DOWNLOADING, Event.FETCHED): State.VERIFIED,
-    (State.VERIFIED, Event.INSTALLED): State.INSTALLED,
-    (State.INSTALLED, Event.GATE_PASSED): State.TRIAL,
-    (State.INSTALLED, Event.FIRST_MODEL): State.COMMITTED,
-    (State.TRIAL, Event.PROBATION_PASSED): State.COMMITTED,
-    (State.TRIAL, Event.ROLLBACK): State.ROLLED_BACK,
-    **{(state, Event.REFUSE): State.REFUSED for state in BEFORE_SWITCH},
+TRANSITIONS: dict[tuple[State, Step], State] = {
+    **{(state, Step.OFFER): State.OFFERED for state in AT_REST},
+    (State.OFFERED, Step.PLANNED): State.DOWNLOADING,
+    (State.DOWNLOADING, Step.FETCHED): State.VERIFIED,
+    (State.VERIFIED, Step.INSTALLED): State.INSTALLED,
+    (State.INSTALLED, Step.GATE_PASSED): State.TRIAL,
+    (State.INSTALLED, Step.FIRST_MODEL): State.COMMITTED,
+    (State.TRIAL, Step.PROBATION_PASSED): State.COMMITTED,
+    (State.TRIAL, Step.ROLLBACK): State.ROLLED_BACK,
+    **{(state, Step.REFUSE): State.REFUSED for state in BEFORE_SWITCH},
 }
 
 
-def next_state(state: State, event: Event) -> State:
+def next_state(state: State, event: Step) -> State:
     try:
         return TRANSITIONS[(state, event)]
     except KeyError:

@@ -14,7 +14,7 @@ from typing import Any, TypedDict, TypeVar, Unpack
 
 from agent.updater.files import write_atomic
 from agent.updater.slots import SlotError, SlotRecord
-from agent.updater.states import Event, State, next_state
+from agent.updater.states import State, Step, next_state
 
 STATE_FORMAT = 1
 
@@ -112,7 +112,7 @@ def _required(value: _T | None, name: str, state: State) -> _T:
     return value
 
 
-Listener = Callable[[Saved, Event | None], None]
+Listener = Callable[[Saved, Step | None], None]
 
 
 class StateStore:
@@ -131,7 +131,7 @@ class StateStore:
             raise UnknownState(f"{self.path}: not JSON") from None
         return Saved.from_json(data)
 
-    def save(self, saved: Saved, event: Event | None = None) -> Saved:
+    def save(self, saved: Saved, event: Step | None = None) -> Saved:
         saved = replace(saved, saves=saved.saves + 1)
         data = json.dumps(saved.to_json(), indent=1, sort_keys=True).encode()
         write_atomic(self.path, data, f"state.{saved.state.value}")
@@ -139,6 +139,6 @@ class StateStore:
             self.listener(saved, event)
         return saved
 
-    def advance(self, saved: Saved, event: Event, **changes: Unpack[Changes]) -> Saved:
+    def advance(self, saved: Saved, event: Step, **changes: Unpack[Changes]) -> Saved:
         """Persist the state ``event`` leads to (with ``changes``) before anyone acts on it."""
         return self.save(replace(saved, state=next_state(saved.state, event), **changes), event)

@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.errors import Busy, Transient
-from agent.updater.states import Event, InvalidTransition
+from agent.updater.states import InvalidTransition, Step
 from agent.updater.store import Offer, Saved, UnknownState
 
 EXIT_BUSY = 3
@@ -30,7 +30,7 @@ EXIT_TEMPFAIL = 75
 DEFAULT_MAX_TRIAL_BOOTS = 3
 
 
-def transition_line(saved: Saved, event: Event | None) -> dict[str, Any]:
+def transition_line(saved: Saved, event: Step | None) -> dict[str, Any]:
     return {
         "state": saved.state.value,
         "event": event.value if event else None,
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def execute(args: argparse.Namespace, device: Device) -> Saved:
+def execute(args: argparse.Namespace, device: UpdaterDevice) -> Saved:
     if args.command == "boot":
         return device.boot(args.max_trial_boots)
     if args.command == "status":
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run" and bool(args.target) != bool(args.repository):
         parser.error("run: --target and --repository go together")
-    device = Device(args.state_dir, lambda saved, event: _print_line(transition_line(saved, event)))
+    device = UpdaterDevice(
+        args.state_dir, lambda saved, event: _print_line(transition_line(saved, event))
+    )
     try:
         saved = execute(args, device)
     except Busy as exc:

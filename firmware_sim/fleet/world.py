@@ -14,7 +14,7 @@ from pathlib import Path
 import structlog
 
 from agent.updater.cycle import Cycle, CycleConfig
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.store import Offer
 from edgefleet.errors import UserError
 from firmware_sim.broker import free_port
@@ -151,7 +151,7 @@ class World:
     def _provision(self, template: Path, root: Path) -> None:
         """What a factory does once per device: install the first signed model."""
         offer = Offer(self.repository_url, f"{self.fleet.name}/{self.fleet.version}.tflite")
-        saved = Cycle(Device(template / "update"), CycleConfig(root)).start(offer)
+        saved = Cycle(UpdaterDevice(template / "update"), CycleConfig(root)).start(offer)
         if saved.state.value != "COMMITTED":
             raise UserError(f"cannot provision the fleet's first model: {saved.reason}")
 

@@ -15,14 +15,14 @@ from aiohttp import web
 
 from gateway.store import Store, transaction
 from gateway.telemetry.dead_letters import DeadLetters
-from gateway.telemetry.spool import Spool, SpoolRow
+from gateway.telemetry.spool import SpoolRow, UplinkSpool
 
 MAX_LISTED = 1000
 MAX_IDS = 10_000
 
 
 def routes(
-    store: Store, dead_letters: DeadLetters, spool: Spool, wake: Callable[[], None]
+    store: Store, dead_letters: DeadLetters, spool: UplinkSpool, wake: Callable[[], None]
 ) -> list[web.RouteDef]:
     async def listing(request: web.Request) -> web.Response:
         entries = await store.run(dead_letters.list_sync, MAX_LISTED)

@@ -45,7 +45,7 @@ from gateway.mqtt_client import paho_client
 from gateway.store import Store, transaction
 from gateway.telemetry.dead_letters import DeadLetters, Letter, message_letter
 from gateway.telemetry.records import split_batch
-from gateway.telemetry.spool import Spool, SpoolRow
+from gateway.telemetry.spool import SpoolRow, UplinkSpool
 from protocol.topics import Event, ProtocolError, Status, parse_device_topic
 
 log = structlog.get_logger()
@@ -136,7 +136,7 @@ class Ingest:
         config: MqttConfig,
         ingest: IngestConfig,
         store: Store,
-        spool: Spool,
+        spool: UplinkSpool,
         dead_letters: DeadLetters,
         inventory: Inventory,
         metrics: Metrics,

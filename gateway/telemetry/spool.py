@@ -92,7 +92,7 @@ def batch_key(spool_id: str, first: int, last: int, records: int) -> str:
     return hashlib.sha256(f"{spool_id}:{first}:{last}:{records}".encode()).hexdigest()[:40]
 
 
-class Spool:
+class UplinkSpool:
     """Append, lease, re-read and remove rows; cap with oldest-first drops."""
 
     def __init__(self, store: Store, max_bytes: int):
@@ -101,7 +101,7 @@ class Spool:
         self.stats = SpoolStats()
         self.spool_id = ""
 
-    async def open(self) -> Spool:
+    async def open(self) -> UplinkSpool:
         await self.store.run(self._load_sync)
         return self
 

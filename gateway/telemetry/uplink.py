@@ -31,7 +31,7 @@ from gateway.metrics import Metrics
 from gateway.store import transaction
 from gateway.telemetry.dead_letters import DeadLetters, Letter
 from gateway.telemetry.sinks import Refused, Sink, SinkError, compress
-from gateway.telemetry.spool import Batch, Spool, batch_due
+from gateway.telemetry.spool import Batch, UplinkSpool, batch_due
 
 log = structlog.get_logger()
 IDLE_CHECK_S = 1.0
@@ -69,7 +69,7 @@ class Uplink:
     def __init__(
         self,
         config: UplinkConfig,
-        spool: Spool,
+        spool: UplinkSpool,
         sink: Sink,
         dead_letters: DeadLetters,
         metrics: Metrics,

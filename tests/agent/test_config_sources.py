@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.bad_input import BadInput
 from agent.config import load
-from agent.faults import Faults
 from agent.link import batch_due
 from agent.sources import Pacer, ReplaySource, SourceError
 from edgefleet.backoff import backoff_delay
@@ -139,13 +139,13 @@ async def test_replay_formats_and_bad_rows(tmp_path):
     (tmp_path / "x.jsonl").write_text("\n".join(lines) + "\n")
 
     for name, bad, chunk in (("x.npy", 0, 3), ("x.npy", 0, 7), ("x.csv", 2, 3), ("x.jsonl", 2, 7)):
-        faults = Faults()
-        source = ReplaySource(replay(tmp_path, name), (2, 3), 0.0, chunk, faults)
+        bad_input = BadInput()
+        source = ReplaySource(replay(tmp_path, name), (2, 3), 0.0, chunk, bad_input)
         out = await collect(source)
         assert np.allclose(out, data, atol=1e-6), name
-        assert faults.counts["bad_sensor"] == bad, name
+        assert bad_input.counts["bad_sensor"] == bad, name
 
-    looping = ReplaySource(replay(tmp_path, "x.npy", loop=True), (2, 3), 0.0, 4, Faults())
+    looping = ReplaySource(replay(tmp_path, "x.npy", loop=True), (2, 3), 0.0, 4, BadInput())
     again = await collect(looping, limit=20)
     assert np.array_equal(again[:20], np.concatenate([data, data, data])[:20])
 
@@ -153,7 +153,7 @@ async def test_replay_formats_and_bad_rows(tmp_path):
 def test_replay_of_the_wrong_shape_is_refused(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((4, 5), np.float32))
     with pytest.raises(SourceError, match="needs"):
-        ReplaySource(replay(tmp_path, "x.npy"), (2, 3), 0.0, 3, Faults())
+        ReplaySource(replay(tmp_path, "x.npy"), (2, 3), 0.0, 3, BadInput())
 
 
 def test_backoff_is_full_jitter_capped_exponential():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from edgefleet.models import model_path
 from firmware_sim.fleet.releases import one_class
 from protocol.telemetry import Record
@@ -218,7 +218,7 @@ def test_a_device_set_up_from_its_config_gets_a_trial_and_rolls_back(
     assert [e.kind for e in gateway.events("r-first")][:4] == list(UPDATE_KINDS)
     status = gateway.status(on_version(1, "ROLLED_BACK"), "status back on the configured v1")
     assert status.model.sha256 == world.v1 and status.slots["active_version"] == 1
-    assert Device(device.update_dir).slots.pointer().active.sha256 == world.v1
+    assert UpdaterDevice(device.update_dir).slots.pointer().active.sha256 == world.v1
     stop_and_check_delivery(agent, gateway, device)
 
 
@@ -241,7 +241,7 @@ def test_sigkill_in_trial_comes_back_on_a_gated_model_and_finishes(
     end = gateway.wait_event("r-kill", ("update_committed", "update_rolled_back"))
     assert end.kind == "update_committed" and end.detail["boots"] == 1
     gateway.status(on_version(2, "COMMITTED"), "status committed after the restart")
-    assert Device(device.update_dir).slots.pointer().previous is None
+    assert UpdaterDevice(device.update_dir).slots.pointer().previous is None
 
     records = stop_and_check_delivery(again, gateway, device)
     assert versions_in_order(records) == [1, 2]
@@ -286,7 +286,7 @@ def test_a_tampered_model_blocks_the_device_on_v1_until_the_offer_runs_out(
     assert set(kinds[1:-1]) == {"update_blocked"} and len(kinds) >= 4, kinds  # tried again
     status = gateway.status(on_version(1, "REFUSED"), "status refused, on v1")
     assert status.model.sha256 == world.v1 and status.slots["active_version"] == 1
-    assert Device(device.update_dir).slots.pointer().active.sha256 == world.v1
+    assert UpdaterDevice(device.update_dir).slots.pointer().active.sha256 == world.v1
     stop_and_check_delivery(agent, gateway, device)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.updater.cycle import Cycle, CycleConfig
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.states import State
 from agent.updater.store import Offer
 from gateway.releases.model_inspect import ReleaseOptions
@@ -41,7 +41,7 @@ class World:
 
 
 def provision(state_dir: Path, url: str, root: Path, target: str = "kws/1.tflite") -> None:
-    saved = Cycle(Device(state_dir), CycleConfig(root)).start(Offer(url, target))
+    saved = Cycle(UpdaterDevice(state_dir), CycleConfig(root)).start(Offer(url, target))
     assert saved.state == State.COMMITTED, saved
 
 

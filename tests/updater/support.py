@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.states import State
 from edgefleet.models import model_path
 from firmware_sim.fleet.releases import sign_model
@@ -94,9 +94,9 @@ def transitions(result) -> list[str]:
 
 def assert_runs_gated(state_dir: Path, passed: set[str]) -> None:
     """The active pointer names a model whose bytes are a signed target that passed the gate."""
-    pointer = Device(state_dir).slots.pointer()
+    pointer = UpdaterDevice(state_dir).slots.pointer()
     assert pointer is not None, "no active model"
-    active_bytes = Device(state_dir).slots.path(pointer.active.slot).read_bytes()
+    active_bytes = UpdaterDevice(state_dir).slots.path(pointer.active.slot).read_bytes()
     assert sha(active_bytes) == pointer.active.sha256, "active slot does not hold its record"
     assert pointer.active.sha256 in passed, f"active model {pointer.active.target} never passed"
 
@@ -105,7 +105,7 @@ def assert_consistent(state_dir: Path, passed: set[str]) -> tuple[str, State]:
     """``assert_runs_gated``, and the saved state agrees with the active pointer.
     Returns (active sha256, state)."""
     assert_runs_gated(state_dir, passed)
-    device = Device(state_dir)
+    device = UpdaterDevice(state_dir)
     saved = device.store.load()
     pointer = device.slots.pointer()
     if saved.state == State.TRIAL:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.manager import UpdateConfig, UpdateManager
 from edgefleet.models import model_path
 from tests.updater.support import sha
@@ -22,7 +22,7 @@ async def test_the_configured_model_becomes_the_incumbent(world, tmp_path):
         record = await updates.adopt(model_path("kws_f32_v1"), "kws", 1)
         assert (record.target, record.version, record.sha256) == ("kws/1.tflite", 1, world.v1)
         assert await updates.adopt(model_path("kws_f32_v2_head"), "kws", 1) is None  # once
-    device = Device(state_dir)
+    device = UpdaterDevice(state_dir)
     assert device.slots.pointer().active == record and device.slots.holds(record)
     assert device.versions.load() == {"kws": 1}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.faults import HOOKS
 from agent.updater.states import State
 from tests.updater.support import assert_consistent, assert_runs_gated, final, worker
@@ -80,7 +80,7 @@ def test_killed_at_every_hook_the_device_recovers(world, tmp_path, hook):
     assert_consistent(state_dir, gated)
 
     for step in scenario.steps:  # the offer is delivered again; the verdict is given again
-        if step[0] == "finish" and Device(state_dir).store.load().state != State.TRIAL:
+        if step[0] == "finish" and UpdaterDevice(state_dir).store.load().state != State.TRIAL:
             continue
         final(worker(state_dir, world.root, *command(world, step)))
     active, state = assert_consistent(state_dir, gated)

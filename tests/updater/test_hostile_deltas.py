@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from agent.updater.cycle import Cycle, CycleConfig
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.states import State
 from agent.updater.store import Offer
 from protocol.delta import Algorithm, make_delta
@@ -140,7 +140,7 @@ def test_a_delta_signed_longer_than_the_model_is_never_fetched(hostile, tmp_path
     state_dir = hostile.device(tmp_path)
     with RecordingServer(hostile.repo.dir) as server:
         config = CycleConfig(hostile.root, max_model_bytes=limit)
-        saved = Cycle(Device(state_dir), config).start(Offer(server.url, "kws/2.tflite"))
+        saved = Cycle(UpdaterDevice(state_dir), config).start(Offer(server.url, "kws/2.tflite"))
     assert (saved.state, saved.fetch) == (State.TRIAL, "kws/2.tflite")
     assert not [path for path in server.requests if "/deltas/" in path]
     assert assert_consistent(state_dir, {hostile.v1, hostile.v2})[0] == hostile.v2

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from agent.engine import Engine
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.manager import UpdateConfig, UpdateManager
-from agent.updater.probation import Counts, Decision, Observation, ProbationLimits, judge, record
+from agent.updater.probation import Counts, Observation, Outcome, ProbationLimits, judge, record
 from agent.updater.states import State
 from firmware_sim.fleet.releases import one_class
 from tests.updater.conftest import open_world
@@ -57,7 +57,7 @@ async def run_trial(manager: UpdateManager, clock: Clock, inputs: np.ndarray):
                     tuple(shadow.latency_us / 1000) if shadow else (),
                 )
             )
-            if verdict.decision != Decision.CONTINUE:
+            if verdict.decision != Outcome.CONTINUE:
                 return verdict
     finally:
         candidate.close()
@@ -92,7 +92,7 @@ async def test_probation_judges_the_candidate_against_the_incumbent(
         assert kinds[-1] == "update_rolled_back"
         assert seen[-1].detail["reason"].startswith("probation: agrees with the incumbent on")
     else:
-        assert verdict.decision == Decision.COMMIT and kinds[-1] == "update_committed"
+        assert verdict.decision == Outcome.COMMIT and kinds[-1] == "update_committed"
     assert assert_consistent(state_dir, {trial_world.v1, trial_world.v2})[0] == sha(model(active))
 
 
@@ -119,7 +119,9 @@ async def test_an_unreadable_saved_state_rolls_back(trial_world, tmp_path):
     async with UpdateManager(config) as manager:
         assert manager.state == State.ROLLED_BACK
     assert assert_consistent(state_dir, {trial_world.v1})[0] == trial_world.v1
-    assert Device(state_dir).store.load().reason.startswith("saved state has an unknown format")
+    assert (
+        UpdaterDevice(state_dir).store.load().reason.startswith("saved state has an unknown format")
+    )
 
 
 def counts(agreed: int, shadowed: int = 200, errors: int = 0, latency: float = 0.1) -> Counts:
@@ -137,13 +139,13 @@ def counts(agreed: int, shadowed: int = 200, errors: int = 0, latency: float = 0
 @pytest.mark.parametrize(
     ("seen", "now", "decision", "words"),
     [
-        (counts(50, shadowed=50), 1000.0, Decision.CONTINUE, ""),
-        (counts(200), 10.0, Decision.CONTINUE, ""),
-        (counts(200), 60.0, Decision.COMMIT, ""),
-        (counts(150), 10.0, Decision.ROLLBACK, "agrees with the incumbent on 75.0%"),
-        (counts(200, errors=20), 10.0, Decision.ROLLBACK, "error rate 9.1%"),
-        (counts(200, latency=5000.0), 10.0, Decision.ROLLBACK, "latency p95 5000.00 ms"),
-        (counts(200, latency=5.0), 10.0, Decision.ROLLBACK, "against the incumbent's"),
+        (counts(50, shadowed=50), 1000.0, Outcome.CONTINUE, ""),
+        (counts(200), 10.0, Outcome.CONTINUE, ""),
+        (counts(200), 60.0, Outcome.COMMIT, ""),
+        (counts(150), 10.0, Outcome.ROLLBACK, "agrees with the incumbent on 75.0%"),
+        (counts(200, errors=20), 10.0, Outcome.ROLLBACK, "error rate 9.1%"),
+        (counts(200, latency=5000.0), 10.0, Outcome.ROLLBACK, "latency p95 5000.00 ms"),
+        (counts(200, latency=5.0), 10.0, Outcome.ROLLBACK, "against the incumbent's"),
     ],
 )
 def test_the_probation_verdict(seen, now, decision, words):

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.manager import UpdateConfig, UpdateManager
 from agent.updater.states import State
 from agent.updater.versions import CommittedVersions, VersionsError
@@ -51,7 +51,10 @@ async def test_leaving_a_name_and_coming_back_is_no_way_down(names, tmp_path):
         "downgrade: version 1 is older than kws 5, which this device committed"
     )
     assert assert_consistent(state_dir, {sha(model("kws_int8_v1"))})[1] == State.REFUSED
-    assert CommittedVersions(Device(state_dir).layout.versions).load() == {"kws": 5, "other": 1}
+    assert CommittedVersions(UpdaterDevice(state_dir).layout.versions).load() == {
+        "kws": 5,
+        "other": 1,
+    }
 
 
 async def test_a_name_the_configuration_does_not_allow_is_refused(names, tmp_path):
@@ -93,12 +96,12 @@ def test_the_record_survives_a_crash_at_every_step_of_its_write(names, tmp_path)
         killed = worker(state_dir, names.root, "finish", "--commit", hook=f"versions.{step}")
         assert killed.returncode == -9
         assert final(worker(state_dir, names.root, "boot"))["state"] == "COMMITTED"
-        assert CommittedVersions(Device(state_dir).layout.versions).load() == {"kws": 5}
+        assert CommittedVersions(UpdaterDevice(state_dir).layout.versions).load() == {"kws": 5}
 
 
 def test_an_unreadable_record_refuses_every_offer(world, tmp_path):
     state_dir = world.device(tmp_path)
-    versions = Device(state_dir).layout.versions
+    versions = UpdaterDevice(state_dir).layout.versions
     versions.write_text(json.dumps({"format": 1, "highest": {"kws": "five"}}))
     with pytest.raises(VersionsError):
         CommittedVersions(versions).load()

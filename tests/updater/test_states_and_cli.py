@@ -9,16 +9,16 @@ import sys
 import pytest
 
 from agent.updater.manager import UpdateConfig, UpdateManager
-from agent.updater.states import TRANSITIONS, Event, InvalidTransition, State, next_state
+from agent.updater.states import TRANSITIONS, InvalidTransition, State, Step, next_state
 from tests.updater.support import REPO, assert_consistent
 
 HAPPY_PATH = [
-    (Event.OFFER, State.OFFERED),
-    (Event.PLANNED, State.DOWNLOADING),
-    (Event.FETCHED, State.VERIFIED),
-    (Event.INSTALLED, State.INSTALLED),
-    (Event.GATE_PASSED, State.TRIAL),
-    (Event.PROBATION_PASSED, State.COMMITTED),
+    (Step.OFFER, State.OFFERED),
+    (Step.PLANNED, State.DOWNLOADING),
+    (Step.FETCHED, State.VERIFIED),
+    (Step.INSTALLED, State.INSTALLED),
+    (Step.GATE_PASSED, State.TRIAL),
+    (Step.PROBATION_PASSED, State.COMMITTED),
 ]
 
 
@@ -32,9 +32,9 @@ def test_the_happy_path_follows_the_table():
 def test_every_state_is_reachable_and_an_unknown_event_raises():
     assert {State.IDLE} | set(TRANSITIONS.values()) == set(State)
     with pytest.raises(InvalidTransition):
-        next_state(State.TRIAL, Event.OFFER)
+        next_state(State.TRIAL, Step.OFFER)
     with pytest.raises(InvalidTransition):
-        next_state(State.COMMITTED, Event.ROLLBACK)
+        next_state(State.COMMITTED, Step.ROLLBACK)
 
 
 def test_a_saved_state_without_what_its_state_needs_is_unreadable(tmp_path, capsys):

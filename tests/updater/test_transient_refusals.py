@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 from agent.trust import TRANSIENT_REASONS, TrustedRepository, TrustError
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.states import BEFORE_SWITCH, State
 from agent.updater.worker import EXIT_TEMPFAIL
 from tests.updater.conftest import open_world
@@ -76,7 +76,9 @@ def test_a_replayed_timestamp_blocks_the_update_and_the_genuine_one_lets_it_thro
         served = world.repo.metadata_dir / "timestamp.json"
         old = served.read_bytes()
         world.repo.refresh_timestamp()
-        TrustedRepository(Device(state_dir).layout.tuf, world.url, world.root)  # sees the new one
+        TrustedRepository(
+            UpdaterDevice(state_dir).layout.tuf, world.url, world.root
+        )  # sees the new one
         genuine = served.read_bytes()
         served.write_bytes(old)
         offer = ("run", "--repository", world.url, "--target", "kws/2.tflite")

@@ -10,7 +10,7 @@ import bsdiff4
 import pytest
 
 from agent.updater.cycle import Cycle, CycleConfig, downgrade_refusal
-from agent.updater.device import Device
+from agent.updater.device import UpdaterDevice
 from agent.updater.download import DownloadError, DownloadLimits, fetch, target_url
 from agent.updater.errors import Transient
 from agent.updater.slots import SlotRecord
@@ -31,13 +31,15 @@ def sha256(data: bytes) -> bytes:
 
 
 def update(state_dir, url, root, target):
-    return Cycle(Device(state_dir), CycleConfig(root)).start(Offer(url, target))
+    return Cycle(UpdaterDevice(state_dir), CycleConfig(root)).start(Offer(url, target))
 
 
 def update_traced(state_dir, url, root, target) -> tuple:
     """``update``, and the reason each state was entered with."""
     reasons = {}
-    device = Device(state_dir, lambda saved, event: reasons.setdefault(saved.state, saved.reason))
+    device = UpdaterDevice(
+        state_dir, lambda saved, event: reasons.setdefault(saved.state, saved.reason)
+    )
     return Cycle(device, CycleConfig(root)).start(Offer(url, target)), reasons
 
 
@@ -98,7 +100,7 @@ def test_a_server_sending_more_than_signed_is_cut_off(world, tmp_path):
 def test_a_downgrade_is_refused(world, tmp_path):
     state_dir = world.device(tmp_path)
     assert update(state_dir, world.url, world.root, "kws/2.tflite").state == State.TRIAL
-    Device(state_dir).finish(Device(state_dir).store.load(), commit=True)
+    UpdaterDevice(state_dir).finish(UpdaterDevice(state_dir).store.load(), commit=True)
     saved = update(state_dir, world.url, world.root, "kws/1.tflite")
     assert saved.state == State.REFUSED and saved.reason.startswith("downgrade")
     assert assert_consistent(state_dir, {world.v2})[0] == world.v2
@@ -173,10 +175,10 @@ def test_a_model_tampered_in_transit_waits_for_the_right_bytes(world, tmp_path):
         server.overrides[url_path] = model("kws_f32_v2_full")
         with pytest.raises(Transient, match="hash-mismatch"):
             update(state_dir, server.url, world.root, "kws/2.tflite")
-        assert Device(state_dir).store.load().state in BEFORE_SWITCH
+        assert UpdaterDevice(state_dir).store.load().state in BEFORE_SWITCH
         assert assert_consistent(state_dir, {world.v1})[0] == world.v1
         del server.overrides[url_path]
-        saved = Cycle(Device(state_dir), CycleConfig(world.root)).start(None)
+        saved = Cycle(UpdaterDevice(state_dir), CycleConfig(world.root)).start(None)
     assert saved.state == State.TRIAL
     assert assert_consistent(state_dir, {world.v1, world.v2})[0] == world.v2
 

@@ -25,7 +25,7 @@ from gateway.store import open_database
 from gateway.telemetry.dead_letters import DeadLetters
 from gateway.telemetry.ingest import Inbound, Ingest, Malformed, classify
 from gateway.telemetry.records import split_batch
-from gateway.telemetry.spool import Spool
+from gateway.telemetry.spool import UplinkSpool
 from protocol.telemetry import (
     MAX_BATCH_BYTES,
     DriftWindow,
@@ -160,7 +160,7 @@ def conn(tmp_path_factory) -> Iterator[sqlite3.Connection]:
 
 def ingest_for(conn: sqlite3.Connection, validation: str) -> Ingest:
     """The ingest's real store path on ``conn``, without a broker connection."""
-    spool = Spool(None, max_bytes=64 * 1024 * 1024)
+    spool = UplinkSpool(None, max_bytes=64 * 1024 * 1024)
     spool._load_sync(conn)
     dead = DeadLetters(max_entries=1000, max_bytes=16 * 1024 * 1024).load_sync(conn)
     mqtt = MqttConfig("127.0.0.1", 1883, False, "gw", PREFIX)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.store import Store, transaction
 from gateway.telemetry.sinks import retry_after
-from gateway.telemetry.spool import Spool, SpoolRow, rows_to_drop
+from gateway.telemetry.spool import SpoolRow, UplinkSpool, rows_to_drop
 from tests.gateway.support import Publisher, make_record, wait_for
 
 CAP = 1024 * 1024
@@ -23,7 +23,7 @@ def test_rows_to_drop_frees_at_least_the_excess_oldest_first():
 async def test_spool_drops_oldest_rows_counts_them_and_keeps_the_count(tmp_path: Path):
     row = SpoolRow(4, b"\n".join([b"x" * 99] * 4))  # 399 bytes
     async with Store(tmp_path / "db") as store:
-        spool = await Spool(store, max_bytes=4000).open()
+        spool = await UplinkSpool(store, max_bytes=4000).open()
         for _ in range(10):
             await store.run(lambda c: transaction(c, lambda: spool.append_sync(c, [row])))
         assert spool.stats.dropped == 0
@@ -38,7 +38,7 @@ async def test_spool_drops_oldest_rows_counts_them_and_keeps_the_count(tmp_path:
         ids = await store.run(lambda c: [r[0] for r in c.execute("SELECT id FROM records")])
         assert ids == list(range(4, 14))
     async with Store(tmp_path / "db") as store:
-        spool = await Spool(store, max_bytes=4000).open()
+        spool = await UplinkSpool(store, max_bytes=4000).open()
         assert (spool.stats.records, spool.stats.dropped) == (40, 12)
 
 
@@ -64,19 +64,19 @@ def test_full_spool_drops_oldest_first_with_an_exact_count(broker, cloud, make_g
 async def test_a_batch_keeps_its_idempotency_key_across_a_restart(tmp_path: Path):
     rows = [SpoolRow(2, b'{"a":1}\n{"a":2}'), SpoolRow(1, b'{"a":3}')]
     async with Store(tmp_path / "db") as store:
-        spool = await Spool(store, max_bytes=CAP).open()
+        spool = await UplinkSpool(store, max_bytes=CAP).open()
         await store.run(lambda c: transaction(c, lambda: spool.append_sync(c, rows)))
         first = await spool.lease(100, 10_000)
         assert first.body == b'{"a":1}\n{"a":2}\n{"a":3}\n' and first.records == 3
         assert await spool.lease(100, 10_000) is None  # leased rows are not handed out twice
     async with Store(tmp_path / "db") as store:
-        spool = await Spool(store, max_bytes=CAP).open()
+        spool = await UplinkSpool(store, max_bytes=CAP).open()
         again = await spool.lease(100, 10_000)
         assert (again.key, again.body) == (first.key, first.body)
         await spool.remove(again)
         assert (spool.stats.records, spool.stats.bytes) == (0, 0)
     async with Store(tmp_path / "db") as store:
-        assert (await Spool(store, max_bytes=CAP).open()).stats.records == 0
+        assert (await UplinkSpool(store, max_bytes=CAP).open()).stats.records == 0
 
 
 def test_retry_after_takes_seconds_and_ignores_dates():

@@ -12,7 +12,7 @@ MAX_REASONS = 256
 log = structlog.get_logger()
 
 
-class Faults:
+class BadInput:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self._seen: set[tuple[str, str]] = set()
