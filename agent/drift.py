@@ -8,7 +8,7 @@ window fixes equal-width bins from its own data and windows are only counted, ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -115,6 +115,18 @@ class LiveDrift:
             counts += bin_counts(column, edges)
         for column, edges, counts in zip(scores.T, self._out_edges, self._outputs, strict=True):
             counts += bin_counts(column, edges)
+
+    def close(self) -> DriftVerdict | None:
+        """End the window early (the model it measures is about to change): the verdict over
+        what it holds, or None when it holds nothing. Fewer than half a window of inputs make a
+        PSI of noise, so such a window is recorded but not compared."""
+        if self._count == 0:
+            return None
+        verdict = self._close()
+        if verdict.compared and verdict.window < self.window // 2:
+            verdict = replace(verdict, compared=False, alarm=False)
+            self.last = verdict
+        return verdict
 
     def _close(self) -> DriftVerdict:
         if self._in_edges is None:

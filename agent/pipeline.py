@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -267,6 +268,7 @@ class Pipeline:
         seq = self._spool.stats.next_seq
         while (item := await inferred.get()) is not None:
             if isinstance(item, Serving):
+                seq = await self._close_window(self._recording, item, boot, seq)
                 self._recording = item
                 continue
             chunk, result = item.chunk, item.result
@@ -286,6 +288,17 @@ class Pipeline:
             for verdict in verdicts:
                 self._on_verdict(verdict)
             in_flight.release()
+
+    async def _close_window(self, old: Serving, new: Serving, boot: str, seq: int) -> int:
+        """At a switch to another model, the window in progress is closed and recorded under
+        the model that filled it (its inputs would otherwise count for nothing); returns the
+        next sequence number."""
+        if new.drift is old.drift or (verdict := old.drift.close()) is None:
+            return seq
+        record_id = RecordId(self._device, boot, seq)
+        body = Record(record_id, time.time_ns() // 1_000_000, drift_body(old.model, verdict))
+        await self._spool.append([body.encode()], seq + 1)
+        return seq + 1
 
     @staticmethod
     def _evidence(item: Inferred) -> list[Observation]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from agent.drift import LiveDrift
 from agent.engine import Engine
 from agent.pipeline import ModelIdentity, Pipeline
 from agent.sources import Chunk
-from protocol.drift import feature_summary
+from protocol.drift import DriftReference, feature_summary
 from protocol.telemetry import Record
 
 
@@ -62,3 +63,40 @@ def test_samples_that_are_not_finite_make_no_record(models):
     records = [Record.from_json(json.loads(b)) for b in bodies]
     assert [r.id.seq for r in records] == [7, 8, 9, 10], "no gap where the sample was skipped"
     assert [r.ts_ms for r in records] == [0, 1, 3, 4]
+
+
+async def test_a_window_in_progress_at_a_model_switch_is_closed_and_recorded(models, tmp_path):
+    """The inputs counted for drift under the old model are reported under it, not lost: the
+    window is closed at the switch (compared, as it holds more than half a window), and the
+    new model starts a window of its own."""
+    from agent.pipeline import Serving
+    from agent.spool import Spool
+
+    engine, other = Engine(models("kws_f32_v1")), Engine(models("kws_f32_v2_head"))
+    samples = np.random.default_rng(9).normal(size=(60, 49, 10)).astype(np.float32)
+    reference = DriftReference.build(samples, engine.infer(samples).scores)
+
+    def drift() -> LiveDrift:
+        return LiveDrift(reference, 10, engine.classes, 40, 0.25, 10)
+
+    old, new = ModelIdentity("kws", 1, "1" * 64), ModelIdentity("kws", 2, "2" * 64)
+    switched = asyncio.Event()
+
+    async def source():
+        for start in range(0, 60, 10):
+            if start == 30:
+                pipeline.serve(Serving(other, new, drift()))
+                switched.set()
+            yield Chunk(samples[start : start + 10], np.arange(start, start + 10, dtype=np.int64))
+
+    async with Spool(tmp_path / "spool.db", 10_000_000) as spool:
+        pipeline = Pipeline("dev1", engine, spool, drift(), old, InferenceConfig(), print, print)
+        await pipeline.run(source())
+        claim = await spool.claim(1000, 10_000_000, 0)
+    records = [Record.from_json(json.loads(b)) for b in claim.bodies]
+    windows = [r for r in records if r.body.kind == "drift"]
+    assert switched.is_set() and len(records) == 60 + len(windows)
+    closed = [w for w in windows if (w.body.model, w.body.version) == ("kws", 1)]
+    assert [w.body.window for w in closed] == [30] and closed[0].body.compared
+    assert all(w.body.version == 2 for w in windows if w not in closed)
+    assert [r.id.seq for r in records] == list(range(len(records))), "no gap, no reuse"
