@@ -99,7 +99,9 @@ class QemuMcu:
         return True
 
     def start(self) -> str:
-        """Start QEMU; the guest runs once the first client connects to the returned port."""
+        """Start QEMU; the guest runs once the first client connects to the returned port. A
+        QEMU still there (or one that powered itself off and was never reaped) goes first."""
+        self.stop()
         port = _free_port()
         self._proc = subprocess.Popen(
             [

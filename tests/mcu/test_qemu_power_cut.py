@@ -53,13 +53,13 @@ def test_cut_anywhere_in_update_on_qemu(firmware, tmp_path, images, torn):
     qemu = qemu_harness.QemuMcu(firmware, tmp_path)
     qemu.program(old)
     qemu.arm_power_cut()
-    qemu.start()
-    session(qemu, lambda client: update(client, new))
-    qemu.stop()
-    total = qemu.operations()
-    assert total > 20
     seen = set()
     try:
+        qemu.start()
+        session(qemu, lambda client: update(client, new))
+        qemu.stop()
+        total = qemu.operations()
+        assert total > 20
         for at in range(1, total + 1):
             qemu.program(old)
             qemu.arm_power_cut(at, torn)
