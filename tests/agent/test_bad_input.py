@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import tty
 
-import paho.mqtt.client as mqtt
-
 from protocol.topics import MAX_CMD_BYTES, Command
 from tests.agent.agent_support import (
     AgentProcess,
@@ -16,18 +14,6 @@ from tests.agent.agent_support import (
     wait_for,
     write_config,
 )
-from tests.conftest import GATEWAY_USER
-
-
-def publish(port: int, topic: str, payloads: list[bytes]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-gateway")
-    client.username_pw_set(*GATEWAY_USER)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    for payload in payloads:
-        client.publish(topic, payload, qos=1).wait_for_publish(10)
-    client.loop_stop()
-    client.disconnect()
 
 
 def counter(collector: Collector, name: str) -> int:
@@ -55,7 +41,10 @@ def test_malformed_and_oversize_commands(tmp_path, broker, models):
         b'{"schema": 1, "pad": "' + b"x" * (MAX_CMD_BYTES + 10) + b'"}',
     ]
     good = Command("c1", "rollback", model="kws_f32_v1").encode()
-    publish(broker.config.port, "edgefleet/site1/dev/dev1/cmd", [*bad, *bad, good])
+    # through the collector's own session: the broker makes the user name the client id, so a
+    # second connection as the gateway's user would take that session over
+    for payload in [*bad, *bad, good]:
+        collector.publish("edgefleet/site1/dev/dev1/cmd", payload)
     wait_for(lambda: counter(collector, "commands") == 1, 20, "the good command")
     wait_for(lambda: counter(collector, "bad_command") == 2 * len(bad), 20, "bad commands counted")
     assert agent.proc.poll() is None
