@@ -218,6 +218,9 @@ class Publisher:
         while True:
             self.connected.wait(30)
             info = self.client.publish(self.topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:  # the connection dropped since: send it again
+                time.sleep(0.05)
+                continue
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and not info.is_published():
                 if not self.connected.is_set():
