@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import structlog
 
+from gateway.config import RolloutsConfig
 from gateway.rollouts.decisions import (
     Action,
     DeviceFacts,
@@ -42,7 +43,6 @@ FAILURE_EVENTS = (
 BLOCKED_EVENTS = ("update_blocked",)
 # Progress after a block: the device got past it.
 UNBLOCKED_EVENTS = ("update_offered", "update_downloaded", "update_installed", "update_trial")
-REOFFER_S = 60.0
 
 
 class RolloutError(ValueError):
@@ -77,7 +77,7 @@ class RolloutController:
         send: Send,
         repository_url: str,
         clock: Callable[[], float] = time.time,
-        reoffer_s: float = REOFFER_S,
+        reoffer_s: float = RolloutsConfig.reoffer_s,
     ):
         self.store = store
         self.send = send

@@ -30,9 +30,13 @@ OFFLINE_WARNING = timedelta(days=14)
 WARNING_REPEAT = timedelta(hours=6)
 
 
+def renewal_at(expires: datetime, lifetime: timedelta) -> datetime:
+    """When a role is renewed: once less than half of its lifetime is left."""
+    return expires - lifetime / 2
+
+
 def renewal_due(expires: datetime, now: datetime, lifetime: timedelta) -> bool:
-    """Renew once less than half of a lifetime is left."""
-    return expires - now < lifetime / 2
+    return now > renewal_at(expires, lifetime)
 
 
 @dataclass(frozen=True)
@@ -99,10 +103,13 @@ class MetadataKeeper:
         with self.lock:
             now = self.clock()
             self.repo.reload()
-            due = [r for r in ONLINE_ROLES if self._due(r, now)]
+            expires = self.repo.expiries()
+            due = [r for r in ONLINE_ROLES if renewal_due(expires[r], now, self.lifetimes[r])]
             renewed = self.repo.renew_online(due, self.lifetimes) if due else []
             self.expiry = Expiry(self.repo.expiries(), now)
-            self._due_at = min(self.expiry.expires[r] - self.lifetimes[r] / 2 for r in ONLINE_ROLES)
+            self._due_at = min(
+                renewal_at(self.expiry.expires[r], self.lifetimes[r]) for r in ONLINE_ROLES
+            )
         if renewed:
             self.renewals += 1
             log.info(
@@ -112,9 +119,6 @@ class MetadataKeeper:
             )
         self._warn(now)
         return renewed
-
-    def _due(self, role: str, now: datetime) -> bool:
-        return renewal_due(self.repo.expiries()[role], now, self.lifetimes[role])
 
     def _warn(self, now: datetime) -> None:
         warnings = self.expiry.warnings() if self.expiry else []
