@@ -2,7 +2,7 @@
 optional TLS) and a process handle that can start, stop, kill -9 and restart it on the same port.
 
 The ACL follows the MQTT contract (``protocol.broker_auth``): every client logs in, its client
-id is its user name, a device may write only its own telemetry/status/events topics and read
+id is its user name, a device may write only its own telemetry/samples/status/events topics and read
 only its own cmd topic, and site users may read and write everything under the topic root.
 Logins added while the broker runs take effect through a reload (SIGHUP).
 """

@@ -16,7 +16,7 @@ import hashlib
 import re
 import secrets
 
-DEVICE_WRITE_TOPICS = ("telemetry", "status", "events")
+DEVICE_WRITE_TOPICS = ("telemetry", "samples", "status", "events")
 DEVICE_READ_TOPICS = ("cmd",)
 USER_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes

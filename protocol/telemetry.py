@@ -17,6 +17,7 @@ import base64
 import json
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,8 @@ MAX_CLASSES = 1024
 MAX_BINS = 64
 MAX_RAW_BYTES = 128 * 1024
 BOOT_PATTERN = re.compile(r"[0-9a-f]{8,64}")
-RAW_DTYPES = ("float32", "int8", "uint8", "int16", "int32")
+RAW_ITEMSIZE = {"float32": 4, "int8": 1, "uint8": 1, "int16": 2, "int32": 4}
+RAW_DTYPES = tuple(RAW_ITEMSIZE)
 
 _BATCH_HEAD = b'{"schema":%d,"device":"%s","records":['
 
@@ -163,8 +165,8 @@ class RawInput:
             raw = base64.b64decode(text, validate=True)
         except ValueError:
             raise ProtocolError("raw input is not base64", "encoding") from None
-        itemsize = {"float32": 4, "int8": 1, "uint8": 1, "int16": 2, "int32": 4}[dtype]
-        _require(len(raw) == math.prod(shape) * itemsize, "raw input size does not match shape")
+        size = math.prod(shape) * RAW_ITEMSIZE[dtype]
+        _require(len(raw) == size, "raw input size does not match shape")
         return cls(dtype, tuple(shape), raw)
 
 
@@ -281,17 +283,115 @@ class DriftWindow:
         )
 
 
-BODIES: dict[str, type[Inference] | type[DriftWindow]] = {
+@dataclass(frozen=True)
+class Tensor:
+    """An input tensor as the model took it (little-endian), zlib-compressed on the wire. The
+    decompressed size is fixed by dtype and shape and checked while inflating, so a small
+    payload cannot expand into a large one."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        packed = base64.b64encode(zlib.compress(self.data, 6)).decode()
+        return {"dtype": self.dtype, "shape": list(self.shape), "zlib": packed}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Tensor:
+        _require(isinstance(data, dict), "input tensor is not an object", "type")
+        dtype = get(data, "dtype", str)
+        _require(dtype in RAW_DTYPES, f"unknown input dtype {dtype[:20]!r}")
+        shape = data.get("shape")
+        _require(isinstance(shape, list) and 0 < len(shape) <= 8, "bad input shape")
+        _require(all(_is_int(d) and 0 < d <= MAX_RAW_BYTES for d in shape), "bad input shape")
+        size = math.prod(shape) * RAW_ITEMSIZE[dtype]
+        _require(size <= MAX_RAW_BYTES, f"input of {size} bytes is too big", "size")
+        text = data.get("zlib")
+        _require(isinstance(text, str), "input data is not a string", "type")
+        _require(len(text) <= MAX_RECORD_BYTES, "input data is too long", "size")
+        try:
+            packed = base64.b64decode(text, validate=True)
+            inflate = zlib.decompressobj()
+            raw = inflate.decompress(packed, size + 1)
+        except (ValueError, zlib.error):
+            raise ProtocolError("input is not base64 zlib data", "encoding") from None
+        _require(len(raw) == size and inflate.eof, "input size does not match its shape")
+        return cls(dtype, tuple(shape), raw)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An input a campaign's trigger selected: the tensor, the model's whole output, and why it
+    was kept. Samples travel on their own topic (``samples``), after telemetry."""
+
+    model: str
+    version: int
+    campaign: str
+    trigger: str
+    scores: tuple[float, ...]
+    drift: bool
+    input: Tensor
+
+    kind = "sample"
+
+    @property
+    def top(self) -> tuple[int, float, float]:
+        """``(class, confidence, margin)`` from the scores."""
+        order = sorted(range(len(self.scores)), key=lambda i: -self.scores[i])
+        best = self.scores[order[0]]
+        second = self.scores[order[1]] if len(order) > 1 else 0.0
+        return order[0], best, best - second
+
+    def to_json(self) -> dict[str, Any]:
+        cls_index, confidence, margin = self.top
+        return {
+            "model": self.model,
+            "version": self.version,
+            "campaign": self.campaign,
+            "trigger": self.trigger,
+            "class": cls_index,
+            "confidence": round(confidence, 6),
+            "margin": round(margin, 6),
+            "drift": self.drift,
+            "scores": [round(float(s), 6) for s in self.scores],
+            "input": self.input.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sample:
+        campaign, trigger = get(data, "campaign", str), get(data, "trigger", str)
+        _require(NAME_PATTERN.fullmatch(campaign) is not None, "bad sample campaign")
+        _require(len(trigger) <= 512, "sample trigger is too long", "size")
+        drift = data.get("drift")
+        _require(isinstance(drift, bool), "sample drift flag is not a boolean", "type")
+        scores = _floats(data.get("scores"), "scores", MAX_CLASSES)
+        _require(len(scores) > 0, "sample has no scores")
+        return cls(
+            model=_model_name(data),
+            version=_version(data),
+            campaign=campaign,
+            trigger=trigger,
+            scores=scores,
+            drift=drift,
+            input=Tensor.from_json(data.get("input")),
+        )
+
+
+BODIES: dict[str, type[Inference] | type[DriftWindow] | type[Sample]] = {
     Inference.kind: Inference,
     DriftWindow.kind: DriftWindow,
+    Sample.kind: Sample,
 }
+# What each device topic may carry.
+TOPIC_BODIES = {"telemetry": (Inference.kind, DriftWindow.kind), "samples": (Sample.kind,)}
 
 
 @dataclass(frozen=True)
 class Record:
     id: RecordId
     ts_ms: int
-    body: Inference | DriftWindow
+    body: Inference | DriftWindow | Sample
 
     def encode(self) -> bytes:
         """The record as one compact JSON object (what the spool stores and batches splice)."""

@@ -26,7 +26,7 @@ SCHEMA_VERSION = 1
 DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SITE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-KINDS = ("telemetry", "status", "events", "cmd")
+KINDS = ("telemetry", "samples", "status", "events", "cmd")
 
 MAX_STATUS_BYTES = 16 * 1024
 MAX_EVENT_BYTES = 8 * 1024
@@ -56,7 +56,7 @@ EVENT_KINDS = (
     "update_blocked",  # cannot fetch or verify the offered update yet; retrying
     "error",
 )
-COMMAND_KINDS = ("update", "rollback", "config")
+COMMAND_KINDS = ("update", "rollback", "config", "campaign", "campaign_stop")
 MAX_RETRY_FOR_S = 7 * 86400
 MAX_PREFIX = 128
 
@@ -501,7 +501,9 @@ class Command:
 
     ``update``: model, version, rollout, repository (an http(s) URL), and how long the device
     keeps retrying an update it cannot fetch or verify (``retry_for_s``); ``rollback``: model
-    and optionally the version to return to; ``config``: a flat object of settings to change.
+    and optionally the version to return to; ``config``: a flat object of settings to change;
+    ``campaign``: model and a campaign as settings (``protocol.capture.Campaign``);
+    ``campaign_stop``: ``settings = {"campaign": name}``.
     """
 
     id: str
@@ -561,4 +563,13 @@ class Command:
             _require(command.model is not None, "rollback needs model")
         if kind == "config":
             _require(bool(command.settings), "config needs settings")
+        if kind == "campaign":
+            from protocol.capture import Campaign  # it builds on this module
+
+            Campaign.from_settings(command.model, command.settings)
+        if kind == "campaign_stop":
+            _require(
+                isinstance(command.settings.get("campaign"), str),
+                "campaign_stop needs the campaign's name",
+            )
         return command
