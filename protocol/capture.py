@@ -22,7 +22,7 @@ ends it. Limits the device owner sets (disk budget, samples per hour) bound ever
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,7 +149,7 @@ class _Parser:
             raise _fail(f"trigger: more than {MAX_NODES} terms")
         return node
 
-    def join(self, op: str, inner, depth: int) -> Node:
+    def join(self, op: str, inner: Callable[[int], Node], depth: int) -> Node:
         terms = [inner(depth)]
         while (token := self.peek()) is not None and token == ("word", op):
             self.take()
@@ -220,8 +220,8 @@ def parse_trigger(text: Any) -> Node:
         raise ProtocolError(f"trigger is longer than {MAX_TRIGGER_CHARS} characters", "size")
     parser = _Parser(text)
     tree = parser.expression()
-    if parser.peek() is not None:
-        raise _fail(f"trigger: unexpected {parser.peek()[1]!r} after a complete expression")
+    if (extra := parser.peek()) is not None:
+        raise _fail(f"trigger: unexpected {extra[1]!r} after a complete expression")
     return tree
 
 

@@ -363,8 +363,7 @@ class Sample:
         campaign, trigger = get(data, "campaign", str), get(data, "trigger", str)
         _require(NAME_PATTERN.fullmatch(campaign) is not None, "bad sample campaign")
         _require(len(trigger) <= 512, "sample trigger is too long", "size")
-        drift = data.get("drift")
-        _require(isinstance(drift, bool), "sample drift flag is not a boolean", "type")
+        drift = get(data, "drift", bool)
         scores = _floats(data.get("scores"), "scores", MAX_CLASSES)
         _require(len(scores) > 0, "sample has no scores")
         return cls(

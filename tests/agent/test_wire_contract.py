@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol.capture import Campaign
 from protocol.telemetry import (
     MAX_BATCH_BYTES,
     DriftWindow,
@@ -279,6 +280,14 @@ def commands(draw):
         )
     if kind == "rollback":
         return Command(command_id, kind, draw(names), draw(st.none() | st.integers(1, 99)))
+    if kind == "campaign":
+        trigger = draw(
+            st.sampled_from(["margin < 0.2", "class in [1, 2] or drift", "random < 0.1"])
+        )
+        campaign = Campaign(draw(names), draw(names), trigger, draw(st.integers(1, 10**6)))
+        return Command(command_id, kind, campaign.model, settings=campaign.settings())
+    if kind == "campaign_stop":
+        return Command(command_id, kind, settings={"campaign": draw(names)})
     return Command(
         command_id,
         kind,
