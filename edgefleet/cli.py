@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "gateway.releases.commands",
     "gateway.daemon_commands",
     "gateway.rollouts.commands",
+    "gateway.campaigns.commands",
     "gateway.devices.commands",
     "agent.commands",
     "agent.trust_commands",

@@ -8,7 +8,7 @@ gateway's user (``admin_token``); the daemon creates it on first start and the C
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -31,7 +31,10 @@ def core_routes(
     inventory: Inventory,
     stats: SpoolStats,
     metadata_expiry: Callable[[], Expiry | None],
+    traffic: Callable[[], Awaitable[dict]],
 ) -> list[web.RouteDef]:
+    """Devices and status; ``traffic`` gives record bytes in from devices and out to the cloud."""
+
     async def devices(request: web.Request) -> web.Response:
         return web.json_response({"devices": [d.to_json() for d in inventory.snapshot()]})
 
@@ -50,6 +53,7 @@ def core_routes(
                     "rows": stats.rows,
                     "dropped": stats.dropped,
                 },
+                "traffic": await traffic(),
             }
         )
 

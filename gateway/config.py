@@ -13,6 +13,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgefleet import tomlconfig
+from gateway.telemetry import curation_rules
+from gateway.telemetry.curation_rules import CurationConfig
 from protocol.telemetry import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_PACKET_BYTES
 from protocol.topics import SITE_PATTERN, default_prefix, prefix_problem
 
@@ -116,6 +118,11 @@ class RolloutsConfig:
 
 
 @dataclass(frozen=True)
+class CampaignsConfig:
+    tick_s: float = 2.0  # how often new eligible devices are sought and campaigns ended
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     site: str
     data_dir: Path
@@ -128,6 +135,8 @@ class GatewayConfig:
     metrics: Listen | None
     repository: RepositoryConfig | None  # rollouts run only with a repository to offer from
     rollouts: RolloutsConfig
+    curation: CurationConfig | None = None  # None: every record is forwarded as it came
+    campaigns: CampaignsConfig = CampaignsConfig()
 
     @property
     def database(self) -> Path:
@@ -164,6 +173,8 @@ def parse(data: dict, origin: str, base: Path) -> GatewayConfig:
         metrics=_metrics(root.table("metrics")),
         repository=_repository(root, "repository"),
         rollouts=_rollouts(root.table("rollouts"), data_dir),
+        curation=curation_rules.parse(root.table("curation")),
+        campaigns=_campaigns(root.table("campaigns")),
     )
     root.done()
     return config
@@ -292,6 +303,12 @@ def _uplink(table: tomlconfig.Table, data_dir: Path) -> UplinkConfig:
         backoff_cap_s=table.value("backoff_cap_s", float, 60.0, base, 3600),
         gzip_level=table.value("gzip_level", int, 1, 1, 9),
     )
+    table.done()
+    return config
+
+
+def _campaigns(table: tomlconfig.Table) -> CampaignsConfig:
+    config = CampaignsConfig(tick_s=table.value("tick_s", float, 2.0, 0.05, 3600))
     table.done()
     return config
 

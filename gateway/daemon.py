@@ -1,11 +1,12 @@
 """The gateway daemon: its parts composed as async context managers on one ``AsyncExitStack``.
 
-Start order is dependency order (database, spool and inventory, sink, uplink, then with a
-``[repository]`` section the command publisher, the served repository and the rollouts, then
-ingest, metrics, admin API); the stack stops them in reverse, so the broker connection closes
-before the uplink and the database last. SIGTERM or SIGINT ends the daemon cleanly with exit
-code 0; a part that fails ends it with exit code 1, and nothing unacknowledged or unconfirmed is
-lost either way. Under systemd it reports READY once every part runs, pings the watchdog from the
+Start order is dependency order (database, spool and inventory, sink, uplink, curation (with a
+``[curation]`` section), the command publisher and the campaigns, then with a ``[repository]``
+section the served repository and the rollouts, then ingest, metrics, admin API); the stack
+stops them in reverse, so the broker connection closes before the uplink and the database last.
+SIGTERM or SIGINT ends the daemon cleanly with exit code 0; a part that fails ends it with exit
+code 1, and nothing unacknowledged or unconfirmed is lost either way. Under systemd it reports
+READY once every part runs, pings the watchdog from the
 event loop, and reports STOPPING.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import structlog
@@ -20,6 +22,7 @@ import structlog
 from edgefleet.sdnotify import Notifier, watchdog
 from gateway import admin_token
 from gateway.admin import AdminServer, core_routes
+from gateway.campaigns.service import CampaignService
 from gateway.config import GatewayConfig
 from gateway.devices.command_publisher import CommandPublisher
 from gateway.devices.inventory import Inventory
@@ -27,15 +30,28 @@ from gateway.metrics import Metrics, MetricsServer
 from gateway.rollouts.service import RolloutService
 from gateway.serving.renewal import Expiry
 from gateway.serving.service import RepositoryService
-from gateway.store import Store
+from gateway.store import Store, counter
 from gateway.telemetry import dead_letter_api
+from gateway.telemetry.curation_stage import CurationStage
 from gateway.telemetry.dead_letters import DeadLetters
-from gateway.telemetry.ingest import Ingest
+from gateway.telemetry.ingest import DEVICE_BYTES, Ingest
 from gateway.telemetry.sinks import make_sink
-from gateway.telemetry.spool import UplinkSpool
+from gateway.telemetry.spool import CLOUD_BYTES, UplinkSpool
 from gateway.telemetry.uplink import Uplink
+from protocol.topics import Event, Status
 
 log = structlog.get_logger()
+
+
+def traffic_sync(conn) -> dict:
+    """Record bytes devices sent against record bytes the cloud confirmed, since the start of
+    this database (uncompressed NDJSON both ways, so curation's saving shows directly)."""
+    received, delivered = counter(conn, DEVICE_BYTES), counter(conn, CLOUD_BYTES)
+    return {
+        "device_bytes": received,
+        "cloud_bytes": delivered,
+        "ratio": round(delivered / received, 6) if received else None,
+    }
 
 
 class Stopper:
@@ -77,18 +93,33 @@ async def run(config: GatewayConfig) -> int:
             return repository.expiry() if repository else None
 
         metrics.watch_metadata(metadata_expiry)
-        routes = core_routes(config.site, inventory, spool.stats, metadata_expiry)
+
+        async def traffic() -> dict:
+            return await store.run(traffic_sync)
+
+        routes = core_routes(config.site, inventory, spool.stats, metadata_expiry, traffic)
         routes += dead_letter_api.routes(store, dead_letters, spool, uplink.changed.set)
+        curation = None
+        if config.curation is not None:
+            curation = await stack.enter_async_context(
+                CurationStage(config.curation, store, spool, uplink.changed.set, stopper.fail)
+            )
+        publisher = await stack.enter_async_context(
+            CommandPublisher(config.mqtt, config.rollouts.send_timeout_s)
+        )
+        campaigns = await stack.enter_async_context(
+            CampaignService(config.campaigns, store, inventory, publisher.send, stopper.fail)
+        )
+        routes += campaigns.routes()
+        feeds: list[Callable[[list[Status | Event]], None]] = [campaigns.feed]
         rollouts = None
         if config.repository is not None:
-            publisher = await stack.enter_async_context(
-                CommandPublisher(config.mqtt, config.rollouts.send_timeout_s)
-            )
             repository = await stack.enter_async_context(RepositoryService(config.repository))
             rollouts = await stack.enter_async_context(
                 RolloutService(config.rollouts, repository, publisher.send, inventory, stopper.fail)
             )
             routes += repository.routes() + rollouts.routes()
+            feeds.append(rollouts.feed)
             metrics.watch_level(
                 "rollout_devices_blocked",
                 "Devices of running rollouts that cannot fetch or verify the update yet",
@@ -105,7 +136,9 @@ async def run(config: GatewayConfig) -> int:
                 metrics,
                 uplink.changed.set,
                 stopper.fail,
-                rollouts.feed if rollouts else None,
+                lambda messages: [feed(messages) for feed in feeds],
+                curation,
+                campaigns,
             )
         )
         if config.metrics is not None:

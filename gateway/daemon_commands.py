@@ -25,7 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_table_options(devices_parser, "the devices")
     devices_parser.set_defaults(handler=devices)
 
-    status_parser = commands.add_parser("status", help="spool depth, drops and devices online")
+    status_parser = commands.add_parser(
+        "status",
+        help="spool, devices online, bytes from devices against bytes to the cloud",
+    )
     add_config(status_parser, "gateway")
     add_json(status_parser, "the whole status")
     status_parser.set_defaults(handler=status)
@@ -119,6 +122,12 @@ def print_status(answer: dict) -> None:
     print(f"site: {answer['site']} (edgefleet {answer['version']})")
     print(f"devices: {answer['devices']} ({answer['devices_online']} online)")
     print(f"spool: {spool['records']} records, {spool['bytes']} bytes, {spool['dropped']} dropped")
+    traffic = answer.get("traffic") or {}
+    if traffic.get("device_bytes"):
+        print(
+            f"records in from devices: {traffic['device_bytes']} bytes; out to the cloud: "
+            f"{traffic['cloud_bytes']} bytes ({traffic['ratio']:.1%})"
+        )
     for role, entry in ((answer.get("metadata") or {}).get("roles") or {}).items():
         print(f"metadata {role}: expires {entry['expires']}")
     for line in (answer.get("metadata") or {}).get("warnings") or ():

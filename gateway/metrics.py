@@ -127,6 +127,23 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.device_bytes = Counter(
+            f"{NS}_device_record_bytes",
+            "Record bytes received from devices, before curation",
+            ["stream"],
+            registry=r,
+        )
+        self.curated = Counter(
+            f"{NS}_curation_dropped_records",
+            "Records a curation rule (or the default) kept from the cloud",
+            ["rule"],
+            registry=r,
+        )
+        self.cloud_bytes = Counter(
+            f"{NS}_cloud_record_bytes",
+            "Record bytes the cloud confirmed (uncompressed NDJSON)",
+            registry=r,
+        )
         self.splits = Counter(
             f"{NS}_uplink_splits", "Batches halved after a 413 from the cloud", registry=r
         )

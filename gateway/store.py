@@ -44,8 +44,35 @@ CREATE TABLE dead_letters (
     data BLOB NOT NULL
 );
 """
+# Version 3 adds curation (gateway/telemetry/curation.py, summaries.py) and campaigns
+# (gateway/campaigns/).
+SCHEMA_V3 = """
+CREATE TABLE summary_windows (
+    device TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL, start_ms INTEGER NOT NULL,
+    data TEXT NOT NULL,           -- the accumulator, JSON
+    PRIMARY KEY (device, model, version, start_ms)
+);
+CREATE TABLE curation_seen (id INTEGER PRIMARY KEY AUTOINCREMENT, hash BLOB NOT NULL UNIQUE);
+CREATE TABLE curation_quota (
+    rule TEXT NOT NULL, scope TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (rule, scope, window)
+);
+CREATE TABLE campaigns (
+    name TEXT PRIMARY KEY,
+    data TEXT NOT NULL,           -- model, trigger, per_device, total, until_ms, created
+    state TEXT NOT NULL,          -- running, ended
+    reason TEXT NOT NULL,
+    received INTEGER NOT NULL
+);
+CREATE TABLE campaign_devices (
+    campaign TEXT NOT NULL, device TEXT NOT NULL,
+    state TEXT NOT NULL,          -- sent, refused, stop_sent
+    received INTEGER NOT NULL,
+    PRIMARY KEY (campaign, device)
+);
+"""
 # Script N brings a database from schema N to N + 1, in one transaction with the version.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 
 log = structlog.get_logger()
 

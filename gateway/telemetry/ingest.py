@@ -29,9 +29,10 @@ import dataclasses
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -42,10 +43,12 @@ from gateway.config import IngestConfig, MqttConfig
 from gateway.devices.inventory import Device, Inventory, apply_event, apply_status, touch
 from gateway.metrics import Metrics
 from gateway.mqtt_client import paho_client
-from gateway.store import Store, transaction
+from gateway.store import Store, add_counter, transaction
+from gateway.telemetry.curation_stage import CurationStage
 from gateway.telemetry.dead_letters import DeadLetters, Letter, message_letter
-from gateway.telemetry.records import split_batch
+from gateway.telemetry.records import split_records
 from gateway.telemetry.spool import SpoolRow, UplinkSpool
+from protocol.telemetry import TOPIC_BODIES
 from protocol.topics import Event, ProtocolError, Status, parse_device_topic
 
 log = structlog.get_logger()
@@ -62,8 +65,11 @@ class Inbound:
 
 @dataclass(frozen=True)
 class Telemetry:
+    """The records of one device message on its ``telemetry`` or ``samples`` topic."""
+
     device: str
-    records: list[bytes]
+    records: list[tuple[dict, bytes]]  # parsed, and the bytes the device sent
+    stream: str = "telemetry"
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,14 @@ class Malformed:
 
 
 def subscriptions(config: MqttConfig) -> list[str]:
-    """Telemetry is shared between replicas when a group is set; status and events are not,
-    because retained messages are never sent on a shared subscription and every replica keeps
-    the whole inventory."""
+    """Telemetry and samples are shared between replicas when a group is set; status and events
+    are not, because retained messages are never sent on a shared subscription and every replica
+    keeps the whole inventory."""
     base = f"{config.prefix}/dev/+"
-    telemetry = f"{base}/telemetry"
+    streams = [f"{base}/{kind}" for kind in TOPIC_BODIES]
     if config.share_group:
-        telemetry = f"$share/{config.share_group}/{telemetry}"
-    return [telemetry, f"{base}/status", f"{base}/events"]
+        streams = [f"$share/{config.share_group}/{topic}" for topic in streams]
+    return [*streams, f"{base}/status", f"{base}/events"]
 
 
 def classify(
@@ -98,9 +104,9 @@ def classify(
     if kind == "status" and not payload:
         return None
     try:
-        if kind == "telemetry":
-            batch_device, records = split_batch(payload, full)
-            message = Telemetry(batch_device, records)
+        if kind in TOPIC_BODIES:
+            batch_device, records = split_records(payload, full, TOPIC_BODIES[kind])
+            message = Telemetry(batch_device, records, kind)
         elif kind == "status":
             message = Status.decode(payload)
         else:
@@ -115,13 +121,22 @@ def classify(
     return message
 
 
-TOPIC_KINDS = {Telemetry: "telemetry", Status: "status", Event: "events"}
+TOPIC_KINDS = {Status: "status", Event: "events"}
+DEVICE_BYTES = "device_record_bytes"  # record bytes devices sent (counters table)
+
+
+class SampleCounter(Protocol):
+    """Who counts samples by campaign as they arrive (inside the ingest's transaction)."""
+
+    def count_sync(self, conn: sqlite3.Connection, device: str, campaigns: Counter) -> None: ...
 
 
 @dataclass
 class GroupResult:
     records: int = 0
     dropped: int = 0
+    curated: Counter = field(default_factory=Counter)  # rule -> records it dropped
+    bytes_in: Counter = field(default_factory=Counter)  # stream -> record bytes received
     changed: dict[str, Device] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
     malformed: list[tuple[str, Malformed]] = field(default_factory=list)  # topic, why
@@ -143,14 +158,19 @@ class Ingest:
         on_spooled: Callable[[], None],
         on_failure: Callable[[BaseException], None],
         on_device_messages: Callable[[list[Status | Event]], None] | None = None,
+        curation: CurationStage | None = None,
+        samples: SampleCounter | None = None,
     ):
         """``on_device_messages`` gets each group's status and event messages after their
-        commit; it must not block (the rollout service only queues them)."""
+        commit; it must not block (the rollout service only queues them). ``curation`` decides
+        which records go on to the spool (all, without it); ``samples`` counts campaigns'
+        samples as they arrive."""
         self.config, self.ingest = config, ingest
         self.store, self.spool, self.inventory, self.metrics = store, spool, inventory, metrics
         self.dead_letters = dead_letters
         self.on_spooled, self.on_failure = on_spooled, on_failure
         self.on_device_messages = on_device_messages
+        self.curation, self.samples = curation, samples
         self._inbox: deque[Inbound] = deque()
         self._wake = asyncio.Event()
         self._signalled = False
@@ -252,11 +272,8 @@ class Ingest:
             row = changed.get(message.device) or self.inventory.devices.get(message.device)
             dropped = 0
             if isinstance(message, Telemetry):
-                count = len(message.records)
-                dropped = self.spool.append_sync(
-                    conn, [SpoolRow(count, b"\n".join(message.records))]
-                )
-                device = touch(row, message.device, count, now)
+                dropped = self._spool_sync(conn, message, result)
+                device = touch(row, message.device, len(message.records), now)
             elif isinstance(message, Status):
                 device = apply_status(row, message, now)
             else:
@@ -268,8 +285,11 @@ class Ingest:
             conn.execute("ROLLBACK TO message")
             conn.execute("RELEASE message")
             vars(self.spool.stats).update(vars(spool_stats))
+            if self.curation is not None:
+                self.curation.reload_sync(conn)
             detail = f"could not be stored: {type(exc).__name__}: {exc}"
-            return Malformed(TOPIC_KINDS[type(message)], "store", detail)
+            kind = message.stream if isinstance(message, Telemetry) else TOPIC_KINDS[type(message)]
+            return Malformed(kind, "store", detail)
         conn.execute("RELEASE message")
         changed[message.device] = device
         if isinstance(message, Telemetry):
@@ -277,6 +297,25 @@ class Ingest:
         else:
             result.device_messages.append(message)
         return dropped
+
+    def _spool_sync(self, conn, message: Telemetry, result: GroupResult) -> int:
+        """Curate the message's records, count them, and spool what is kept; returns the
+        records the spool cap dropped."""
+        kept = [raw for _, raw in message.records]
+        size = sum(len(raw) for raw in kept)
+        add_counter(conn, DEVICE_BYTES, size)
+        if self.samples is not None and message.stream == "samples":
+            campaigns = Counter(data.get("campaign") for data, _ in message.records)
+            self.samples.count_sync(conn, message.device, campaigns)
+        if self.curation is not None:
+            curation = self.curation
+            curated = curation.apply_sync(conn, message.device, message.stream, message.records)
+            kept = curated.kept
+            result.curated.update(curated.dropped)
+        result.bytes_in[message.stream] += size
+        if not kept:
+            return 0
+        return self.spool.append_sync(conn, [SpoolRow(len(kept), b"\n".join(kept))])
 
     # -- event loop -----------------------------------------------------------------------------
 
@@ -305,6 +344,10 @@ class Ingest:
         for kind, count in result.kinds.items():
             self.metrics.messages.labels(kind).inc(count)
         self.metrics.records.inc(result.records)
+        for stream, size in result.bytes_in.items():
+            self.metrics.device_bytes.labels(stream).inc(size)
+        for rule, count in result.curated.items():
+            self.metrics.curated.labels(rule).inc(count)
         for topic, why in result.malformed:
             self.metrics.malformed.labels(why.kind, why.reason).inc()
             log.warning(

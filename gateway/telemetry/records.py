@@ -85,7 +85,7 @@ def _scan(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
     return fields, records
 
 
-def _identity_error(data: Any, device: str) -> ProtocolError:
+def _identity_error(data: Any, device: str, kinds: tuple[str, ...]) -> ProtocolError:
     """Why a record fails the identity check (only called once it has failed)."""
     if not isinstance(data, dict):
         return ProtocolError("record is not an object", "type")
@@ -94,7 +94,9 @@ def _identity_error(data: Any, device: str) -> ProtocolError:
     kind = data.get("kind")
     if not isinstance(kind, str):
         return ProtocolError("record kind is not a string", "type")
-    if kind not in BODIES:
+    if kind not in kinds:
+        if kind in BODIES:
+            return ProtocolError(f"record kind {kind!r} does not belong on this topic")
         return ProtocolError(f"unknown record kind {kind[:40]!r}")
     for key in ("seq", "ts_ms"):
         value = data.get(key)
@@ -105,8 +107,19 @@ def _identity_error(data: Any, device: str) -> ProtocolError:
     return ProtocolError("bad record boot id")
 
 
-def split_batch(payload: bytes, full: bool = False) -> tuple[str, list[bytes]]:
+def split_batch(
+    payload: bytes, full: bool = False, kinds: tuple[str, ...] = tuple(BODIES)
+) -> tuple[str, list[bytes]]:
     """Untrusted batch bytes -> ``(device, [record bytes, ...])`` or ``ProtocolError``."""
+    device, records = split_records(payload, full, kinds)
+    return device, [raw for _, raw in records]
+
+
+def split_records(
+    payload: bytes, full: bool = False, kinds: tuple[str, ...] = tuple(BODIES)
+) -> tuple[str, list[tuple[dict[str, Any], bytes]]]:
+    """Untrusted batch bytes -> ``(device, [(parsed record, its bytes), ...])``, with only the
+    record ``kinds`` given (those of the topic it came on), or ``ProtocolError``."""
     size = len(payload)
     _require(size <= MAX_BATCH_BYTES, f"batch of {size} bytes is too big", "size")
     try:
@@ -130,7 +143,7 @@ def split_batch(payload: bytes, full: bool = False) -> tuple[str, list[bytes]]:
     _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, "bad batch device")
     _require(fields.get("records") is records and records, "bad record list")
     out = []
-    boot_ok, kinds, limit = BOOT_PATTERN.fullmatch, BODIES, MAX_INT
+    boot_ok, limit = BOOT_PATTERN.fullmatch, MAX_INT
     for data, text in records:
         # one expression on the hot path; _identity_error explains a failure
         if not (
@@ -145,9 +158,9 @@ def split_batch(payload: bytes, full: bool = False) -> tuple[str, list[bytes]]:
             and type(kind := data.get("kind")) is str
             and kind in kinds
         ):
-            raise _identity_error(data, device)
+            raise _identity_error(data, device, kinds)
         _require("\n" not in text and "\r" not in text, "record spans several lines")
         if full:
             Record.from_json(data)
-        out.append(text.encode())
+        out.append((data, text.encode()))
     return device, out

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from gateway.store import Store, add_counter, counter, transaction
 
 DROPPED = "spool_dropped_records"
+CLOUD_BYTES = "cloud_record_bytes"  # record bytes the sink confirmed (counters table)
 ROWS_PER_READ = 512
 
 
@@ -234,7 +235,11 @@ class UplinkSpool:
         self.stats.bytes -= int(size)
 
     def _remove_sync(self, conn: sqlite3.Connection, batch: Batch) -> None:
-        transaction(conn, lambda: self.remove_sync(conn, batch))
+        def work() -> None:
+            self.remove_sync(conn, batch)
+            add_counter(conn, CLOUD_BYTES, len(batch.body))
+
+        transaction(conn, work)
 
     async def lease(self, max_records: int, max_bytes: int) -> Batch | None:
         return await self.store.run(self._lease_sync, max_records, max_bytes)
@@ -244,7 +249,7 @@ class UplinkSpool:
         return await self.store.run(self._reread_sync, batch)
 
     async def remove(self, batch: Batch) -> None:
-        """The cloud confirmed ``batch``: delete its rows."""
+        """The cloud confirmed ``batch``: delete its rows and count its bytes as delivered."""
         await self.store.run(self._remove_sync, batch)
 
     def oldest_age(self) -> float | None:

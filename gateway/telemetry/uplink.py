@@ -28,10 +28,10 @@ import structlog
 from edgefleet.backoff import backoff_delay
 from gateway.config import UplinkConfig
 from gateway.metrics import Metrics
-from gateway.store import transaction
+from gateway.store import add_counter, transaction
 from gateway.telemetry.dead_letters import DeadLetters, Letter
 from gateway.telemetry.sinks import Refused, Sink, SinkError, compress
-from gateway.telemetry.spool import Batch, UplinkSpool, batch_due
+from gateway.telemetry.spool import CLOUD_BYTES, Batch, UplinkSpool, batch_due
 
 log = structlog.get_logger()
 IDLE_CHECK_S = 1.0
@@ -142,6 +142,7 @@ class Uplink:
             else:
                 await self.spool.remove(batch)
             delivered = batch.records - sum(part.records for part, _ in refused)
+            self.metrics.cloud_bytes.inc(len(batch.body) - sum(len(p.body) for p, _ in refused))
             self.metrics.uploaded_batches.inc()
             self.metrics.uploaded_records.inc(delivered)
             return
@@ -188,6 +189,8 @@ class Uplink:
         def work() -> None:
             self.spool.remove_sync(conn, batch)
             self.dead_letters.add_sync(conn, letters)
+            refused_bytes = sum(len(part.body) for part, _ in refused)
+            add_counter(conn, CLOUD_BYTES, len(batch.body) - refused_bytes)
 
         transaction(conn, work)
         log.warning(

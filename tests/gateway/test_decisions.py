@@ -97,12 +97,13 @@ def test_classify_binds_payload_to_the_topic_device():
     assert classify(f"{PREFIX}/dev/dev-1/status", b"", PREFIX, False) is None
 
 
-def test_shared_group_applies_to_telemetry_only():
+def test_shared_group_applies_to_telemetry_and_samples_only():
     base = config.MqttConfig("h", 1, False, "c", PREFIX)
-    assert subscriptions(base)[0] == f"{PREFIX}/dev/+/telemetry"
+    assert subscriptions(base)[:2] == [f"{PREFIX}/dev/+/telemetry", f"{PREFIX}/dev/+/samples"]
     shared = config.MqttConfig("h", 1, False, "c", PREFIX, share_group="g")
     assert subscriptions(shared) == [
         f"$share/g/{PREFIX}/dev/+/telemetry",
+        f"$share/g/{PREFIX}/dev/+/samples",
         f"{PREFIX}/dev/+/status",
         f"{PREFIX}/dev/+/events",
     ]

@@ -1,0 +1,1 @@
+"""Capture campaigns: which devices are asked for samples, how many arrived, when it ends."""
