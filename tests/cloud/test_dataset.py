@@ -51,7 +51,9 @@ def test_every_kind_lands_in_its_partition_with_typed_columns(tmp_path):
         ("other", "kws", 2, day, "heartbeat", None, None, None, None, None, None, None, None,
          None),
     ]  # fmt: skip
-    types = dict(query(tmp_path, "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})"))
+    types = dict(
+        query(tmp_path, "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})")
+    )
     assert types["label"] == "BIGINT" and types["class"] == "INTEGER"
     assert types["scores"] == "FLOAT[]" and types["input"] == "BLOB"
 
