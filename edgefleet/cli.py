@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "agent.mcu.commands",
     "firmware_sim.commands",
     "firmware_sim.fleet.commands",
+    "cloud.commands",
 )
 
 

@@ -63,11 +63,18 @@ class DeadLettersConfig:
 
 @dataclass(frozen=True)
 class UplinkConfig:
-    sink: str  # "http" or "dir"
+    sink: str  # "http", "dir", "dataset" or "mqtt"
     url: str | None = None
     directory: Path | None = None
     ca_file: Path | None = None
     token_file: Path | None = None
+    dataset: str | None = None  # sink "dataset": a directory or a pyarrow filesystem URI
+    host: str | None = None  # sink "mqtt": the cloud broker (always TLS)
+    port: int = 8883
+    topic: str | None = None  # default edgefleet/<site>/telemetry
+    client_id: str | None = None  # default edgefleet-gateway-<site>
+    cert_file: Path | None = None  # the gateway's client certificate for the cloud broker
+    key_file: Path | None = None
     batch_records: int = 10_000
     batch_bytes: int = 4 * MiB
     batch_age_s: float = 1.0
@@ -268,8 +275,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _uplink(table: tomlconfig.Table, data_dir: Path) -> UplinkConfig:
-    sink = table.choice("sink", ("http", "dir"), "dir")
+    sink = table.choice("sink", ("http", "dir", "dataset", "mqtt"), "dir")
     url = table.value("url", str, None)
+    dataset = _uplink_dataset(table, sink)
+    mqtt = _uplink_mqtt(table, sink)
     directory = table.path_value("directory", data_dir / "outbox")
     if sink == "http":
         if url is None:
@@ -302,6 +311,8 @@ def _uplink(table: tomlconfig.Table, data_dir: Path) -> UplinkConfig:
         backoff_base_s=base,
         backoff_cap_s=table.value("backoff_cap_s", float, 60.0, base, 3600),
         gzip_level=table.value("gzip_level", int, 1, 1, 9),
+        dataset=dataset,
+        **mqtt,
     )
     table.done()
     return config
@@ -311,6 +322,49 @@ def _campaigns(table: tomlconfig.Table) -> CampaignsConfig:
     config = CampaignsConfig(tick_s=table.value("tick_s", float, 2.0, 0.05, 3600))
     table.done()
     return config
+
+
+def _uplink_dataset(table: tomlconfig.Table, sink: str) -> str | None:
+    """``dataset``: a URI as given (``s3://...``), else a path relative to the file."""
+    text = table.value("dataset", str, None)
+    if text is None:
+        if sink == "dataset":
+            table.fail("dataset", "is required when sink = 'dataset'")
+        return None
+    if sink != "dataset":
+        table.fail("dataset", "is only for sink = 'dataset'")
+    return text if "://" in text else str(table.path_value("dataset", None))
+
+
+def _uplink_mqtt(table: tomlconfig.Table, sink: str) -> dict:
+    keys = ("host", "port", "topic", "client_id", "cert_file", "key_file")
+    if sink != "mqtt":
+        for key in keys:
+            if table.value(key, object, None) is not None:
+                table.fail(key, "is only for sink = 'mqtt'")
+        return {}
+    host = table.value("host", str, None)
+    if not host:
+        table.fail("host", "is required when sink = 'mqtt'")
+    topic = table.value("topic", str, None)
+    if topic is not None and (problem := prefix_problem(topic)) is not None:
+        table.fail("topic", problem)
+    client_id = table.value("client_id", str, None)
+    if client_id is not None and not 0 < len(client_id) <= 128:
+        table.fail("client_id", "must be 1..128 characters")
+    cert_file, key_file = table.existing_file("cert_file"), table.existing_file("key_file")
+    if (cert_file is None) != (key_file is None):
+        table.fail(
+            "key_file" if key_file is None else "cert_file", "cert_file and key_file go together"
+        )
+    return {
+        "host": host,
+        "port": table.value("port", int, 8883, 1, 65535),
+        "topic": topic,
+        "client_id": client_id,
+        "cert_file": cert_file,
+        "key_file": key_file,
+    }
 
 
 def _dead_letters(table: tomlconfig.Table, uplink: UplinkConfig) -> DeadLettersConfig:

@@ -28,8 +28,9 @@ from edgefleet.tables import Column, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 EDGEFLEET = Path(sys.executable).parent / "edgefleet"
-# Commands that run until stopped: they print no result (mcu-sim prints the port it serves).
-DAEMONS = {("gateway", "run"), ("agent", "run"), ("mcu-sim",)}
+# Commands that run until stopped: they print no result (mcu-sim and cloud serve print where
+# they serve).
+DAEMONS = {("gateway", "run"), ("agent", "run"), ("mcu-sim",), ("cloud", "serve")}
 BOX = re.compile("[\u2500-\u257f]")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -1,26 +1,38 @@
-"""The cloud end of a simulated site: an HTTP ingest on loopback that takes the gateway's gzip
-NDJSON uploads, counts records and keeps each record id once, and fails on command (down for a
-while, or a share of requests answered with 500) so the gateway's retries are exercised, or
-refuses a share of batches for good (422, as a cloud does with a batch its schema rejects) so
-the gateway's dead letters are."""
+"""The cloud end of a simulated site: the reference receiver (``cloud.receiver``) on loopback,
+writing the Parquet dataset under ``dataset_dir``, wrapped to count what arrives (each record id
+kept once) and to fail on command: down for a while, or a share of requests answered with 500,
+so the gateway's retries are exercised, or a share of batches refused for good (422, as a cloud
+does with a batch its schema rejects) so the gateway's dead letters are."""
 
 from __future__ import annotations
 
-import json
 import random
+import secrets
+from pathlib import Path
 
 from aiohttp import web
 
+from cloud.receiver import Receiver, ReceiverConfig
+from protocol.dataset import Rows
+
+MiB = 1024**2
+
+
+def record_ids(rows: Rows) -> set[tuple[str, str, int]]:
+    return {(row["dev"], row["boot"], row["seq"]) for part in rows.values() for row in part}
+
 
 class Cloud:
-    """``async with Cloud() as cloud:`` serves ``cloud.url`` until the block ends."""
+    """``async with Cloud(seed, dataset_dir) as cloud:`` serves ``cloud.url`` until the block
+    ends; the gateway sends ``cloud.token_file``'s token."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int, dataset_dir: Path) -> None:
+        self.dataset_dir = dataset_dir
+        self.token_file = dataset_dir.parent / "cloud-token"
         self.ids: set[tuple[str, str, int]] = set()
         self.received = 0  # records in accepted requests, duplicates included
         self.refused_requests = 0
         self.aborted_requests = 0
-        self.bad_lines = 0
         self.down = False
         self.error_rate = 0.0
         self.reject_rate = 0.0
@@ -30,33 +42,37 @@ class Cloud:
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    async def _ingest(self, request: web.Request) -> web.Response:
-        if self.down or (self.error_rate and self._random.random() < self.error_rate):
+    @web.middleware
+    async def _faults(self, request: web.Request, handler) -> web.StreamResponse:
+        if request.path == "/ingest" and (
+            self.down or (self.error_rate and self._random.random() < self.error_rate)
+        ):
             self.refused_requests += 1
             return web.Response(status=503 if self.down else 500, text="injected failure")
         try:
-            body = await request.read()  # aiohttp undoes Content-Encoding: gzip
+            return await handler(request)
         except ConnectionError:  # the gateway gave up waiting; it sends the batch again
             self.aborted_requests += 1
             return web.Response(status=499)
-        ids = set()
-        for line in body.splitlines():
-            try:
-                record = json.loads(line)
-                ids.add((record["dev"], record["boot"], int(record["seq"])))
-            except (ValueError, KeyError, TypeError):
-                self.bad_lines += 1
+
+    def _screen(self, key: str, rows: Rows) -> web.Response | None:
         if self.reject_rate and self._random.random() < self.reject_rate:
             self.rejected_requests += 1
-            self.rejected_ids |= ids
+            self.rejected_ids |= record_ids(rows)
             return web.json_response({"error": "record schema rejected (injected)"}, status=422)
+        return None
+
+    def _accepted(self, key: str, rows: Rows) -> None:
+        ids = record_ids(rows)
         self.ids |= ids
         self.received += len(ids)
-        return web.json_response({"accepted": len(ids)})
 
     async def __aenter__(self) -> Cloud:
-        app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_post("/ingest", self._ingest)
+        self.dataset_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(24)
+        self.token_file.write_text(token + "\n")
+        config = ReceiverConfig(str(self.dataset_dir), token, 256 * MiB, 256 * MiB)
+        app = Receiver(config, self._screen, self._accepted).app([self._faults])
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -231,9 +231,15 @@ class GatewayProcess:
 
 
 def gateway_tables(
-    workdir: Path, broker: SiteBroker, site: str, cloud_url: str, keys: Path, repo: tuple[int, str]
+    workdir: Path,
+    broker: SiteBroker,
+    site: str,
+    cloud: tuple[str, Path],
+    keys: Path,
+    repo: tuple[int, str],
 ) -> dict:
-    """``repo``: the port the repository server listens on, and the URL devices use for it."""
+    """``cloud``: the ingest URL and the file of its token; ``repo``: the port the repository
+    server listens on, and the URL devices use for it."""
     user = broker.user(GATEWAY_USER)
     mqtt = {
         "url": broker.url,
@@ -248,7 +254,8 @@ def gateway_tables(
         "mqtt": mqtt,
         "uplink": {
             "sink": "http",
-            "url": cloud_url,
+            "url": cloud[0],
+            "token_file": cloud[1],
             "timeout_s": 10.0,
             "backoff_base_s": 0.05,
             "backoff_cap_s": 1.0,

@@ -71,7 +71,7 @@ class World:
                 raise UserError(
                     f"step {step.index} ({step.describe()}) cannot run: {exc}"
                 ) from None
-        self.cloud = Cloud(scenario.seed)
+        self.cloud = Cloud(scenario.seed, workdir / "cloud" / "dataset")
         self.operator: Repository | None = None
         self.gateway: GatewayProcess | None = None
         self.devices: list[SimDevice] = []
@@ -119,7 +119,7 @@ class World:
             self.workdir / "gateway",
             self.broker,
             SITE,
-            self.cloud.url,
+            (self.cloud.url, self.cloud.token_file),
             self.operator.keys.online,
             (repo_port, self.relay.url),
         )

@@ -1,10 +1,12 @@
-"""Where batches go: the cloud over HTTPS, or a local directory for offline sites and the demo.
+"""Where batches go: the cloud over HTTPS, a cloud MQTT broker, a Parquet dataset, or a local
+directory for offline sites and the demo.
 
-A sink either returns (the batch is safe elsewhere: a 2xx, or a file durably renamed into place),
-raises ``SinkError`` (not now: try again later) or ``Refused`` (never this batch: the cloud
-answered a 4xx that is about the batch); the uplink decides what happens next. Both sinks are
-idempotent by the batch key: the cloud gets it as ``Idempotency-Key``, the directory as the file
-name. The cloud's answer is read only up to ``MAX_ANSWER_BYTES``, and as it came (no
+A sink either returns (the batch is safe elsewhere: a 2xx, a PUBACK, or files durably renamed
+into place), raises ``SinkError`` (not now: try again later) or ``Refused`` (never this batch:
+the cloud answered a 4xx that is about the batch, or a line cannot be stored); the uplink
+decides what happens next. Every sink is idempotent by the batch key: the cloud gets it as
+``Idempotency-Key`` (an MQTT 5 user property on a broker), the directory and the dataset as the
+file name. The cloud's answer is read only up to ``MAX_ANSWER_BYTES``, and as it came (no
 decompression), so a peer cannot make the gateway hold more than that.
 """
 
@@ -159,5 +161,41 @@ class DirSink:
             raise SinkError("disk", str(exc)[:300]) from None
 
 
-def make_sink(config: UplinkConfig, site: str) -> HttpSink | DirSink:
-    return HttpSink(config, site) if config.sink == "http" else DirSink(config.directory)
+class DatasetSink:
+    """Each batch becomes Parquet files in the dataset (``protocol.dataset``), named by its key.
+    A line the dataset cannot store is ``Refused`` as a 422 (halved down to the line, which
+    becomes a dead letter); a disk that fails is a ``SinkError``."""
+
+    def __init__(self, root: str):
+        from protocol import dataset  # pyarrow: only gateways that write a dataset load it
+
+        self.root, self.dataset = root, dataset
+
+    async def __aenter__(self) -> DatasetSink:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+    def _write(self, batch: Batch) -> None:
+        self.dataset.write_batch(self.root, batch.key, self.dataset.parse_body(batch.body))
+
+    async def send(self, batch: Batch, body_gz: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._write, batch)
+        except self.dataset.BadLine as exc:
+            raise Refused(422, str(exc)[:MAX_ANSWER_BYTES]) from None
+        except OSError as exc:
+            raise SinkError("disk", str(exc)[:300]) from None
+
+
+def make_sink(config: UplinkConfig, site: str) -> Sink:
+    if config.sink == "http":
+        return HttpSink(config, site)
+    if config.sink == "dataset":
+        return DatasetSink(config.dataset)
+    if config.sink == "mqtt":
+        from gateway.telemetry.mqtt_sink import MqttSink
+
+        return MqttSink(config, site)
+    return DirSink(config.directory)

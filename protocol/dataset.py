@@ -1,0 +1,374 @@
+"""The telemetry dataset: Hive-partitioned Parquet that the gateway's dataset sink and the cloud
+receiver both write, and DuckDB, Spark or Trino read as they are.
+
+Layout under a root (a directory, or any ``pyarrow.fs`` URI such as ``s3://bucket/prefix``)::
+
+    stream=<telemetry|samples|summaries|other>/model=<name>/version=<n>/day=<YYYY-MM-DD>/<key>.parquet
+
+``day`` is the UTC day of the record's ``ts_ms``. One batch becomes one file in each partition it
+touches, named by the batch's idempotency key, so a batch sent again replaces its own files and
+never adds rows. The partition keys are not repeated inside the files: readers take them from
+the path (``hive_partitioning``). Columns are ``SCHEMA``; ``label`` is always null here, for a
+labeller to fill in a copy later.
+
+Every line is checked before anything is written (``parse_body``), so a batch with one bad line
+writes nothing and the error names that line. A local file appears whole or not at all (temp
+name, fsync, rename, fsync of the directory); on an object store a single PUT is already atomic.
+pyarrow is imported only here and only by the processes that write or read the dataset.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import os
+import re
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from protocol.telemetry import MAX_CLASSES, MAX_RAW_BYTES, MAX_RECORD_BYTES, RAW_DTYPES, Record
+from protocol.topics import (
+    DEVICE_ID_PATTERN,
+    MAX_INT,
+    NAME_PATTERN,
+    ProtocolError,
+    check_text,
+    decode_json,
+)
+
+STREAMS = {
+    "inference": "telemetry",
+    "drift": "telemetry",
+    "sample": "samples",
+    "summary": "summaries",
+}
+OTHER_STREAM = "other"
+KEY_PATTERN = re.compile(r"[0-9a-f]{40}")
+BOOT_PATTERN = re.compile(r"[0-9a-f]{8,64}")
+MAX_VERSION = 2**31 - 1
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last day a date can name
+MAX_FLOAT32 = 3.4028234663852886e38
+MAX_SHAPE_DIMS = 8
+ITEMSIZE = {"float32": 4, "int8": 1, "uint8": 1, "int16": 2, "int32": 4}
+STATS = ("mean", "p50", "p90", "p99")
+CLASS_KEY = re.compile(r"0|[1-9][0-9]{0,3}")
+
+SCHEMA = pa.schema(
+    [
+        ("dev", pa.string()),
+        ("boot", pa.string()),
+        ("seq", pa.int64()),
+        ("ts_ms", pa.int64()),
+        ("kind", pa.string()),
+        ("class", pa.int32()),
+        ("confidence", pa.float64()),
+        ("margin", pa.float64()),
+        ("latency_us", pa.int64()),
+        ("campaign", pa.string()),
+        ("trigger", pa.string()),
+        ("scores", pa.list_(pa.float32())),
+        ("input", pa.binary()),
+        ("input_dtype", pa.string()),
+        ("input_shape", pa.list_(pa.int32())),
+        ("label", pa.int64()),
+        ("record", pa.string()),
+    ]
+)
+TYPED = ("class", "confidence", "margin", "latency_us", "campaign", "trigger", "scores")
+TENSOR = ("input", "input_dtype", "input_shape")
+
+
+class BadLine(ProtocolError):
+    """A line of a batch that is not a record the dataset can store; ``line`` counts from 1."""
+
+    def __init__(self, line: int, problem: str, reason: str = "invalid"):
+        super().__init__(f"line {line}: {problem}", reason)
+        self.line, self.problem = line, problem
+
+
+@dataclass(frozen=True, order=True)
+class Partition:
+    stream: str
+    model: str
+    version: int
+    day: str
+
+    @property
+    def path(self) -> str:
+        return f"stream={self.stream}/model={self.model}/version={self.version}/day={self.day}"
+
+
+Rows = dict[Partition, list[dict[str, Any]]]
+
+
+def _require(condition: bool, message: str, reason: str = "invalid") -> None:
+    if not condition:
+        raise ProtocolError(message, reason)
+
+
+def _int(data: dict[str, Any], key: str, low: int = 0, high: int = MAX_INT - 1) -> int:
+    value = data.get(key)
+    _require(
+        isinstance(value, int) and not isinstance(value, bool), f"{key!r} is not an integer", "type"
+    )
+    _require(low <= value <= high, f"{key!r} is out of range {low}..{high}", "range")
+    return value
+
+
+def _number(value: Any, what: str, bound: float = MAX_FLOAT32) -> float:
+    _require(
+        isinstance(value, int | float) and not isinstance(value, bool), f"{what} is not a number"
+    )
+    _require(math.isfinite(value) and abs(value) <= bound, f"{what} is out of range", "range")
+    return float(value)
+
+
+def _text(data: dict[str, Any], key: str, limit: int = 256) -> str:
+    value = data.get(key)
+    _require(isinstance(value, str), f"{key!r} is not a string", "type")
+    _require(0 < len(value) <= limit, f"{key!r} must be 1..{limit} characters", "size")
+    return check_text(value, repr(key))
+
+
+def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    _require(isinstance(value, dict), f"{key!r} is not an object", "type")
+    return value
+
+
+def _shape(value: Any) -> tuple[list[int], int]:
+    """A tensor shape and its element count, refused before multiplying past the raw cap."""
+    _require(
+        isinstance(value, list) and 0 < len(value) <= MAX_SHAPE_DIMS,
+        f"shape must be a list of 1..{MAX_SHAPE_DIMS} dimensions",
+    )
+    count = 1
+    for dim in value:
+        _require(isinstance(dim, int) and not isinstance(dim, bool), "shape holds a non-integer")
+        _require(0 < dim <= MAX_RAW_BYTES, "shape holds a dimension out of range", "range")
+        count *= dim
+        _require(count <= MAX_RAW_BYTES, f"shape holds more than {MAX_RAW_BYTES} elements", "size")
+    return value, count
+
+
+def inflate(text: Any, expected: int) -> bytes:
+    """base64 of a zlib stream -> exactly ``expected`` bytes; never inflates more than one byte
+    past them, so a small line cannot make a large allocation."""
+    _require(isinstance(text, str), "input 'zlib' is not a string", "type")
+    try:
+        packed = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ProtocolError("input 'zlib' is not base64", "encoding") from None
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(packed, expected + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"input is not a zlib stream ({exc})", "encoding") from None
+    _require(len(data) <= expected, f"input inflates past the {expected} bytes its shape holds")
+    _require(inflater.eof, f"input ends early: {len(data)} of {expected} bytes")
+    _require(len(data) == expected, f"input is {len(data)} bytes, its shape holds {expected}")
+    _require(not inflater.unused_data, "input has bytes after its zlib stream")
+    return data
+
+
+def _tensor(dtype: Any, shape: Any) -> tuple[str, list[int], int]:
+    _require(dtype in RAW_DTYPES, f"input dtype must be one of {', '.join(RAW_DTYPES)}")
+    dims, count = _shape(shape)
+    size = count * ITEMSIZE[dtype]
+    _require(size <= MAX_RAW_BYTES, f"input of {size} bytes exceeds {MAX_RAW_BYTES}", "size")
+    return dtype, dims, size
+
+
+def _inference(data: dict[str, Any], row: dict[str, Any]) -> None:
+    body = Record.from_json(data).body
+    (best, score), *rest = body.top
+    row |= {"class": best, "confidence": score, "latency_us": body.latency_us}
+    if rest and math.isfinite(score - rest[0][1]):
+        row["margin"] = score - rest[0][1]
+    if body.raw is not None:
+        row |= {"input": body.raw.data, "input_dtype": body.raw.dtype}
+        row["input_shape"] = list(body.raw.shape)
+
+
+def _sample(data: dict[str, Any], row: dict[str, Any]) -> None:
+    scores = data.get("scores")
+    _require(
+        isinstance(scores, list) and 0 < len(scores) <= MAX_CLASSES,
+        f"'scores' must be a list of 1..{MAX_CLASSES} numbers",
+    )
+    _require(isinstance(data.get("drift"), bool), "'drift' is not a boolean", "type")
+    tensor = _object(data, "input")
+    dtype, shape, size = _tensor(tensor.get("dtype"), tensor.get("shape"))
+    row |= {
+        "campaign": _text(data, "campaign"),
+        "trigger": _text(data, "trigger"),
+        "class": _int(data, "class", 0, MAX_CLASSES - 1),
+        "confidence": _number(data.get("confidence"), "'confidence'"),
+        "margin": _number(data.get("margin"), "'margin'"),
+        "scores": [_number(s, "a score") for s in scores],
+        "input": inflate(tensor.get("zlib"), size),
+        "input_dtype": dtype,
+        "input_shape": shape,
+    }
+
+
+def _stats(data: dict[str, Any], key: str) -> None:
+    values = _object(data, key)
+    for stat in STATS:
+        _number(values.get(stat), f"{key}.{stat}", float(MAX_INT))
+
+
+def _summary(data: dict[str, Any], row: dict[str, Any]) -> None:
+    _text(data, "stream")
+    _int(data, "start_ms", 0, MAX_TS_MS)
+    _require(_number(data.get("window_s"), "'window_s'") > 0, "'window_s' must be > 0", "range")
+    _int(data, "records")
+    classes = _object(data, "classes")
+    _require(len(classes) <= MAX_CLASSES, f"'classes' has more than {MAX_CLASSES} entries", "size")
+    for name in classes:
+        known = CLASS_KEY.fullmatch(name) is not None and int(name) < MAX_CLASSES
+        _require(known, f"'classes' has a key {name[:20]!r} that is not a class")
+        _int(classes, name)
+    _stats(data, "confidence")
+    _stats(data, "latency_us")
+    drift = _object(data, "drift")
+    _int(drift, "windows")
+    _int(drift, "alarms")
+    _number(drift.get("max_psi"), "drift.max_psi", float(MAX_INT))
+
+
+def _drift(data: dict[str, Any], row: dict[str, Any]) -> None:
+    Record.from_json(data)
+
+
+KINDS = {"inference": _inference, "drift": _drift, "sample": _sample, "summary": _summary}
+BULKY = {"inference": "raw", "sample": "input"}  # stored in the tensor columns instead
+
+
+def parse_record(raw: bytes) -> tuple[Partition, dict[str, Any]]:
+    """One NDJSON line -> its partition and its row; ``ProtocolError`` for anything else."""
+    _require(
+        len(raw) <= MAX_RECORD_BYTES,
+        f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}",
+        "size",
+    )
+    data = decode_json(raw, "record")
+    _require(isinstance(data, dict), "record is not a JSON object", "type")
+    device, boot = data.get("dev"), data.get("boot")
+    _require(
+        isinstance(device, str) and DEVICE_ID_PATTERN.fullmatch(device) is not None, "bad 'dev'"
+    )
+    _require(isinstance(boot, str) and BOOT_PATTERN.fullmatch(boot) is not None, "bad 'boot'")
+    kind, model = data.get("kind"), data.get("model")
+    _require(isinstance(kind, str) and NAME_PATTERN.fullmatch(kind) is not None, "bad 'kind'")
+    _require(isinstance(model, str) and NAME_PATTERN.fullmatch(model) is not None, "bad 'model'")
+    version = _int(data, "version", 1, MAX_VERSION)
+    ts_ms = _int(data, "ts_ms", 0, MAX_TS_MS)
+    row: dict[str, Any] = dict.fromkeys(SCHEMA.names)
+    row |= {"dev": device, "boot": boot, "seq": _int(data, "seq"), "ts_ms": ts_ms, "kind": kind}
+    if kind in KINDS:
+        KINDS[kind](data, row)
+    bulky = BULKY.get(kind)
+    if bulky in data:
+        del data[bulky]
+        row["record"] = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    else:
+        row["record"] = raw.decode()
+    day = dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).date().isoformat()
+    return Partition(STREAMS.get(kind, OTHER_STREAM), model, version, day), row
+
+
+def parse_body(body: bytes) -> Rows:
+    """A batch (NDJSON, one record per line) -> rows by partition, or ``BadLine`` naming the
+    first line that is not a record."""
+    lines = body.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if not lines:
+        raise BadLine(1, "the batch holds no record", "size")
+    rows: Rows = {}
+    for number, line in enumerate(lines, 1):
+        try:
+            partition, row = parse_record(line)
+        except ProtocolError as exc:
+            raise BadLine(number, str(exc), exc.reason) from None
+        rows.setdefault(partition, []).append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_batch(root: str | os.PathLike[str], key: str, rows: Rows) -> list[str]:
+    """Write each partition's rows as ``<partition>/<key>.parquet``; the paths written."""
+    if KEY_PATTERN.fullmatch(key) is None:
+        raise ValueError(f"batch key {key[:60]!r} is not 40 hex characters")
+    filesystem, base = _filesystem(root)
+    written = []
+    for partition, part in sorted(rows.items()):
+        data = table(part)
+        if filesystem is None:
+            written.append(str(_write_local(Path(base) / partition.path, key, data)))
+        else:
+            directory = f"{base.rstrip('/')}/{partition.path}"
+            filesystem.create_dir(directory, recursive=True)
+            path = f"{directory}/{key}.parquet"
+            with filesystem.open_output_stream(path) as out:
+                pq.write_table(data, out, compression="zstd")
+            written.append(path)
+    return written
+
+
+def _filesystem(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem | None, str]:
+    """``(None, path)`` for a local directory, else the pyarrow filesystem of the URI."""
+    text = os.fspath(root)
+    if "://" not in text:
+        return None, text
+    filesystem, base = pafs.FileSystem.from_uri(text)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return None, base
+    return filesystem, base
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: Path) -> None:
+    """``mkdir -p`` whose new entries survive a power cut (each parent is synced)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _write_local(directory: Path, key: str, data: pa.Table) -> Path:
+    _make_dirs(directory)
+    target = directory / f"{key}.parquet"
+    temp = directory / f".{key}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(data, temp, compression="zstd")
+        _fsync(temp, os.O_RDONLY)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+    return target
