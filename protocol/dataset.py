@@ -19,14 +19,12 @@ pyarrow is imported only here and only by the processes that write or read the d
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import math
 import os
 import re
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from protocol.telemetry import MAX_CLASSES, MAX_RAW_BYTES, MAX_RECORD_BYTES, RAW_DTYPES, Record
+from protocol.telemetry import (
+    MAX_CLASSES,
+    MAX_RECORD_BYTES,
+    Inference,
+    Record,
+    Sample,
+)
 from protocol.topics import (
     DEVICE_ID_PATTERN,
     MAX_INT,
@@ -57,8 +61,6 @@ BOOT_PATTERN = re.compile(r"[0-9a-f]{8,64}")
 MAX_VERSION = 2**31 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last day a date can name
 MAX_FLOAT32 = 3.4028234663852886e38
-MAX_SHAPE_DIMS = 8
-ITEMSIZE = {"float32": 4, "int8": 1, "uint8": 1, "int16": 2, "int32": 4}
 STATS = ("mean", "p50", "p90", "p99")
 CLASS_KEY = re.compile(r"0|[1-9][0-9]{0,3}")
 
@@ -117,9 +119,8 @@ def _require(condition: bool, message: str, reason: str = "invalid") -> None:
 
 def _int(data: dict[str, Any], key: str, low: int = 0, high: int = MAX_INT - 1) -> int:
     value = data.get(key)
-    _require(
-        isinstance(value, int) and not isinstance(value, bool), f"{key!r} is not an integer", "type"
-    )
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"{key!r} is not an integer", "type")
     _require(low <= value <= high, f"{key!r} is out of range {low}..{high}", "range")
     return value
 
@@ -134,62 +135,22 @@ def _number(value: Any, what: str, bound: float = MAX_FLOAT32) -> float:
 
 def _text(data: dict[str, Any], key: str, limit: int = 256) -> str:
     value = data.get(key)
-    _require(isinstance(value, str), f"{key!r} is not a string", "type")
+    if not isinstance(value, str):
+        raise ProtocolError(f"{key!r} is not a string", "type")
     _require(0 < len(value) <= limit, f"{key!r} must be 1..{limit} characters", "size")
     return check_text(value, repr(key))
 
 
 def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
     value = data.get(key)
-    _require(isinstance(value, dict), f"{key!r} is not an object", "type")
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{key!r} is not an object", "type")
     return value
-
-
-def _shape(value: Any) -> tuple[list[int], int]:
-    """A tensor shape and its element count, refused before multiplying past the raw cap."""
-    _require(
-        isinstance(value, list) and 0 < len(value) <= MAX_SHAPE_DIMS,
-        f"shape must be a list of 1..{MAX_SHAPE_DIMS} dimensions",
-    )
-    count = 1
-    for dim in value:
-        _require(isinstance(dim, int) and not isinstance(dim, bool), "shape holds a non-integer")
-        _require(0 < dim <= MAX_RAW_BYTES, "shape holds a dimension out of range", "range")
-        count *= dim
-        _require(count <= MAX_RAW_BYTES, f"shape holds more than {MAX_RAW_BYTES} elements", "size")
-    return value, count
-
-
-def inflate(text: Any, expected: int) -> bytes:
-    """base64 of a zlib stream -> exactly ``expected`` bytes; never inflates more than one byte
-    past them, so a small line cannot make a large allocation."""
-    _require(isinstance(text, str), "input 'zlib' is not a string", "type")
-    try:
-        packed = base64.b64decode(text, validate=True)
-    except ValueError:
-        raise ProtocolError("input 'zlib' is not base64", "encoding") from None
-    inflater = zlib.decompressobj()
-    try:
-        data = inflater.decompress(packed, expected + 1)
-    except zlib.error as exc:
-        raise ProtocolError(f"input is not a zlib stream ({exc})", "encoding") from None
-    _require(len(data) <= expected, f"input inflates past the {expected} bytes its shape holds")
-    _require(inflater.eof, f"input ends early: {len(data)} of {expected} bytes")
-    _require(len(data) == expected, f"input is {len(data)} bytes, its shape holds {expected}")
-    _require(not inflater.unused_data, "input has bytes after its zlib stream")
-    return data
-
-
-def _tensor(dtype: Any, shape: Any) -> tuple[str, list[int], int]:
-    _require(dtype in RAW_DTYPES, f"input dtype must be one of {', '.join(RAW_DTYPES)}")
-    dims, count = _shape(shape)
-    size = count * ITEMSIZE[dtype]
-    _require(size <= MAX_RAW_BYTES, f"input of {size} bytes exceeds {MAX_RAW_BYTES}", "size")
-    return dtype, dims, size
 
 
 def _inference(data: dict[str, Any], row: dict[str, Any]) -> None:
     body = Record.from_json(data).body
+    assert isinstance(body, Inference)
     (best, score), *rest = body.top
     row |= {"class": best, "confidence": score, "latency_us": body.latency_us}
     if rest and math.isfinite(score - rest[0][1]):
@@ -200,31 +161,27 @@ def _inference(data: dict[str, Any], row: dict[str, Any]) -> None:
 
 
 def _sample(data: dict[str, Any], row: dict[str, Any]) -> None:
-    scores = data.get("scores")
-    _require(
-        isinstance(scores, list) and 0 < len(scores) <= MAX_CLASSES,
-        f"'scores' must be a list of 1..{MAX_CLASSES} numbers",
-    )
-    _require(isinstance(data.get("drift"), bool), "'drift' is not a boolean", "type")
-    tensor = _object(data, "input")
-    dtype, shape, size = _tensor(tensor.get("dtype"), tensor.get("shape"))
+    body = Record.from_json(data).body
+    assert isinstance(body, Sample)
+    cls, confidence, margin = body.top
     row |= {
-        "campaign": _text(data, "campaign"),
-        "trigger": _text(data, "trigger"),
-        "class": _int(data, "class", 0, MAX_CLASSES - 1),
-        "confidence": _number(data.get("confidence"), "'confidence'"),
-        "margin": _number(data.get("margin"), "'margin'"),
-        "scores": [_number(s, "a score") for s in scores],
-        "input": inflate(tensor.get("zlib"), size),
-        "input_dtype": dtype,
-        "input_shape": shape,
+        "campaign": body.campaign,
+        "trigger": body.trigger,
+        "class": cls,
+        "confidence": confidence,
+        "margin": margin,
+        "scores": list(body.scores),
+        "input": body.input.data,
+        "input_dtype": body.input.dtype,
+        "input_shape": list(body.input.shape),
     }
 
 
 def _stats(data: dict[str, Any], key: str) -> None:
     values = _object(data, key)
     for stat in STATS:
-        _number(values.get(stat), f"{key}.{stat}", float(MAX_INT))
+        if values.get(stat) is not None:  # null: no inference in the window
+            _number(values.get(stat), f"{key}.{stat}", float(MAX_INT))
 
 
 def _summary(data: dict[str, Any], row: dict[str, Any]) -> None:

@@ -37,7 +37,8 @@ def sample(seq: int, array: np.ndarray | None = None, campaign: str = "low-conf"
     array = np.arange(12, dtype=np.float32).reshape(3, 4) + seq if array is None else array
     return common("sample", seq, **extra) | {
         "campaign": campaign, "trigger": "low_confidence", "class": seq % 4,
-        "confidence": 0.5, "margin": 0.125, "drift": False, "scores": [0.5, 0.375, 0.0625, 0.0625],
+        "confidence": 0.5, "margin": 0.125, "drift": False,
+        "scores": np.roll([0.5, 0.375, 0.0625, 0.0625], seq % 4).tolist(),
         "input": tensor(array),
     }  # fmt: skip
 

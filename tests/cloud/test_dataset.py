@@ -41,7 +41,7 @@ def test_every_kind_lands_in_its_partition_with_typed_columns(tmp_path):
     assert day.isoformat() == "2023-11-14"
     assert got == [
         ("samples", "kws", 2, day, "sample", 1, 0.5, 0.125, None, "low-conf",
-         [0.5, 0.375, 0.0625, 0.0625], "float32", [3, 4], None),
+         [0.0625, 0.5, 0.375, 0.0625], "float32", [3, 4], None),
         ("telemetry", "kws", 2, day, "inference", 2, 0.75, 0.625, 802, None, None, None, None,
          None),
         ("telemetry", "kws", 2, day, "drift", None, None, None, None, None, None, None, None,
@@ -90,12 +90,12 @@ def test_one_bad_line_names_its_number_and_nothing_is_parsed_past_it():
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"shape": [3, 5]}, "input is 48 bytes, its shape holds 60"),
-        ({"shape": [2, 4]}, "input inflates past the 32 bytes"),
-        ({"dtype": "float64"}, "input dtype must be one of"),
-        ({"shape": [1024, 1024]}, "more than 131072 elements"),
+        ({"shape": [3, 5]}, "input size does not match its shape"),
+        ({"shape": [2, 4]}, "input size does not match its shape"),
+        ({"dtype": "float64"}, "unknown input dtype"),
+        ({"shape": [1024, 1024]}, "too big"),
         ({"zlib": "!!"}, "not base64"),
-        ({"zlib": base64.b64encode(b"not zlib").decode()}, "not a zlib stream"),
+        ({"zlib": base64.b64encode(b"not zlib").decode()}, "not base64 zlib data"),
     ],
 )
 def test_a_sample_input_that_does_not_match_its_shape_is_refused(change, problem):
@@ -109,8 +109,8 @@ def test_a_compressed_bomb_is_stopped_at_the_shape_not_inflated():
     record = sample(1)
     bomb = zlib.compress(bytes(100 * 1024 * 1024), 9)  # 100 MiB of zeros in ~100 KiB
     record["input"]["zlib"] = base64.b64encode(bomb).decode()
-    with pytest.raises(ProtocolError, match="inflates past the 48 bytes"):
-        dataset.inflate(record["input"]["zlib"], 48)
+    with pytest.raises(ProtocolError, match="does not match its shape"):
+        dataset.parse_record(line(record))
 
 
 def test_the_largest_input_the_contract_allows_is_taken():
