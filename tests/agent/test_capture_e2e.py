@@ -82,10 +82,10 @@ def test_campaign_samples_hold_their_trigger_and_per_device_survives_kill9(
         "reason": "per_device",
         "captured": 30,
     }
+    wait_for(lambda: counter(collector, "samples_captured") == 30, 20, "a status after the end")
     wait_for(lambda: counter(collector, "samples_pending") == 0, 20, "samples sent")
     samples = collector.samples()
     assert len(samples) == 30, "exactly per_device, across the kill"
-    assert counter(collector, "samples_captured") == 30
     engine = Engine(model)
     for record in samples:
         body = record.body
