@@ -27,6 +27,7 @@ from protocol.topics import (
 )
 
 SOURCE_KINDS = ("synthetic", "replay", "serial")
+PATTERNS = ("noise", "bands")
 ENGINES = ("auto", "litert", "tflite-runtime")
 
 
@@ -64,6 +65,9 @@ class SourceConfig:
     seed: int = 0
     drift: float = 0.0
     drift_after: int = 0
+    pattern: str = "noise"  # synthetic: "noise" (standard normal) or "bands" (one band per class)
+    shift: float = 0.0  # bands: added to every band's brightness
+    shift_file: Path | None = None  # bands: re-read for ``shift`` when it changes
     path: Path | None = None
     loop: bool = True
     port: str | None = None
@@ -89,6 +93,17 @@ class TelemetryConfig:
     # On SIGTERM, inference stops and the link keeps sending for up to this long, so a planned
     # stop hands the spool to the broker instead of leaving it for the next start.
     drain_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What the device owner allows campaigns from the gateway to keep: off unless enabled,
+    and within a disk budget and an hourly rate no command can raise."""
+
+    enabled: bool = False
+    spool_bytes: int = 8 * 1024 * 1024
+    max_per_hour: int = 600
+    max_campaigns: int = 4
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,7 @@ class AgentConfig:
     inference: InferenceConfig
     telemetry: TelemetryConfig
     drift: DriftConfig
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     update: UpdateSettings | None = None  # None: update commands are rejected
     hardware_tags: tuple[str, ...] = ()  # reported in status; a rollout skips misfits
     arena_bytes: int | None = None
@@ -178,6 +194,7 @@ def parse(data: dict, origin: str, base: Path) -> AgentConfig:
         inference=_inference(root.table("inference")),
         telemetry=_telemetry(root.table("telemetry")),
         drift=_drift(root.table("drift")),
+        capture=_capture(root.table("capture")),
         update=_update(root.table("update")) if "update" in data else None,
         mcus=_mcus(root.tables("mcu", MAX_MCUS)),
     )
@@ -284,6 +301,9 @@ def _source(table: tomlconfig.Table) -> SourceConfig:
         port=table.value("port", str, ... if kind == "serial" else None),
         baud=table.value("baud", int, 115200, 50, 10_000_000),
         max_line_bytes=table.value("max_line_bytes", int, 64 * 1024, 16, 16 * 1024 * 1024),
+        pattern=table.choice("pattern", PATTERNS, "noise"),
+        shift=table.value("shift", float, 0.0, -1e6, 1e6),
+        shift_file=table.path_value("shift_file"),
     )
     table.done()
     return config
@@ -308,6 +328,17 @@ def _telemetry(table: tomlconfig.Table) -> TelemetryConfig:
         spool_bytes=table.value("spool_bytes", int, 16 * 1024 * 1024, 4096, 2**40),
         status_interval_s=table.value("status_interval_s", float, 30.0, 0.1, 86400),
         drain_s=table.value("drain_s", float, 0.0, 0.0, 3600),
+    )
+    table.done()
+    return config
+
+
+def _capture(table: tomlconfig.Table) -> CaptureConfig:
+    config = CaptureConfig(
+        enabled=table.value("enabled", bool, False),
+        spool_bytes=table.value("spool_bytes", int, 8 * 1024 * 1024, 64 * 1024, 2**40),
+        max_per_hour=table.value("max_per_hour", int, 600, 0, 1_000_000),
+        max_campaigns=table.value("max_campaigns", int, 4, 1, 64),
     )
     table.done()
     return config

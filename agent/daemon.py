@@ -1,11 +1,11 @@
 """The agent daemon: composes its parts on one exit stack, tells systemd how it is doing, and
 stops in order on SIGTERM.
 
-The parts, each with one job: the spool (records until the broker has them), the MQTT link, the
-updater (``UpdateManager``: A/B slots, the update worker), the attached MCUs, the model runner
-(which model runs, inference, drift, probation evidence), the update driver (update commands
-and the work they start) and the status report. They are built in that order, each given what
-it needs, and unwound in reverse.
+The parts, each with one job: the spool (records until the broker has them), capture (campaigns
+and the sample spool), the MQTT link, the updater (``UpdateManager``: A/B slots, the update
+worker), the attached MCUs, the model runner (which model runs, inference, drift, probation
+evidence), the update driver (update commands and the work they start) and the status report.
+They are built in that order, each given what it needs, and unwound in reverse.
 
 Shutdown order: stop the source and the pipeline (a chunk not yet in the spool was never a
 record) and any update work (its child process is killed, which the updater survives by design);
@@ -24,6 +24,7 @@ import time
 import structlog
 
 from agent.bad_input import BadInput
+from agent.capture import Capture
 from agent.config import AgentConfig
 from agent.link import Link
 from agent.mcu.updater import McuUpdater
@@ -36,6 +37,7 @@ from agent.updater.manager import UpdateConfig, UpdateManager
 from edgefleet import __version__
 from edgefleet.errors import UserError
 from edgefleet.sdnotify import Notifier
+from protocol.capture import CAMPAIGN_KINDS
 
 STOP_TIMEOUT_S = 5.0
 
@@ -84,16 +86,33 @@ class Agent:
             # The link runs only once every part exists; until then nothing calls these.
             report: StatusReport | None = None
             driver: UpdateDriver | None = None
+            capture: Capture | None = None
+
+            def on_command(command) -> None:
+                part = capture if command.kind in CAMPAIGN_KINDS else driver
+                part.on_command(command)
+
             link = Link(
                 cfg.device_id,
                 cfg.mqtt,
                 cfg.telemetry,
                 spool,
                 lambda: report.status(link),
-                lambda command: driver.on_command(command),
+                on_command,
                 self.bad_input,
             )
             outbox = Outbox(cfg.device_id, link)
+            capture = await stack.enter_async_context(
+                Capture(
+                    cfg.device_id,
+                    cfg.capture,
+                    cfg.state_dir / "samples.db",
+                    outbox,
+                    self.bad_input,
+                    cfg.source.seed,
+                )
+            )
+            link.samples = capture.spool
             outbox.event("started", agent_version=__version__, boot=spool.stats.boot)
             updates = None
             if cfg.update is not None:
@@ -108,12 +127,12 @@ class Agent:
                 )
                 mcus = await stack.enter_async_context(mcus)
             models = await stack.enter_async_context(
-                ModelRunner(cfg, spool, self.bad_input, outbox, updates, asyncio.Lock())
+                ModelRunner(cfg, spool, self.bad_input, outbox, updates, asyncio.Lock(), capture)
             )
             if updates is not None and updates.active_model() is None:
                 configured = models.choose()
                 await updates.adopt(configured.path, configured.name, configured.version)
-            report = StatusReport(cfg, spool, self.bad_input, models, updates, mcus)
+            report = StatusReport(cfg, spool, self.bad_input, models, updates, mcus, capture)
             await models.follow()
             driver = await stack.enter_async_context(
                 UpdateDriver(updates, models, mcus, outbox, self.bad_input)

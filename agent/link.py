@@ -3,7 +3,9 @@ status, events and telemetry batches from the spool, receive commands, and recon
 exponential backoff and full jitter when anything on the connection fails.
 
 Telemetry leaves the spool only after its PUBACK: ``Client.publish(qos=1)`` returns once paho
-has called ``on_publish`` for the message id, which for QoS 1 is the PUBACK.
+has called ``on_publish`` for the message id, which for QoS 1 is the PUBACK. Captured samples
+(their own spool, their own topic) go the same way, but only while no telemetry batch is due:
+telemetry first.
 
 A publish waits for its PUBACK as long as the connection lives. A busy broker acknowledges late,
 and giving up on a live connection only adds a reconnect (and a resend) to its load. A dead
@@ -53,6 +55,7 @@ class LinkStats:
     connects: int = 0
     batches: int = 0
     records: int = 0
+    samples: int = 0
     events_dropped: int = 0
 
 
@@ -78,9 +81,10 @@ class Link:
             on_command,
             bad_input,
         )
+        self.samples: Spool | None = None  # captured samples, sent while no telemetry is due
         self._topics = {
             kind: device_topic(mqtt.prefix, device, kind)
-            for kind in ("telemetry", "status", "events", "cmd")
+            for kind in ("telemetry", "samples", "status", "events", "cmd")
         }
         self._stop = asyncio.Event()
         self._flushing = False
@@ -235,24 +239,48 @@ class Link:
             self._on_command(command)
 
     async def _telemetry_loop(self, client: aiomqtt.Client) -> None:
-        spool, tel = self._spool, self._tel
+        """Telemetry batches as they fall due; samples only while no telemetry is due."""
+        spool, samples, tel = self._spool, self.samples, self._tel
         overhead = batch_overhead(self._device)
         while True:
             stats = spool.stats
             since = spool.pending_since
             age = None if since is None else time.monotonic() - since
             flush = self._flushing and stats.depth > 0
-            if not flush and not batch_due(stats.depth, tel.batch_records, age, tel.batch_age_s):
-                spool.changed.clear()
-                wait = None if age is None else max(tel.batch_age_s - age, 0.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(spool.changed.wait(), wait)
+            if flush or batch_due(stats.depth, tel.batch_records, age, tel.batch_age_s):
+                if await self._send(client, spool, "telemetry", overhead):
+                    self.stats.batches += 1
                 continue
-            claim = await spool.claim(tel.batch_records, tel.batch_bytes, overhead)
-            if claim is None:
+            if samples is not None and samples.stats.depth:
+                await self._send(client, samples, "samples", overhead)
                 continue
-            payload = encode_batch(self._device, claim.bodies)
-            await self._publish(client, "telemetry", payload)
-            await spool.ack(claim)
-            self.stats.batches += 1
+            spool.changed.clear()
+            changed = [spool.changed] + ([samples.changed] if samples is not None else [])
+            if samples is not None:
+                samples.changed.clear()
+            wait = None if age is None else max(tel.batch_age_s - age, 0.0)
+            await wait_any(changed, wait)
+
+    async def _send(self, client: aiomqtt.Client, spool: Spool, kind: str, overhead: int) -> bool:
+        """One batch of ``spool`` on the ``kind`` topic, deleted at its PUBACK."""
+        tel = self._tel
+        claim = await spool.claim(tel.batch_records, tel.batch_bytes, overhead)
+        if claim is None:
+            return False
+        await self._publish(client, kind, encode_batch(self._device, claim.bodies))
+        await spool.ack(claim)
+        if kind == "samples":
+            self.stats.samples += len(claim.bodies)
+        else:
             self.stats.records += len(claim.bodies)
+        return True
+
+
+async def wait_any(events: list[asyncio.Event], within_s: float | None) -> None:
+    """Until one of ``events`` is set, or ``within_s`` passed."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

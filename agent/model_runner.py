@@ -20,6 +20,7 @@ import numpy as np
 import structlog
 
 from agent.bad_input import BadInput
+from agent.capture import Capture
 from agent.config import AgentConfig
 from agent.drift import DriftVerdict, LiveDrift, compatible
 from agent.engine import Engine, EngineError
@@ -75,7 +76,7 @@ def file_sha256(path: Path) -> str | None:
 def make_source(config: AgentConfig, shape: tuple[int, ...], bad_input: BadInput):
     src, inf = config.source, config.inference
     if src.kind == "synthetic":
-        return SyntheticSource(src, shape, inf.rate_hz, inf.max_chunk)
+        return SyntheticSource(src, shape, inf.rate_hz, inf.max_chunk, bad_input)
     if src.kind == "replay":
         return ReplaySource(src, shape, inf.rate_hz, inf.max_chunk, bad_input)
     return SerialSource(src, shape, inf.max_chunk, bad_input)
@@ -93,9 +94,10 @@ class ModelRunner:
         outbox: Outbox,
         updates: UpdateManager | None,
         finishing: asyncio.Lock,
+        capture: Capture | None = None,
     ):
         self.config, self.spool, self.bad_input, self.outbox = config, spool, bad_input, outbox
-        self.updates = updates
+        self.updates, self.capture = updates, capture
         self.finishing = finishing  # held by whoever ends a trial (probation, operator, here)
         self.serving: Serving | None = None
         self.pipeline: Pipeline | None = None
@@ -252,6 +254,8 @@ class ModelRunner:
             self._on_verdict,
             self._on_unfit,
             self._on_observe,
+            self.capture,
+            lambda: self._alarm,
         )
         self.pipeline.serve(serving)
         self.inference = asyncio.create_task(self._infer(self.pipeline, before), name="infer")

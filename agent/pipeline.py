@@ -7,7 +7,9 @@ The model can be replaced while the pipeline runs (``serve``): the switch travel
 same queues as the chunks, so every chunk is inferred, recorded and accounted for drift under the
 model that was serving when it reached the engine, and no chunk is lost at the switch. During an
 update's trial the serving model is the candidate, and the incumbent runs in shadow on the inputs
-the updater picks; the results go to ``on_observe`` as probation evidence.
+the updater picks; the results go to ``on_observe`` as probation evidence. While campaigns run
+for the serving model, the records thread also selects the inputs they capture (``capture``);
+without one it does nothing more.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
+from agent.capture import Capture
 from agent.config import InferenceConfig
 from agent.drift import DriftVerdict, LiveDrift
 from agent.engine import Engine, Result
@@ -164,6 +167,8 @@ class Pipeline:
         on_verdict: Callable[[DriftVerdict], None],
         on_unfit: Callable[[int], None],
         on_observe: Callable[[list[Observation]], None] = lambda found: None,
+        capture: Capture | None = None,
+        drifting: Callable[[], bool] = lambda: False,
     ):
         self._device, self._spool, self._config = device, spool, config
         self.serving = Serving(engine, model, drift)  # what the engine thread is told to run
@@ -174,6 +179,7 @@ class Pipeline:
             log.warning("raw_sampling_off", input_bytes=raw_bytes, limit=MAX_RAW_BYTES)
             self._raw_every = 0
         self._on_verdict, self._on_unfit, self._on_observe = on_verdict, on_unfit, on_observe
+        self._capture, self._drifting = capture, drifting
         self._inbox: queue.SimpleQueue | None = None
         self.stats = PipelineStats()
 
@@ -282,12 +288,38 @@ class Pipeline:
                 self._on_unfit(unfit)
             if item.shadow is not None:
                 self._on_observe(await loop.run_in_executor(executor, self._evidence, item))
+            if self._capture is not None and self._capture.armed:
+                await self._capture_from(item, executor)
             stats = self.stats
             stats.inferences += len(chunk.samples)
             stats.latency_us_ewma += 0.1 * (float(result.latency_us.mean()) - stats.latency_us_ewma)
             for verdict in verdicts:
                 self._on_verdict(verdict)
             in_flight.release()
+
+    async def _capture_from(self, item: Inferred, executor: ThreadPoolExecutor) -> None:
+        """The inputs of this chunk the running campaigns select become samples."""
+        capture, serving = self._capture, self._recording
+        plan = await capture.prepare(serving.model.name, self._drifting())
+        if plan is None:
+            return
+        shadow = item.shadow
+        theirs = None
+        if shadow is not None and shadow.result is not None:
+            theirs = (shadow.mask, shadow.result.scores)
+        picked = await asyncio.get_running_loop().run_in_executor(
+            executor,
+            capture.pick,
+            plan,
+            item.chunk.samples,
+            item.chunk.ts_ms,
+            item.result,
+            serving.engine.input,
+            (serving.model.name, serving.model.version),
+            theirs,
+        )
+        if picked is not None:
+            await capture.keep(picked)
 
     async def _close_window(self, old: Serving, new: Serving, boot: str, seq: int) -> int:
         """At a switch to another model, the window in progress is closed and recorded under

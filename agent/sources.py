@@ -1,7 +1,9 @@
 """Sensor sources: async iterators of ``Chunk``s (float samples shaped like the model's input).
 
 * ``SyntheticSource``: seeded Gaussian samples, paced; told to drift, it shifts their mean after
-  a number of samples.
+  a number of samples. With ``pattern = "bands"`` each sample is the banded input of a random
+  class (``edgefleet.models.bands``), its bands dimmed or brightened by ``shift``, which a
+  running source re-reads from ``shift_file`` when that file changes.
 * ``ReplaySource``: samples from a file (NPY ``[N, ...]``, CSV or JSONL rows of numbers), paced,
   looping or not; at the end of a non-looping file it stops and the agent idles.
 * ``SerialSource``: one sample per text line (numbers separated by commas or blanks) from a
@@ -26,6 +28,7 @@ import numpy as np
 
 from agent.bad_input import BadInput
 from agent.config import SourceConfig
+from edgefleet.models import bands
 
 SERIAL_QUEUE = 4096
 SERIAL_POLL_S = 1.0
@@ -100,17 +103,62 @@ class _Stateless:
         return None
 
 
+class ShiftFile:
+    """A float in a file, re-read when its modification time changes; a file that does not
+    parse is counted as bad input and the last good value stays."""
+
+    def __init__(self, path: Path, value: float, bad_input: BadInput):
+        self._path, self.value, self._bad_input = path, value, bad_input
+        self._mtime: int | None = None
+
+    def read(self) -> float:
+        try:
+            mtime = self._path.stat().st_mtime_ns
+        except OSError:
+            return self.value
+        if mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                value = float(self._path.read_text()[:64].strip())
+                if not math.isfinite(value) or abs(value) > 1e6:
+                    raise ValueError(f"{value} is out of range")
+                self.value = value
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                self._bad_input.record("bad_sensor", f"shift file {self._path}: {exc}")
+        return self.value
+
+
 class SyntheticSource(_Stateless):
-    def __init__(self, config: SourceConfig, shape: tuple[int, ...], rate: float, chunk: int):
+    def __init__(
+        self,
+        config: SourceConfig,
+        shape: tuple[int, ...],
+        rate: float,
+        chunk: int,
+        bad_input: BadInput,
+    ):
         self._rng = np.random.default_rng(config.seed)
         self._shape, self._config = shape, config
         self._pacer = Pacer(rate, chunk)
         self._made = 0
+        if config.pattern == "bands" and tuple(shape) != bands.SHAPE:
+            raise SourceError(
+                f"pattern bands makes inputs of {bands.SHAPE}, the model takes {shape}"
+            )
+        self._shift = (
+            ShiftFile(config.shift_file, config.shift, bad_input) if config.shift_file else None
+        )
+
+    def _make(self, n: int) -> np.ndarray:
+        if self._config.pattern == "bands":
+            shift = self._shift.read() if self._shift else self._config.shift
+            return bands.make(self._rng, n, shift)[0]
+        return self._rng.standard_normal((n, *self._shape), dtype=np.float32)
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         while True:
             n = await self._pacer.next()
-            samples = self._rng.standard_normal((n, *self._shape), dtype=np.float32)
+            samples = self._make(n)
             drifted = np.arange(self._made, self._made + n) >= self._config.drift_after
             if self._config.drift and drifted.any():
                 samples[drifted] += np.float32(self._config.drift)

@@ -21,7 +21,7 @@ import asyncio
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +88,11 @@ def cap_victims(rows: Sequence[tuple[int, int]], excess: int) -> tuple[int, int]
 
 
 class SpoolDB:
-    """The synchronous spool; one thread uses it (``Spool`` runs it in its own thread)."""
+    """The synchronous spool; one thread uses it (``Spool`` runs it in its own thread).
+    ``schema`` adds tables of the spool's user, kept in the same database so that they can
+    change in the transaction that stores records (``append(..., within=...)``)."""
 
-    def __init__(self, path: Path, cap_bytes: int, host_boot: str):
+    def __init__(self, path: Path, cap_bytes: int, host_boot: str, schema: str = ""):
         self.cap_bytes = cap_bytes
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -99,7 +101,7 @@ class SpoolDB:
             self._db.execute("PRAGMA journal_size_limit=4194304")
             self._db.execute("PRAGMA cache_size=-512")  # KiB: records pass through once
             with self._transaction():
-                for statement in SCHEMA.split(";"):
+                for statement in (SCHEMA + schema).split(";"):
                     if statement.strip():
                         self._db.execute(statement)
                 meta = dict(self._db.execute("SELECT key, value FROM meta"))
@@ -124,11 +126,19 @@ class SpoolDB:
     def _transaction(self):
         return _Transaction(self._db)
 
-    def append(self, bodies: Sequence[bytes], next_seq: int) -> int:
-        """Store ``bodies`` (their records numbered up to ``next_seq - 1``); returns how many
-        records the cap dropped. If the database fails, the records are counted as dropped."""
+    def append(
+        self,
+        bodies: Sequence[bytes],
+        next_seq: int,
+        within: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> int:
+        """Store ``bodies`` (their records numbered up to ``next_seq - 1``), and run ``within``
+        in the same transaction; returns how many records the cap dropped. If the database
+        fails, the records are counted as dropped (and ``within`` had no effect)."""
         try:
             with self._transaction():
+                if within is not None:
+                    within(self._db)
                 self._db.executemany(
                     "INSERT INTO records (size, body) VALUES (?, ?)",
                     ((len(b), b) for b in bodies),
@@ -205,6 +215,11 @@ class SpoolDB:
         self.bytes -= size
         self.depth -= count
 
+    def transact(self, fn: Callable[[sqlite3.Connection], object]) -> object:
+        """``fn(connection)`` in one transaction (the user's own tables)."""
+        with self._transaction():
+            return fn(self._db)
+
     def stats(self) -> SpoolStats:
         return SpoolStats(
             boot=self.boot,
@@ -241,15 +256,15 @@ class Spool:
     """``SpoolDB`` in its own thread, as an async context manager. ``changed`` is set whenever
     records are added; ``pending_since`` is when the oldest unsent record arrived (monotonic)."""
 
-    def __init__(self, path: Path, cap_bytes: int):
-        self._path, self._cap = path, cap_bytes
+    def __init__(self, path: Path, cap_bytes: int, schema: str = ""):
+        self._path, self._cap, self._schema = path, cap_bytes, schema
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
         self.changed = asyncio.Event()
         self.pending_since: float | None = None
         self._db: SpoolDB | None = None
 
     async def __aenter__(self) -> Spool:
-        self._db = await self._call(SpoolDB, self._path, self._cap, host_boot_id())
+        self._db = await self._call(SpoolDB, self._path, self._cap, host_boot_id(), self._schema)
         if self._db.depth:
             self.pending_since = 0.0  # left over from before: send without waiting
             self.changed.set()
@@ -266,12 +281,20 @@ class Spool:
     def stats(self) -> SpoolStats:
         return self._db.stats()
 
-    async def append(self, bodies: Sequence[bytes], next_seq: int) -> int:
-        dropped = await self._call(self._db.append, bodies, next_seq)
+    async def append(
+        self,
+        bodies: Sequence[bytes],
+        next_seq: int,
+        within: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> int:
+        dropped = await self._call(self._db.append, bodies, next_seq, within)
         if self.pending_since is None:
             self.pending_since = time.monotonic()
         self.changed.set()
         return dropped
+
+    async def transact(self, fn: Callable[[sqlite3.Connection], object]) -> object:
+        return await self._call(self._db.transact, fn)
 
     async def claim(self, max_records: int, max_bytes: int, overhead: int) -> Claim | None:
         return await self._call(self._db.claim, max_records, max_bytes, overhead)

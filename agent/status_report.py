@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from agent.bad_input import BadInput
+from agent.capture import Capture
 from agent.config import AgentConfig
 from agent.link import Link
 from agent.mcu.updater import McuUpdater
@@ -26,9 +27,10 @@ class StatusReport:
         models: ModelRunner,
         updates: UpdateManager | None,
         mcus: McuUpdater | None,
+        capture: Capture | None = None,
     ):
         self.config, self.spool, self.bad_input, self.models = config, spool, bad_input, models
-        self.updates, self.mcus = updates, mcus
+        self.updates, self.mcus, self.capture = updates, mcus, capture
 
     def status(self, link: Link) -> Status:
         spool = self.spool.stats
@@ -43,6 +45,13 @@ class StatusReport:
         counters["batches_sent"] = link.stats.batches
         counters["events_dropped"] = link.stats.events_dropped
         counters["connects"] = link.stats.connects
+        samples = self.capture.stats() if self.capture else None
+        if samples is not None:
+            counters["samples_captured"] = samples.produced
+            counters["samples_dropped"] = samples.dropped
+            counters["samples_pending"] = samples.depth
+            counters["samples_sent"] = link.stats.samples
+            counters["campaigns"] = len(self.capture.running)
         return Status(
             device=self.config.device_id,
             state="online",

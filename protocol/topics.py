@@ -54,6 +54,9 @@ EVENT_KINDS = (
     "update_refused",
     "update_failed",
     "update_blocked",  # cannot fetch or verify the offered update yet; retrying
+    "campaign_started",
+    "campaign_refused",  # capture disabled, or max_campaigns already running
+    "campaign_ended",  # reason: per_device | until | stopped
     "error",
 )
 COMMAND_KINDS = ("update", "rollback", "config", "campaign", "campaign_stop")

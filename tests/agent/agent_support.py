@@ -130,6 +130,8 @@ class Collected:
     statuses: dict[str, Status] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     bad: Counter = field(default_factory=Counter)
+    samples: dict[str, Record] = field(default_factory=dict)
+    arrivals: list[tuple[str, int]] = field(default_factory=list)  # (topic kind, records)
 
 
 class Collector:
@@ -163,9 +165,16 @@ class Collector:
             _, device, kind = parse_device_topic(message.topic)
             with self._lock:
                 if kind == "telemetry":
-                    for record in decode_batch(message.payload).records:
+                    records = decode_batch(message.payload).records
+                    for record in records:
                         self.data.records[record.id.key] = record
                         self.data.deliveries += 1
+                    self.data.arrivals.append((kind, max(r.id.seq for r in records)))
+                elif kind == "samples":
+                    records = decode_batch(message.payload).records
+                    for record in records:
+                        self.data.samples[record.id.key] = record
+                    self.data.arrivals.append((kind, len(records)))
                 elif kind == "status":
                     self.data.statuses[device] = Status.decode(message.payload)
                 elif kind == "events":
@@ -189,6 +198,10 @@ class Collector:
     def status(self, device: str) -> Status | None:
         with self._lock:
             return self.data.statuses.get(device)
+
+    def samples(self) -> list[Record]:
+        with self._lock:
+            return list(self.data.samples.values())
 
     def events(self, kind: str) -> list[Event]:
         with self._lock:

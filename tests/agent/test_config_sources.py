@@ -42,6 +42,20 @@ def test_good_config(tmp_path):
     assert config.source.kind == "synthetic" and config.telemetry.spool_bytes > 0
 
 
+def test_capture_is_off_unless_enabled(tmp_path):
+    config = load(config_file(tmp_path))
+    assert not config.capture.enabled
+    assert (config.capture.spool_bytes, config.capture.max_per_hour) == (8 << 20, 600)
+    assert config.capture.max_campaigns == 4 and config.source.pattern == "noise"
+    capture = "enabled = true\nspool_bytes = 1048576\nmax_per_hour = 10\nmax_campaigns = 2"
+    source = 'pattern = "bands"\nshift = -1\nshift_file = "shift"'
+    config = load(config_file(tmp_path, capture=capture, source=source))
+    assert config.capture.enabled and config.capture.spool_bytes == 1 << 20
+    assert (config.capture.max_per_hour, config.capture.max_campaigns) == (10, 2)
+    assert (config.source.pattern, config.source.shift) == ("bands", -1.0)
+    assert config.source.shift_file == tmp_path / "shift"
+
+
 def test_update_limits_and_allowed_models(tmp_path):
     (tmp_path / "root.json").write_text("{}")
     update = 'trusted_root = "root.json"'
@@ -79,6 +93,12 @@ def test_update_limits_and_allowed_models(tmp_path):
         ({"drift": "psi = 1"}, "key drift.psi: unknown key"),
         ({"model": 'path = "m.tflite"\nengine = "onnx"'}, "key model.engine: must be one of"),
         ({"extra": "a = 1"}, "key extra: unknown key"),
+        ({"capture": 'enabled = "yes"'}, "key capture.enabled: must be a bool"),
+        ({"capture": "spool_bytes = 100"}, "key capture.spool_bytes: must be >= 65536"),
+        ({"capture": "max_per_hour = -1"}, "key capture.max_per_hour: must be >= 0"),
+        ({"capture": "max_campaigns = 0"}, "key capture.max_campaigns: must be >= 1"),
+        ({"capture": "max_samples = 3"}, "key capture.max_samples: unknown key"),
+        ({"source": 'pattern = "stripes"'}, "key source.pattern: must be one of"),
         (
             {"update": 'trusted_root = "root.json"\nallowed_models = []'},
             "key update.allowed_models: must be a non-empty list of model names",

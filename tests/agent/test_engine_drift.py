@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from agent.bad_input import BadInput
 from agent.config import SourceConfig
 from agent.drift import LiveDrift, evaluate
 from agent.engine import RUNTIMES, Engine, EngineError, check_tflite, choose_runtime
@@ -83,7 +84,7 @@ def test_int8_quantization_round_trip(models):
 
 
 async def synthetic(shape, seed, n, drift=0.0):
-    source = SyntheticSource(SourceConfig(seed=seed, drift=drift), shape, 0.0, 250)
+    source = SyntheticSource(SourceConfig(seed=seed, drift=drift), shape, 0.0, 250, BadInput())
     chunks = []
     async for chunk in source:
         chunks.append(chunk.samples)
