@@ -32,6 +32,7 @@ from gateway.serving.renewal import Expiry
 from gateway.serving.service import RepositoryService
 from gateway.store import Store, counter
 from gateway.telemetry import dead_letter_api
+from gateway.telemetry.curation import dropped_sync
 from gateway.telemetry.curation_stage import CurationStage
 from gateway.telemetry.dead_letters import DeadLetters
 from gateway.telemetry.ingest import DEVICE_BYTES, Ingest
@@ -51,6 +52,7 @@ def traffic_sync(conn) -> dict:
         "device_bytes": received,
         "cloud_bytes": delivered,
         "ratio": round(delivered / received, 6) if received else None,
+        "curated_out": dropped_sync(conn),
     }
 
 

@@ -136,7 +136,7 @@ class Metrics:
         self.curated = Counter(
             f"{NS}_curation_dropped_records",
             "Records a curation rule (or the default) kept from the cloud",
-            ["rule"],
+            ["stream", "rule"],
             registry=r,
         )
         self.cloud_bytes = Counter(

@@ -28,6 +28,19 @@ from gateway.telemetry.curation_rules import CurationConfig, Rule
 from protocol.capture import evaluate, fields_of
 
 ID_FIELDS = ("dev", "boot", "seq", "ts_ms")
+DROPPED_PREFIX = "curation_dropped:"  # counters: curation_dropped:<stream>:<rule>
+
+
+def dropped_sync(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """Records curation kept from the cloud since the database began: stream -> rule -> count."""
+    out: dict[str, dict[str, int]] = {}
+    rows = conn.execute(
+        "SELECT name, value FROM counters WHERE name LIKE ?", (DROPPED_PREFIX + "%",)
+    )
+    for name, value in rows:
+        stream, rule = name.removeprefix(DROPPED_PREFIX).split(":", 1)
+        out.setdefault(stream, {})[rule] = value
+    return out
 
 
 @dataclass
@@ -111,7 +124,7 @@ class Curator:
             elif verdict is None:
                 result.dropped["default"] += 1
         for name, count in result.dropped.items():
-            add_counter(conn, f"curation_dropped:{name}", count)
+            add_counter(conn, f"{DROPPED_PREFIX}{stream}:{name}", count)
         return result
 
     def _decide_sync(

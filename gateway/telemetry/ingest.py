@@ -135,7 +135,7 @@ class SampleCounter(Protocol):
 class GroupResult:
     records: int = 0
     dropped: int = 0
-    curated: Counter = field(default_factory=Counter)  # rule -> records it dropped
+    curated: Counter = field(default_factory=Counter)  # (stream, rule) -> records it dropped
     bytes_in: Counter = field(default_factory=Counter)  # stream -> record bytes received
     changed: dict[str, Device] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
@@ -311,7 +311,7 @@ class Ingest:
             curation = self.curation
             curated = curation.apply_sync(conn, message.device, message.stream, message.records)
             kept = curated.kept
-            result.curated.update(curated.dropped)
+            result.curated.update({(message.stream, r): n for r, n in curated.dropped.items()})
         result.bytes_in[message.stream] += size
         if not kept:
             return 0
@@ -346,8 +346,8 @@ class Ingest:
         self.metrics.records.inc(result.records)
         for stream, size in result.bytes_in.items():
             self.metrics.device_bytes.labels(stream).inc(size)
-        for rule, count in result.curated.items():
-            self.metrics.curated.labels(rule).inc(count)
+        for (stream, rule), count in result.curated.items():
+            self.metrics.curated.labels(stream, rule).inc(count)
         for topic, why in result.malformed:
             self.metrics.malformed.labels(why.kind, why.reason).inc()
             log.warning(

@@ -136,11 +136,20 @@ def test_a_campaign_reaches_its_devices_counts_samples_and_ends_at_its_total(bro
         ("dev-0", 50, 4),
         ("dev-1", 50, 4),
     ]
+    traffic = json.loads(gateway.cli("status", "--json").stdout)["traffic"]
+    assert traffic["curated_out"] == {"telemetry": {"tenth": 90}, "samples": {"default": 4}}
+    assert 0 < traffic["cloud_bytes"] < traffic["device_bytes"]
     shown = gateway.cli("status")
     assert "records in from devices" in shown.stdout, shown.stdout
     metrics = gateway.metrics()
-    assert metrics["edgefleet_gateway_curation_dropped_records_total{rule=tenth}"] == 90
-    assert metrics["edgefleet_gateway_curation_dropped_records_total{rule=default}"] == 4
+    assert (
+        metrics["edgefleet_gateway_curation_dropped_records_total{rule=tenth,stream=telemetry}"]
+        == 90
+    )
+    assert (
+        metrics["edgefleet_gateway_curation_dropped_records_total{rule=default,stream=samples}"]
+        == 4
+    )
     stopped = campaign(config, "stop", "hard")
     assert stopped.returncode == 0 and "ended (total)" in stopped.stdout
     for device in (*kws, other):

@@ -93,8 +93,8 @@ def test_rules_decide_in_order_and_count_their_drops(conn):
     result = curate(conn, curator, "samples", samples)
     assert [json.loads(k)["seq"] for k in result.kept] == [1, 3, 5, 7, 9]
     assert result.dropped == {"default": 5}
-    assert counter(conn, "curation_dropped:no-latency-outliers") == slow
-    assert counter(conn, "curation_dropped:one-in-ten") == (100 - slow) - len(kept)
+    assert counter(conn, "curation_dropped:telemetry:no-latency-outliers") == slow
+    assert counter(conn, "curation_dropped:telemetry:one-in-ten") == (100 - slow) - len(kept)
 
 
 def test_quota_dedup_and_scrub_persist_across_a_restart(conn, tmp_path):
