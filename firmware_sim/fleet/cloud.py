@@ -18,8 +18,14 @@ from protocol.dataset import Rows
 MiB = 1024**2
 
 
-def record_ids(rows: Rows) -> set[tuple[str, str, int]]:
-    return {(row["dev"], row["boot"], row["seq"]) for part in rows.values() for row in part}
+def record_ids(rows: Rows, stream: str = "telemetry") -> set[tuple[str, str, int]]:
+    """Ids of the rows of one stream (telemetry, samples or summaries: each its own id space)."""
+    return {
+        (row["dev"], row["boot"], row["seq"])
+        for partition, part in rows.items()
+        if partition.stream == stream
+        for row in part
+    }
 
 
 class Cloud:
@@ -29,8 +35,10 @@ class Cloud:
     def __init__(self, seed: int, dataset_dir: Path) -> None:
         self.dataset_dir = dataset_dir
         self.token_file = dataset_dir.parent / "cloud-token"
-        self.ids: set[tuple[str, str, int]] = set()
-        self.received = 0  # records in accepted requests, duplicates included
+        self.ids: set[tuple[str, str, int]] = set()  # telemetry records
+        self.sample_ids: set[tuple[str, str, int]] = set()
+        self.summaries = 0  # summary records accepted, duplicates included
+        self.received = 0  # telemetry records in accepted requests, duplicates included
         self.refused_requests = 0
         self.aborted_requests = 0
         self.down = False
@@ -66,6 +74,8 @@ class Cloud:
         ids = record_ids(rows)
         self.ids |= ids
         self.received += len(ids)
+        self.sample_ids |= record_ids(rows, "samples")
+        self.summaries += len(record_ids(rows, "summaries"))
 
     async def __aenter__(self) -> Cloud:
         self.dataset_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent.updater.faults import CUT_FILE_ENV
 from edgefleet import tomlconfig
+from edgefleet.fsio import atomic_write_bytes
 from edgefleet.processes import start_edgefleet
 from firmware_sim.fleet.clock import ClockFile
 
@@ -114,6 +115,14 @@ class SimDevice:
     def spool(self) -> SpoolCounts:
         return read_spool(self.state_dir / "spool.db")
 
+    def samples(self) -> SpoolCounts:
+        """The sample spool's counters: captured, dropped by its cap, still waiting."""
+        return read_spool(self.state_dir / "samples.db")
+
+    def shift_inputs(self, shift: float) -> None:
+        """Move this device's input bands (the agent re-reads the file when it changes)."""
+        atomic_write_bytes(shift_file(self.home), f"{shift}\n".encode())
+
 
 def agent_tables(
     name: str,
@@ -126,7 +135,11 @@ def agent_tables(
     trusted_root: Path,
     mcus: list[dict],
     seed: int,
+    source: str = "noise",
+    capture: bool = False,
 ) -> dict:
+    """An agent.toml for a simulated device; with ``source = "bands"`` its inputs move when
+    the simulator writes a shift into ``home/shift`` (a drift fault)."""
     tables: dict = {
         "device": {"id": name, "site": site},
         "mqtt": {
@@ -137,7 +150,7 @@ def agent_tables(
         },
         "state": {"dir": home / "state"},
         "model": {"path": model},
-        "source": {"kind": "synthetic", "seed": seed},
+        "source": {"kind": "synthetic", "seed": seed, "pattern": source},
         "inference": {"rate_hz": rate_hz},
         "telemetry": {
             "batch_records": 50,
@@ -148,6 +161,14 @@ def agent_tables(
         "drift": {"window": 200},
         "update": {"trusted_root": trusted_root, "probation": PROBATION},
     }
+    if source == "bands":
+        tables["source"]["shift_file"] = shift_file(home)
+    if capture:
+        tables["capture"] = {"enabled": True}
     if mcus:
         tables["mcu"] = mcus
     return tables
+
+
+def shift_file(home: Path) -> Path:
+    return home / "shift"

@@ -178,7 +178,25 @@ async def clock_skew(world: World, fault: Fault, rng: random.Random):
     return heal
 
 
+async def drift(world: World, fault: Fault, rng: random.Random):
+    """The chosen devices' inputs move (their class bands dim or brighten by ``shift``), as a
+    sensor that ages or a new environment moves them; with ``for`` they move back after."""
+    chosen = _chosen(world, fault, rng)
+    for device in chosen:
+        device.shift_inputs(fault.shift)
+    world.drifted.update(device.name for device in chosen)
+    if fault.for_s is None:
+        return None
+
+    async def heal() -> None:
+        for device in chosen:
+            device.shift_inputs(0.0)
+
+    return heal
+
+
 HANDLERS = {
+    "drift": drift,
     "broker-restart": broker_restart,
     "broker-down": broker_down,
     "cloud-down": cloud_down,

@@ -2,10 +2,15 @@
 measured (never assumed) at the end of a run, and judged against the scenario's ``[expect]``.
 
 Telemetry: every agent counts in its spool the records it produced and those its byte cap
-dropped; the gateway counts what its spool and its dead-letter cap dropped, and keeps the records
-the cloud refused for good as dead letters; the cloud keeps each record id once. So
-``telemetry_lost = sent - delivered_unique - dropped_counted - dead_lettered`` is what vanished
-uncounted, and a healthy site reports 0.
+dropped; the gateway counts what its spool and its dead-letter cap dropped and what its curation
+rules kept from the cloud, and keeps the records the cloud refused for good as dead letters; the
+cloud keeps each record id once. So ``telemetry_lost = sent - delivered_unique - dropped_counted
+- curated_out - dead_lettered`` is what vanished uncounted, and a healthy site reports 0.
+
+The data loop: ``samples_captured`` counts what the devices' sample spools took in,
+``samples_in_dataset`` the distinct samples in the cloud's Parquet dataset; ``cloud_bytes`` is
+the record bytes the cloud confirmed, ``cloud_bytes_unfiltered`` the record bytes the devices
+sent (what forwarding everything would have sent), both uncompressed NDJSON.
 """
 
 from __future__ import annotations
@@ -150,7 +155,10 @@ async def _telemetry(world: World) -> dict:
         last = delivered
         await asyncio.sleep(1.0)
     spools = [device.spool() for device in world.devices]
+    samples = [device.samples() for device in world.devices]
     sent = sum(s.produced for s in spools)
+    traffic = status.get("traffic") or {}
+    curated = sum((traffic.get("curated_out") or {}).get("telemetry", {}).values())
     seconds = world.fleet_window[1] - world.fleet_window[0]
     dead = (await world.gateway.get("/v1/dead-letters"))["stats"]
     dropped = sum(s.dropped for s in spools) + status["spool"]["dropped"] + dead["dropped_records"]
@@ -163,10 +171,19 @@ async def _telemetry(world: World) -> dict:
         "telemetry_delivered_unique": delivered,
         "telemetry_dropped_counted": dropped,
         "telemetry_dead_lettered": dead_lettered,
-        "telemetry_lost": sent - delivered - dropped - dead_lettered,
+        "telemetry_curated_out": curated,
+        "telemetry_lost": sent - delivered - dropped - curated - dead_lettered,
         "telemetry_left_on_devices": sum(s.left for s in spools),
         "telemetry_per_s": round(sent / seconds, 1),
         "cloud_refused_requests": world.cloud.refused_requests,
         "cloud_rejected_requests": world.cloud.rejected_requests,
         "dead_letter_records_kept": dead["records"],
+        "samples_captured": sum(s.produced for s in samples),
+        "samples_dropped_on_devices": sum(s.dropped for s in samples),
+        "samples_in_dataset": len(world.cloud.sample_ids),
+        "summaries_in_dataset": world.cloud.summaries,
+        "cloud_bytes": traffic.get("cloud_bytes", 0),
+        "cloud_bytes_unfiltered": traffic.get("device_bytes", 0),
+        "cloud_bytes_ratio": traffic.get("ratio"),
+        "dataset": str(world.cloud.dataset_dir),
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 from edgefleet.errors import UserError
 from firmware_sim.fleet import faults
 from firmware_sim.fleet.report import Outcome, collect
-from firmware_sim.fleet.scenario import Fault, Release, Rollout, Scenario, Step, Wait
+from firmware_sim.fleet.scenario import CampaignStep, Fault, Release, Rollout, Scenario, Step, Wait
 from firmware_sim.fleet.world import World
 from gateway.admin_client import Unreachable
 
@@ -109,6 +109,16 @@ class Runner:
         if isinstance(action, Fault):
             await faults.inject(world, action, self.rng, self.healing)
             return "injected"
+        if isinstance(action, CampaignStep):
+            body = {
+                "name": action.name,
+                "model": action.model,
+                "trigger": action.trigger,
+                "per_device": action.per_device,
+                "total": action.total,
+            }
+            answer = await world.gateway.post("/v1/campaigns", body)
+            return f"campaign {answer['name']} {answer['state']}"
         return await self._wait(world, action)
 
     async def _release(self, world: World, release: Release) -> str:
@@ -126,6 +136,8 @@ class Runner:
             if state != wanted:
                 raise ValueError(f"rollout is {state}, not {wanted}")
             return state
+        if wait.until == "campaigns:ended":
+            return await self._until_campaigns_end(world, wait.timeout_s)
         count, total = _on_target_counter(world, wait.until)
         await self._until(lambda: count() == total, wait.timeout_s)
         if count() != total:
@@ -148,6 +160,22 @@ class Runner:
                 return state
             await asyncio.sleep(0.2)
         return state
+
+    async def _until_campaigns_end(self, world: World, timeout: float) -> str:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        while True:
+            campaigns = (await world.gateway.get("/v1/campaigns"))["campaigns"]
+            if not campaigns:
+                raise ValueError("no campaign was started")
+            running = [c for c in campaigns if c["state"] == "running"]
+            if not running:
+                return ", ".join(f"{c['name']} {c['reason']} ({c['received']})" for c in campaigns)
+            if time.monotonic() >= deadline:
+                raise ValueError(
+                    ", ".join(f"{c['name']} has {c['received']}/{c['total']}" for c in running)
+                    + f" after {timeout:g} s"
+                )
+            await asyncio.sleep(0.5)
 
     async def _until(self, condition: Callable[[], bool], timeout: float) -> None:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout

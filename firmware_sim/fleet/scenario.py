@@ -34,6 +34,7 @@ FAULTS = (
     "cloud-reject",
     "clock-jump",
     "clock-skew",
+    "drift",
 )
 CLOCK_FAULTS = ("clock-jump", "clock-skew")
 PROVISIONS = ("update", "config")
@@ -41,8 +42,15 @@ ATTACKS = ("corrupt-delta", "replay-metadata", "expire-metadata")
 BROKER_FAULTS = ("broker-restart", "broker-down")
 LASTING = ("broker-down", "cloud-down", "cloud-errors", "cloud-reject", "partition", "clock-skew",
            *ATTACKS)  # fmt: skip
-WITH_DEVICES = ("partition", "power-cut", "poison", "impersonate", "clock-skew")
-WAITS = ("rollout:completed", "rollout:paused", "devices_on_target:all", "mcus_on_target:all")
+WITH_DEVICES = ("partition", "power-cut", "poison", "impersonate", "clock-skew", "drift")
+SOURCES = ("noise", "bands")
+WAITS = (
+    "rollout:completed",
+    "rollout:paused",
+    "devices_on_target:all",
+    "mcus_on_target:all",
+    "campaigns:ended",
+)
 REPORT_KEYS = (
     "scenario",
     "passed",
@@ -67,6 +75,12 @@ REPORT_KEYS = (
     "update_refusals_transient",
     "devices_blocked",
     "metadata_expiry_warnings",
+    "samples_captured",
+    "samples_in_dataset",
+    "cloud_bytes",
+    "cloud_bytes_unfiltered",
+    "cloud_bytes_ratio",
+    "dataset",
 )
 # "all" in [expect] means: equal to this other report key.
 ALL_OF = {"devices_on_target": "devices_total", "mcus_on_target": "mcus_total"}
@@ -87,6 +101,8 @@ class Fleet:
     mcu_version: int = 1
     rate_hz: float = 5.0
     provision: str = "update"  # "config": the model file in agent.toml, no update installed it
+    source: str = "noise"  # "bands": inputs with a class each (edgefleet.models.bands)
+    capture: bool = False  # [capture] enabled on every device
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,18 @@ class Fault:
     op: int | str | None = None
     count: int = 1  # poison: rounds of malformed messages per device
     by_s: float = 0.0  # clock-jump, clock-skew: the clock offset in seconds
+    shift: float = 0.0  # drift: how the chosen devices' input bands move
+
+
+@dataclass(frozen=True)
+class CampaignStep:
+    """Start a capture campaign through the gateway, as ``edgefleet campaign start`` does."""
+
+    name: str
+    model: str
+    trigger: str
+    per_device: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -127,7 +155,7 @@ class Wait:
 @dataclass(frozen=True)
 class Step:
     at_s: float
-    action: Release | Rollout | Fault | Wait
+    action: Release | Rollout | Fault | Wait | CampaignStep
     index: int
 
     def describe(self) -> str:
@@ -136,6 +164,8 @@ class Step:
             return f"fault {action.kind}"
         if isinstance(action, Wait):
             return f"wait {action.until}"
+        if isinstance(action, CampaignStep):
+            return f"campaign {action.name} ({action.trigger})"
         if isinstance(action, Release):
             what = "model" if action.model else "mcu image"
             gate = f" ({action.gate})" if action.gate else ""
@@ -181,6 +211,7 @@ class Scenario:
     steps: tuple[Step, ...]
     expect: tuple[Expectation, ...]
     source: Path = field(default=Path("."))
+    curation: dict = field(default_factory=dict)  # the gateway's [curation] section, as given
 
     def faults_of(self, kinds: tuple[str, ...]) -> list[Step]:
         return [s for s in self.steps if isinstance(s.action, Fault) and s.action.kind in kinds]
@@ -265,8 +296,18 @@ def parse(data: dict, label: str, base: Path) -> Scenario:
         for i, raw in enumerate(raw_steps)
     )
     expect = _expect(root.table("expect"))
+    curation = _curation(root.table("curation"))
     root.done()
-    return Scenario(name, seed, time_limit, fleet, steps, expect, base)
+    return Scenario(name, seed, time_limit, fleet, steps, expect, base, curation)
+
+
+def _curation(table: tomlconfig.Table) -> dict:
+    """Checked now with the gateway's own rules, so a bad rule fails before anything starts."""
+    from gateway.telemetry import curation_rules
+
+    curation_rules.parse(tomlconfig.Table(table.label, table.path, dict(table.data), table.base))
+    table.used.update(table.data)
+    return dict(table.data)
 
 
 def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
@@ -279,6 +320,8 @@ def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
         mcu_version=table.value("mcu_version", int, 1, 1, 255),
         rate_hz=table.value("rate_hz", float, 5.0, 0.1, 1000.0),
         provision=table.choice("provision", PROVISIONS, "update"),
+        source=table.choice("source", SOURCES, "noise"),
+        capture=table.value("capture", bool, False),
     )
     if fleet.mcus > fleet.devices:
         table.fail("mcus", "must not exceed devices (each MCU hangs off one agent)")
@@ -288,10 +331,14 @@ def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
 
 def _step(table: tomlconfig.Table, base: Path, index: int, fleet: Fleet) -> Step:
     at = parse_duration(table.value("at", str | int | float), f"{table.label}: {table.path}.at")
-    kind = table.choice("do", ("release", "rollout", "fault", "wait"), ...)
-    action = {"release": _release, "rollout": _rollout, "fault": _fault, "wait": _wait}[kind](
-        table, base, fleet
-    )
+    kind = table.choice("do", ("release", "rollout", "fault", "wait", "campaign"), ...)
+    action = {
+        "release": _release,
+        "rollout": _rollout,
+        "fault": _fault,
+        "wait": _wait,
+        "campaign": _campaign,
+    }[kind](table, base, fleet)
     table.done()
     return Step(at, action, index)
 
@@ -331,6 +378,8 @@ def _fault(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Fault:
     where = f"{table.label}: {table.path}"
     lasting = kind in LASTING
     for_s = None
+    if kind == "drift" and "for" in table.data:  # without it, the inputs stay moved
+        for_s = parse_duration(table.value("for", str | int | float), f"{where}.for")
     if lasting:
         default = "10s" if kind in ATTACKS else ...
         for_s = parse_duration(table.value("for", str | int | float, default), f"{where}.for")
@@ -355,7 +404,14 @@ def _fault(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Fault:
         if op != "random" and not (isinstance(op, int) and op >= 1):
             table.fail("op", 'must be a flash operation index >= 1 or "random"')
     state = state.upper() if state else None
-    return Fault(kind, for_s, rate, devices, state, op, count, by_s)
+    shift = 0.0
+    if kind == "drift":
+        if fleet.source != "bands":
+            table.fail("kind", 'drift moves the input bands: needs fleet.source = "bands"')
+        shift = table.value("shift", float, lo=-10.0, hi=10.0)
+        if shift == 0:
+            table.fail("shift", "must not be 0 (a drift that changes nothing is a mistake)")
+    return Fault(kind, for_s, rate, devices, state, op, count, by_s, shift)
 
 
 # Update states a power cut can wait for (the updater saves each before it acts on it).
@@ -372,6 +428,24 @@ def _devices(table: tomlconfig.Table, fleet: Fleet) -> int | tuple[str, ...]:
     if not devices or not all(isinstance(d, str) and d in known for d in devices):
         table.fail("devices", f"must be a count or a list of device ids ({device_name(0)}, ...)")
     return tuple(devices)
+
+
+def _campaign(table: tomlconfig.Table, base: Path, fleet: Fleet) -> CampaignStep:
+    from protocol.capture import Campaign
+    from protocol.topics import ProtocolError
+
+    step = CampaignStep(
+        name=table.value("name", str),
+        model=table.value("model", str, fleet.name),
+        trigger=table.value("trigger", str),
+        per_device=table.value("per_device", int, 50, 1, 1_000_000),
+        total=table.value("total", int, 2000, 1, 1_000_000_000),
+    )
+    try:
+        Campaign(step.name, step.model, step.trigger, step.per_device)
+    except ProtocolError as exc:
+        table.fail("trigger" if "trigger" in str(exc) else "name", str(exc))
+    return step
 
 
 def _wait(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Wait:

@@ -71,6 +71,7 @@ class World:
                 raise UserError(
                     f"step {step.index} ({step.describe()}) cannot run: {exc}"
                 ) from None
+        self.drifted: set[str] = set()  # devices a drift fault moved
         self.cloud = Cloud(scenario.seed, workdir / "cloud" / "dataset")
         self.operator: Repository | None = None
         self.gateway: GatewayProcess | None = None
@@ -123,6 +124,9 @@ class World:
             self.operator.keys.online,
             (repo_port, self.relay.url),
         )
+        tables["campaigns"] = {"tick_s": 0.5}
+        if self.scenario.curation:
+            tables["curation"] = self.scenario.curation
         clock = self.clocks.gateway if self.clocks else None
         self.gateway = GatewayProcess(self.workdir / "gateway", tables, clock)
         self._stack.callback(self.gateway.stop)
@@ -182,6 +186,8 @@ class World:
             trusted_root=root,
             mcus=mcus,
             seed=self.scenario.seed * 100_003 + index,
+            source=self.fleet.source,
+            capture=self.fleet.capture,
         )
         tables["mqtt"] |= self.broker.device_login(name)
         if self.fleet.provision == "config":  # what the model is, as the README's agent.toml says
