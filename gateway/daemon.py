@@ -106,6 +106,7 @@ async def run(config: GatewayConfig) -> int:
             curation = await stack.enter_async_context(
                 CurationStage(config.curation, store, spool, uplink.changed.set, stopper.fail)
             )
+            routes += curation.routes()
         publisher = await stack.enter_async_context(
             CommandPublisher(config.mqtt, config.rollouts.send_timeout_s)
         )

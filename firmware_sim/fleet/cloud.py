@@ -6,6 +6,7 @@ does with a batch its schema rejects) so the gateway's dead letters are."""
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 from pathlib import Path
@@ -38,6 +39,9 @@ class Cloud:
         self.ids: set[tuple[str, str, int]] = set()  # telemetry records
         self.sample_ids: set[tuple[str, str, int]] = set()
         self.summaries = 0  # summary records accepted, duplicates included
+        # Telemetry ids the gateway's curation kept from the cloud, as its summaries list them.
+        self.curated_ids: set[tuple[str, str, int]] = set()
+        self.curated_unlisted = 0
         self.received = 0  # telemetry records in accepted requests, duplicates included
         self.refused_requests = 0
         self.aborted_requests = 0
@@ -75,7 +79,17 @@ class Cloud:
         self.ids |= ids
         self.received += len(ids)
         self.sample_ids |= record_ids(rows, "samples")
-        self.summaries += len(record_ids(rows, "summaries"))
+        for partition, part in rows.items():
+            if partition.stream == "summaries":
+                for row in part:
+                    self._summary(json.loads(row["record"]))
+
+    def _summary(self, record: dict) -> None:
+        self.summaries += 1
+        self.curated_unlisted += record.get("curated_out_unlisted", 0)
+        for boot, ranges in record.get("curated_out", {}).get("telemetry", {}).items():
+            for first, last in ranges:
+                self.curated_ids.update((record["dev"], boot, s) for s in range(first, last + 1))
 
     async def __aenter__(self) -> Cloud:
         self.dataset_dir.mkdir(parents=True, exist_ok=True)

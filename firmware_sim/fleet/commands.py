@@ -24,10 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.set_defaults(handler=run_sim)
     demo = subparsers.add_parser(
         "demo",
-        help="the whole system in one command: a staged rollout to a simulated fleet",
+        help="the whole system in one command: a staged rollout and the data loop on a "
+        "simulated fleet",
         description="About 20 simulated devices and 2 MCUs on loopback: a signed head-only "
-        "fine-tune rolled out in stages through one power cut and one broker restart, then a "
-        "short summary. Uses mosquitto when installed, else a built-in broker.",
+        "fine-tune rolled out in stages through one power cut and one broker restart, an MCU "
+        "image, then drift on four devices and a low-margin capture campaign whose samples "
+        "the gateway curates into the cloud's Parquet dataset; a short summary at the end. "
+        "Uses mosquitto when installed, else a built-in broker.",
     )
     _common(demo)
     demo.set_defaults(handler=run_demo)
@@ -90,7 +93,8 @@ def run_sim(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         print_summary(report)
-    if report["passed"] and args.workdir is None:
+    keep_dataset = report.get("samples_in_dataset", 0) > 0
+    if report["passed"] and args.workdir is None and not keep_dataset:
         shutil.rmtree(workdir, ignore_errors=True)
     elif not report["passed"]:
         print(f"logs and state of this run: {workdir}", file=sys.stderr)

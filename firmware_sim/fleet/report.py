@@ -2,10 +2,11 @@
 measured (never assumed) at the end of a run, and judged against the scenario's ``[expect]``.
 
 Telemetry: every agent counts in its spool the records it produced and those its byte cap
-dropped; the gateway counts what its spool and its dead-letter cap dropped and what its curation
-rules kept from the cloud, and keeps the records the cloud refused for good as dead letters; the
-cloud keeps each record id once. So ``telemetry_lost = sent - delivered_unique - dropped_counted
-- curated_out - dead_lettered`` is what vanished uncounted, and a healthy site reports 0.
+dropped; the gateway counts what its spool and its dead-letter cap dropped, lists in its
+summaries the ids of the records its curation rules kept from the cloud, and keeps the records
+the cloud refused for good as dead letters; the cloud keeps each record id once. So
+``telemetry_lost = sent - delivered_unique - dropped_counted - curated_out - dead_lettered``
+is what vanished uncounted, and a healthy site reports 0.
 
 The data loop: ``samples_captured`` counts what the devices' sample spools took in,
 ``samples_in_dataset`` the distinct samples in the cloud's Parquet dataset; ``cloud_bytes`` is
@@ -144,7 +145,10 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
 
 
 async def _telemetry(world: World) -> dict:
-    """After the agents drained: wait for the gateway to hand everything to the cloud."""
+    """After the agents drained: close the gateway's summary windows (they list the records
+    curation kept home) and wait for the gateway to hand everything to the cloud."""
+    if world.scenario.curation:
+        await world.gateway.post("/v1/curation/flush", {})
     deadline = time.monotonic() + DRAIN_S
     last = -1
     while time.monotonic() < deadline:
@@ -158,7 +162,9 @@ async def _telemetry(world: World) -> dict:
     samples = [device.samples() for device in world.devices]
     sent = sum(s.produced for s in spools)
     traffic = status.get("traffic") or {}
-    curated = sum((traffic.get("curated_out") or {}).get("telemetry", {}).values())
+    # By id, from the summaries: a record curated out twice (sent again) counts once, and one
+    # curated out once and delivered another time counts as delivered.
+    curated = len(world.cloud.curated_ids - world.cloud.ids) + world.cloud.curated_unlisted
     seconds = world.fleet_window[1] - world.fleet_window[0]
     dead = (await world.gateway.get("/v1/dead-letters"))["stats"]
     dropped = sum(s.dropped for s in spools) + status["spool"]["dropped"] + dead["dropped_records"]

@@ -51,6 +51,18 @@ def summary_lines(report: dict) -> list[str]:
         f"{report['impersonations_refused']}/{len(report['impersonation_attempts'])} "
         "impersonations refused",
     ]
+    if report.get("samples_captured"):
+        ratio = report["cloud_bytes_ratio"]
+        lines.append(
+            f"  data loop  {report['samples_captured']} samples captured, "
+            f"{report['samples_in_dataset']} in the dataset; the cloud got "
+            f"{_kib(report['cloud_bytes'])} of {_kib(report['cloud_bytes_unfiltered'])} sent "
+            f"by devices ({ratio:.1%})"
+        )
+        lines.append(
+            f"  dataset    {report['dataset']} "
+            f"(edgefleet cloud dataset list --dataset {report['dataset']})"
+        )
     if report["gateway_unplanned_exits"]:
         lines.append(f"  gateway    {report['gateway_unplanned_exits']} unplanned exits")
     if report["mcus_total"]:

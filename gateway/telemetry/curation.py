@@ -47,6 +47,7 @@ def dropped_sync(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
 class Curated:
     kept: list[bytes]
     dropped: Counter = field(default_factory=Counter)  # rule name (or "default") -> records
+    dropped_rows: list[int] = field(default_factory=list)  # indexes of the records dropped
 
 
 def columns(records: list[dict[str, Any]], wanted: set[str], rng: random.Random) -> dict:
@@ -121,7 +122,9 @@ class Curator:
         for i, verdict in enumerate(decided):
             if verdict or (verdict is None and keep_rest):
                 result.kept.append(bodies[i])
-            elif verdict is None:
+                continue
+            result.dropped_rows.append(i)
+            if verdict is None:
                 result.dropped["default"] += 1
         for name, count in result.dropped.items():
             add_counter(conn, f"{DROPPED_PREFIX}{stream}:{name}", count)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import structlog
+from aiohttp import web
 
 from gateway.store import Store, transaction
 from gateway.telemetry.curation import Curated, Curator
@@ -49,7 +50,8 @@ class CurationStage:
     ) -> Curated:
         """Curate one message's records; every record counts toward its summary."""
         curated = self.curator.apply_sync(conn, device, stream, records)
-        self.summaries.add_sync(conn, device, [data for data, _ in records])
+        data = [record for record, _ in records]
+        self.summaries.add_sync(conn, device, stream, data, set(curated.dropped_rows))
         return curated
 
     def reload_sync(self, conn: sqlite3.Connection) -> None:
@@ -63,12 +65,22 @@ class CurationStage:
 
         return transaction(conn, work)
 
-    async def flush(self) -> int:
-        """Spool the summaries of closed windows now; returns how many."""
-        count = await self.store.run(self._flush_sync, int(self.clock() * 1000))
+    async def flush(self, everything: bool = False) -> int:
+        """Spool the summaries of closed windows (``everything``: of every window, closing
+        those in progress early) now; returns how many."""
+        now_ms = int(self.clock() * 1000)
+        if everything:
+            now_ms += 2 * self.summaries.window_ms
+        count = await self.store.run(self._flush_sync, now_ms)
         if count:
             self.on_spooled()
         return count
+
+    def routes(self) -> list[web.RouteDef]:
+        async def flush(request: web.Request) -> web.Response:
+            return web.json_response({"summaries": await self.flush(everything=True)})
+
+        return [web.post("/v1/curation/flush", flush)]
 
     async def _loop(self) -> None:
         while True:

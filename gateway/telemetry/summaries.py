@@ -23,6 +23,7 @@ from gateway.store import add_counter, counter
 from gateway.telemetry.spool import SpoolRow, UplinkSpool
 
 CONFIDENCE_BINS = 100
+MAX_RANGES = 2000  # id ranges of curated-out records listed per summary; the rest only counted
 LATENCY_BINS = 4 * 33  # up to 2**33 microseconds
 SEQ_COUNTER = "summary_seq"
 
@@ -63,6 +64,19 @@ class Window:
     drift_windows: int = 0
     drift_alarms: int = 0
     max_psi: float = 0.0
+    # Records curation kept from the cloud, by stream and boot: ``[first, last]`` sequence
+    # ranges, so the cloud can account for every record id (a duplicate is listed once).
+    curated: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
+    unlisted: int = 0  # curated-out records past MAX_RANGES, counted only
+
+    def curated_out(self, stream: str, boot: str, seq: int) -> None:
+        ranges = self.curated.setdefault(stream, {}).setdefault(boot, [])
+        if ranges and ranges[-1][0] <= seq <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], seq)
+        elif sum(len(r) for b in self.curated.values() for r in b.values()) >= MAX_RANGES:
+            self.unlisted += 1
+        else:
+            ranges.append([seq, seq])
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")
@@ -106,6 +120,8 @@ class Window:
                 "alarms": self.drift_alarms,
                 "max_psi": round(self.max_psi, 6),
             },
+            "curated_out": self.curated,
+            "curated_out_unlisted": self.unlisted,
         }
 
 
@@ -124,13 +140,24 @@ class Summaries:
         ):
             self.open[(device, model, version, start)] = Window(**json.loads(data))
 
-    def add_sync(self, conn: sqlite3.Connection, device: str, records: list[dict]) -> None:
+    def add_sync(
+        self,
+        conn: sqlite3.Connection,
+        device: str,
+        stream: str,
+        records: list[dict],
+        dropped: set[int] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
+        """Count ``records`` into their windows; those at the ``dropped`` indexes were kept
+        from the cloud by curation, and their ids are listed."""
         touched: dict[Key, Window] = {}
-        for record in records:
+        for index, record in enumerate(records):
             start = record["ts_ms"] - record["ts_ms"] % self.window_ms
             key = (device, str(record.get("model")), int(record.get("version") or 0), start)
             window = touched.get(key) or self.open.get(key) or Window()
             window.add(record)
+            if index in dropped:
+                window.curated_out(stream, record["boot"], record["seq"])
             touched[key] = window
         conn.executemany(
             "INSERT OR REPLACE INTO summary_windows VALUES (?, ?, ?, ?, ?)",

@@ -159,7 +159,11 @@ def test_summaries_cover_every_record_and_their_percentiles_hold(conn):
         for i, (c, lat) in enumerate(zip(confidence, latency, strict=True))
     ]
     for chunk in range(0, 500, 100):
-        transaction(conn, lambda c=chunk: summaries.add_sync(conn, "dev-1", records[c : c + 100]))
+        part = records[chunk : chunk + 100]
+        dropped = {i for i in range(len(part)) if (chunk + i) % 10}  # all but one in ten
+        transaction(
+            conn, lambda p=part, d=dropped: summaries.add_sync(conn, "dev-1", "telemetry", p, d)
+        )
     assert (
         transaction(conn, lambda: summaries.flush_sync(conn, store_spool, 1_700_000_060_000)) == 0
     )
@@ -179,3 +183,6 @@ def test_summaries_cover_every_record_and_their_percentiles_hold(conn):
         ) - latency_of_bin(want_bin - 1)
     assert summary["confidence"]["mean"] == pytest.approx(confidence.mean(), abs=1e-6)
     assert conn.execute("SELECT count(*) FROM summary_windows").fetchone() == (0,)
+    listed = summary["curated_out"]["telemetry"]["ab" * 8]
+    assert {s for a, b in listed for s in range(a, b + 1)} == {i for i in range(500) if i % 10}
+    assert summary["curated_out_unlisted"] == 0
