@@ -132,6 +132,7 @@ def run_quality(args: argparse.Namespace) -> int:
         for g in groups
     ]  # fmt: skip
     print_table(accuracy, rows, title="accuracy", wide=args.wide)
+    print()
     classes = [Column("model"), Column(by, right=by == "version"), Column("class", right=True),
                Column("labelled", right=True), Column("predicted", right=True),
                Column("precision", right=True), Column("recall", right=True),
@@ -142,6 +143,7 @@ def run_quality(args: argparse.Namespace) -> int:
         for g in groups for c in g["classes"]
     ]  # fmt: skip
     print_table(classes, rows, title="classes", wide=args.wide)
+    print()
     drift = [Column("model"), Column("version", right=True), Column("day"),
              Column("summaries", right=True), Column("mean psi", right=True),
              Column("max psi", right=True), Column("alarms", right=True)]  # fmt: skip
@@ -196,6 +198,7 @@ def _print_evaluation(result: dict[str, Any], wide: bool) -> None:
     ]  # fmt: skip
     title = f"{result['model']}: {result['n']} labelled samples"
     print_table(columns, rows, title=title, wide=wide)
+    print()
     columns = [Column("class", right=True), Column("labelled", right=True),
                Column("candidate recall", right=True), Column("incumbent recall", right=True),
                Column("change", right=True)]  # fmt: skip
@@ -205,6 +208,7 @@ def _print_evaluation(result: dict[str, Any], wide: bool) -> None:
         for c in result["classes"]
     ]  # fmt: skip
     print_table(columns, rows, title="recall by class", wide=wide)
+    print()
     d = result["difference"]
     print(
         f"difference (candidate - incumbent): {d['accuracy']:+.3f} {_interval(d['interval'], True)}"

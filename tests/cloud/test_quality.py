@@ -169,7 +169,7 @@ def test_cli_table_and_json(fleet, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split("\t") == ["model", "version", "n", "samples", "accuracy", "95% interval",
                                   "ece"]  # fmt: skip
-    assert out[1].startswith("kws\t1\t")
+    assert out[1].startswith("kws\t1\t") and out[3] == ""
     assert main([*argv, "--by", "site"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no site column" in err[0]
