@@ -1,5 +1,6 @@
 """``edgefleet cloud serve|dataset list|dataset export``: the reference receiver of the gateway's
-HTTPS sink, and the dataset it writes seen from the training side."""
+HTTPS sink, and the dataset it writes seen from the training side. Labels, quality and
+evaluation (``label import``, ``quality``, ``evaluate``) are in ``cloud.quality_commands``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import ipaddress
 from pathlib import Path
 
+from cloud import quality_commands
 from edgefleet.commandline import add_json, add_table_options
 from edgefleet.errors import UserError
 
@@ -77,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
     add_json(export, "the manifest")
     export.set_defaults(handler=run_export)
+    quality_commands.register(commands, _dataset)
 
 
 def _dataset(parser: argparse.ArgumentParser) -> None:

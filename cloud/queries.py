@@ -54,7 +54,9 @@ def files(root: Path) -> list[Path]:
 
 
 def source(root: Path) -> str:
-    pattern = str(root / "**" / "*.parquet").replace("'", "''")
+    """The dataset's files only: labels and other files beside the streams are not rows."""
+    pattern = str(root / "stream=*" / "model=*" / "version=*" / "day=*" / "*.parquet")
+    pattern = pattern.replace("'", "''")
     return f"read_parquet('{pattern}', hive_partitioning=true, hive_types={HIVE_TYPES})"
 
 

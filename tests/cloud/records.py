@@ -65,3 +65,14 @@ def summary(seq: int, **extra) -> dict:
         "classes": {"0": 100, "3": 20}, "confidence": stats, "latency_us": stats,
         "drift": {"windows": 1, "alarms": 0, "max_psi": 0.05},
     }  # fmt: skip
+
+
+def label(seq: int, target: str, cls: int, ts_ms: int = TS_MS, **extra) -> dict:
+    """A correction a device sends: its ``target`` record is of class ``cls``."""
+    return common("label", seq, **extra) | {
+        "ts_ms": ts_ms, "target": target, "label": cls, "labeller": "device",
+    }  # fmt: skip
+
+
+def record_id(seq: int, dev: str = "cam-1") -> str:
+    return f"{dev}:{BOOT}:{seq}"
