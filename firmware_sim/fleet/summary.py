@@ -45,6 +45,7 @@ def summary_lines(report: dict) -> list[str]:
         f"  telemetry  {report['telemetry_sent']} sent, "
         f"{report['telemetry_delivered_unique']} delivered, "
         f"{report['telemetry_dropped_counted']} dropped (counted), "
+        f"{report.get('telemetry_curated_out', 0)} kept home by curation, "
         f"{report['telemetry_dead_lettered']} dead letters, {report['telemetry_lost']} lost",
         f"  security   {report['attacks_refused']} forged or stale updates refused, "
         f"{report['malformed_counted']} malformed messages counted, "
