@@ -148,6 +148,7 @@ class AgentConfig:
     telemetry: TelemetryConfig
     drift: DriftConfig
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    labels_socket: Path | None = None  # [labels] socket: the application's corrections
     update: UpdateSettings | None = None  # None: update commands are rejected
     hardware_tags: tuple[str, ...] = ()  # reported in status; a rollout skips misfits
     arena_bytes: int | None = None
@@ -195,6 +196,7 @@ def parse(data: dict, origin: str, base: Path) -> AgentConfig:
         telemetry=_telemetry(root.table("telemetry")),
         drift=_drift(root.table("drift")),
         capture=_capture(root.table("capture")),
+        labels_socket=_labels(root.table("labels")),
         update=_update(root.table("update")) if "update" in data else None,
         mcus=_mcus(root.tables("mcu", MAX_MCUS)),
     )
@@ -342,6 +344,15 @@ def _capture(table: tomlconfig.Table) -> CaptureConfig:
     )
     table.done()
     return config
+
+
+def _labels(table: tomlconfig.Table) -> Path | None:
+    """Off unless a socket path is given: applications on the device send labels there."""
+    socket = table.path_value("socket")
+    if socket is not None and len(str(socket).encode()) > 100:
+        table.fail("socket", "a unix socket path must be at most 100 bytes")
+    table.done()
+    return socket
 
 
 def _drift(table: tomlconfig.Table) -> DriftConfig:

@@ -4,7 +4,8 @@ stops in order on SIGTERM.
 The parts, each with one job: the spool (records until the broker has them), capture (campaigns
 and the sample spool), the MQTT link, the updater (``UpdateManager``: A/B slots, the update
 worker), the attached MCUs, the model runner (which model runs, inference, drift, probation
-evidence), the update driver (update commands and the work they start) and the status report.
+evidence), the label socket (``[labels]``: applications' corrections, recorded as telemetry),
+the update driver (update commands and the work they start) and the status report.
 They are built in that order, each given what it needs, and unwound in reverse.
 
 Shutdown order: stop the source and the pipeline (a chunk not yet in the spool was never a
@@ -26,6 +27,7 @@ import structlog
 from agent.bad_input import BadInput
 from agent.capture import Capture
 from agent.config import AgentConfig
+from agent.labels import LabelServer
 from agent.link import Link
 from agent.mcu.updater import McuUpdater
 from agent.model_runner import ModelRunner
@@ -132,6 +134,10 @@ class Agent:
             if updates is not None and updates.active_model() is None:
                 configured = models.choose()
                 await updates.adopt(configured.path, configured.name, configured.version)
+            if cfg.labels_socket is not None:
+                await stack.enter_async_context(
+                    LabelServer(cfg.labels_socket, cfg.device_id, models.label, self.bad_input)
+                )
             report = StatusReport(cfg, spool, self.bad_input, models, updates, mcus, capture)
             await models.follow()
             driver = await stack.enter_async_context(

@@ -274,6 +274,12 @@ class ModelRunner:
             self.health = "source_error"
             self.outbox.notify()
 
+    async def label(self, target: str, label: int, labeller: str) -> str:
+        """Record an application's label as telemetry; its record id."""
+        if self.pipeline is None:
+            raise RuntimeError("inference is not running")
+        return await self.pipeline.label(target, label, labeller)
+
     # -- pipeline callbacks ------------------------------------------------------------------
 
     def _on_verdict(self, verdict: DriftVerdict) -> None:

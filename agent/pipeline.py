@@ -35,6 +35,7 @@ from protocol.drift import feature_summary
 from protocol.telemetry import (
     MAX_RAW_BYTES,
     DriftWindow,
+    Label,
     RawInput,
     Record,
     RecordId,
@@ -121,6 +122,17 @@ class Inferred:
     shadow: Shadowed | None
 
 
+@dataclass(frozen=True)
+class Told:
+    """A label an application gave, to be recorded in order with the inferences; ``done``
+    gets the new record's id once the spool has it."""
+
+    target: str
+    label: int
+    labeller: str
+    done: asyncio.Future
+
+
 @dataclass
 class PipelineStats:
     inferences: int = 0
@@ -181,6 +193,7 @@ class Pipeline:
         self._on_verdict, self._on_unfit, self._on_observe = on_verdict, on_unfit, on_observe
         self._capture, self._drifting = capture, drifting
         self._inbox: queue.SimpleQueue | None = None
+        self._inferred: asyncio.Queue | None = None
         self.stats = PipelineStats()
 
     @property
@@ -199,6 +212,15 @@ class Pipeline:
             self._recording = serving
             retire(old, serving)
 
+    async def label(self, target: str, label: int, labeller: str) -> str:
+        """Record a label as telemetry, under the model serving now; returns its record id.
+        ``RuntimeError`` when the pipeline is not running."""
+        if self._inferred is None:
+            raise RuntimeError("inference is not running")
+        done = asyncio.get_running_loop().create_future()
+        self._inferred.put_nowait(Told(target, label, labeller, done))
+        return await done
+
     def close(self) -> None:
         """Free the engines once the pipeline no longer runs."""
         for engine in (self.serving.engine, self.serving.shadow):
@@ -212,7 +234,7 @@ class Pipeline:
         in_flight = asyncio.Semaphore(IN_FLIGHT)
         engine = ThreadPoolExecutor(1, thread_name_prefix="engine")
         records = ThreadPoolExecutor(1, thread_name_prefix="records")
-        self._inbox = inbox
+        self._inbox, self._inferred = inbox, inferred
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(source, inbox, in_flight))
@@ -221,7 +243,7 @@ class Pipeline:
                 )
                 group.create_task(self._record(inferred, records, in_flight))
         finally:
-            self._inbox = None
+            self._inbox = self._inferred = None
             inbox.put(None)  # ends the engine's loop if the pipeline was cancelled
             engine.shutdown(wait=True)
             records.shutdown(wait=True)
@@ -277,6 +299,9 @@ class Pipeline:
                 seq = await self._close_window(self._recording, item, boot, seq)
                 self._recording = item
                 continue
+            if isinstance(item, Told):
+                seq = await self._told(item, boot, seq)
+                continue
             chunk, result = item.chunk, item.result
             bodies, verdicts, unfit = await loop.run_in_executor(
                 executor, self._build, chunk, result, boot, seq
@@ -330,6 +355,18 @@ class Pipeline:
         record_id = RecordId(self._device, boot, seq)
         body = Record(record_id, time.time_ns() // 1_000_000, drift_body(old.model, verdict))
         await self._spool.append([body.encode()], seq + 1)
+        return seq + 1
+
+    async def _told(self, told: Told, boot: str, seq: int) -> int:
+        """Record a label; returns the next sequence number."""
+        model = self._recording.model
+        body = Label(model.name, model.version, told.target, told.label, told.labeller)
+        record_id = RecordId(self._device, boot, seq)
+        await self._spool.append(
+            [Record(record_id, time.time_ns() // 1_000_000, body).encode()], seq + 1
+        )
+        if not told.done.done():
+            told.done.set_result(record_id.key)
         return seq + 1
 
     @staticmethod

@@ -10,9 +10,9 @@ import; ties go to the later import).
 
 A device (or an operator's app on it) may correct a prediction later with a record of kind
 ``label``: ``{"kind": "label", "target": "<dev:boot:seq>", "label": <class>, "labeller":
-"device", ...}``, forwarded by the gateway like any record. Such records land in the dataset
-(today in ``stream=other``, being a kind the dataset has no typed columns for) and
-``labels_sql`` reads them beside the imported files, so they count the same way.
+"device", ...}`` (``protocol.telemetry.Label``), sent as telemetry and forwarded by the
+gateway like any record. Such records land in the telemetry stream and ``labels_sql`` reads
+them beside the imported files, so they count the same way.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ STREAMS = {
     "drift": "telemetry",
     "sample": "samples",
     "summary": "summaries",
+    "label": "telemetry",
 }
 OTHER_STREAM = "other"
 KEY_PATTERN = re.compile(r"[0-9a-f]{40}")
@@ -207,7 +208,19 @@ def _drift(data: dict[str, Any], row: dict[str, Any]) -> None:
     Record.from_json(data)
 
 
-KINDS = {"inference": _inference, "drift": _drift, "sample": _sample, "summary": _summary}
+def _label(data: dict[str, Any], row: dict[str, Any]) -> None:
+    """Checked, and kept in ``record`` only: its class is the label of another row (its
+    ``target``), which the labels view joins (``cloud.labels``)."""
+    Record.from_json(data)
+
+
+KINDS = {
+    "inference": _inference,
+    "drift": _drift,
+    "sample": _sample,
+    "summary": _summary,
+    "label": _label,
+}
 BULKY = {"inference": "raw", "sample": "input"}  # stored in the tensor columns instead
 
 

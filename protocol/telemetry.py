@@ -377,20 +377,61 @@ class Sample:
         )
 
 
-BODIES: dict[str, type[Inference] | type[DriftWindow] | type[Sample]] = {
+TARGET_PATTERN = re.compile(r"([A-Za-z0-9_-]{1,64}):([0-9a-f]{8,64}):([0-9]{1,19})")
+
+
+@dataclass(frozen=True)
+class Label:
+    """The true class of an earlier record or sample of this device (``target`` is its id,
+    ``dev:boot:seq``), as a person or an application on the device said; ``model`` and
+    ``version`` are what the device ran when it was told."""
+
+    model: str
+    version: int
+    target: str
+    label: int
+    labeller: str = "device"
+
+    kind = "label"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "target": self.target,
+            "label": self.label,
+            "labeller": self.labeller,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Label:
+        target, labeller = get(data, "target", str), get(data, "labeller", str)
+        _require(TARGET_PATTERN.fullmatch(target) is not None, "label target is not dev:boot:seq")
+        _require(NAME_PATTERN.fullmatch(labeller) is not None, "bad labeller name")
+        label = get(data, "label", int)
+        _require(0 <= label < MAX_CLASSES, f"label must be a class index below {MAX_CLASSES}")
+        return cls(_model_name(data), _version(data), target, label, labeller)
+
+
+Body = Inference | DriftWindow | Sample | Label
+BODIES: dict[str, type[Body]] = {
     Inference.kind: Inference,
     DriftWindow.kind: DriftWindow,
     Sample.kind: Sample,
+    Label.kind: Label,
 }
 # What each device topic may carry.
-TOPIC_BODIES = {"telemetry": (Inference.kind, DriftWindow.kind), "samples": (Sample.kind,)}
+TOPIC_BODIES = {
+    "telemetry": (Inference.kind, DriftWindow.kind, Label.kind),
+    "samples": (Sample.kind,),
+}
 
 
 @dataclass(frozen=True)
 class Record:
     id: RecordId
     ts_ms: int
-    body: Inference | DriftWindow | Sample
+    body: Body
 
     def encode(self) -> bytes:
         """The record as one compact JSON object (what the spool stores and batches splice)."""

@@ -2,7 +2,8 @@
 message's records inside the ingest's transaction, so what is kept, what each rule dropped, the
 quotas and the dedup memory change together with the spool.
 
-A record is kept or dropped by the first rule that decides it (``keep``, ``drop``, ``sample``,
+A label record (an application's correction on the device) is always kept. Any other record is
+kept or dropped by the first rule that decides it (``keep``, ``drop``, ``sample``,
 a full ``quota``, a ``dedup`` that has seen it); rules that do not decide (a quota with room, a
 dedup that has not seen it, ``scrub``) pass it on, and ``default`` decides what no rule did.
 Conditions (``when``) use the trigger language of ``protocol.capture`` over each record's class,
@@ -99,7 +100,10 @@ class Curator:
         self, conn: sqlite3.Connection, device: str, stream: str, records: list[tuple[dict, bytes]]
     ) -> Curated:
         result = Curated([])
-        decided: list[bool | None] = [None] * len(records)  # True kept, False dropped
+        # Labels are what the loop exists for, and few: no rule drops them.
+        decided: list[bool | None] = [
+            True if data.get("kind") == "label" else None for data, _ in records
+        ]
         bodies = [raw for _, raw in records]
         for rule in self.config.rules:
             rows = [
