@@ -22,7 +22,14 @@ from cloud.intervals import wilson
 from cloud.labels import labels_sql
 from cloud.queries import source
 
-GROUPINGS = {"version": "version", "device": "dev", "day": "CAST(day AS VARCHAR)"}
+GROUPINGS = {
+    "version": "version",
+    "device": "dev",
+    "day": "CAST(day AS VARCHAR)",
+    # Each campaign a phase of the loop (inference records: none).
+    "campaign": "coalesce(campaign, '-')",
+    "version-campaign": "CAST(version AS VARCHAR) || '/' || coalesce(campaign, '-')",
+}
 BINS = 10
 
 
@@ -74,7 +81,7 @@ def measure(root: Path, question: Question) -> dict[str, Any]:
     elif question.by in GROUPINGS:
         group = GROUPINGS[question.by]
     else:
-        raise QualityError(f"--by {question.by}: one of version, device, day, site")
+        raise QualityError(f"--by {question.by}: one of {', '.join(GROUPINGS)}, site")
     rows, values = _rows_sql(root, group, question.model)
     connection.execute(f"CREATE TEMP TABLE labelled AS {rows}", values)
 

@@ -12,7 +12,7 @@ from typing import Any
 from edgefleet.commandline import add_json, add_table_options
 from edgefleet.errors import UserError
 
-BY = ("version", "device", "day", "site")
+BY = ("version", "device", "day", "campaign", "version-campaign", "site")
 
 
 def register(commands: argparse._SubParsersAction, dataset) -> None:

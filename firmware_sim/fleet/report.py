@@ -20,6 +20,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from firmware_sim.fleet import labeller
 from firmware_sim.fleet.scenario import Scenario
 from firmware_sim.fleet.world import World
 
@@ -126,6 +127,10 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
         **fleet_state,
         **delivery,
         **security,
+        "quality": labeller.accuracy_by_phase(world.cloud.dataset_dir, world.fleet.name)
+        if world.labelled
+        else [],
+        "evaluations": world.evaluations,
         "agent_restarts": world.counters.agent_restarts,
         "gateway_unplanned_exits": len(world.gateway.unplanned_exits),
         "update_bytes_served": dict(world.relay.served),

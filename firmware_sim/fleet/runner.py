@@ -15,9 +15,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from edgefleet.errors import UserError
-from firmware_sim.fleet import faults
+from firmware_sim.fleet import faults, labeller
 from firmware_sim.fleet.report import Outcome, collect
-from firmware_sim.fleet.scenario import CampaignStep, Fault, Release, Rollout, Scenario, Step, Wait
+from firmware_sim.fleet.scenario import (
+    CampaignStep,
+    EvaluateStep,
+    Fault,
+    LabelStep,
+    Release,
+    Rollout,
+    Scenario,
+    Step,
+    Wait,
+)
 from firmware_sim.fleet.world import World
 from gateway.admin_client import Unreachable
 
@@ -119,7 +129,31 @@ class Runner:
             }
             answer = await world.gateway.post("/v1/campaigns", body)
             return f"campaign {answer['name']} {answer['state']}"
+        if isinstance(action, LabelStep):
+            count = await asyncio.to_thread(
+                labeller.label_samples, world.cloud.dataset_dir, world.labelled,
+                action.fraction, self.rng, world.workdir / "labels",
+            )  # fmt: skip
+            return f"labelled {count} samples"
+        if isinstance(action, EvaluateStep):
+            return await self._evaluate(world, action, step.index)
         return await self._wait(world, action)
+
+    async def _evaluate(self, world: World, action: EvaluateStep, index: int) -> str:
+        result = await asyncio.to_thread(
+            labeller.run_evaluation, world.cloud.dataset_dir, world.fleet.name, action.model,
+            action.against,
+        )  # fmt: skip
+        result["step"] = index
+        world.evaluations.append(result)
+        candidate, incumbent = result["candidate"], result["incumbent"]
+        said = (
+            f"{action.model.name} {candidate['accuracy']:.3f} against "
+            f"{incumbent['accuracy']:.3f} on {result['n']} labelled samples"
+        )
+        if action.min_accuracy is not None and candidate["accuracy"] < action.min_accuracy:
+            raise ValueError(f"{said}: below the minimum {action.min_accuracy}")
+        return said
 
     async def _release(self, world: World, release: Release) -> str:
         if release.model is None:

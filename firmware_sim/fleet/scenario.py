@@ -81,6 +81,8 @@ REPORT_KEYS = (
     "cloud_bytes_unfiltered",
     "cloud_bytes_ratio",
     "dataset",
+    "quality",
+    "evaluations",
 )
 # "all" in [expect] means: equal to this other report key.
 ALL_OF = {"devices_on_target": "devices_total", "mcus_on_target": "mcus_total"}
@@ -136,6 +138,23 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class LabelStep:
+    """Label the dataset's samples (a ``fraction`` of those not labelled yet) with the truth
+    the simulator knows (the class each banded input was made from)."""
+
+    fraction: float = 1.0
+
+
+@dataclass(frozen=True)
+class EvaluateStep:
+    """``edgefleet cloud evaluate MODEL --against VERSION`` on the labelled samples."""
+
+    model: Path
+    against: int | None = None
+    min_accuracy: float | None = None  # a violation when the candidate measures below
+
+
+@dataclass(frozen=True)
 class CampaignStep:
     """Start a capture campaign through the gateway, as ``edgefleet campaign start`` does."""
 
@@ -155,7 +174,7 @@ class Wait:
 @dataclass(frozen=True)
 class Step:
     at_s: float
-    action: Release | Rollout | Fault | Wait | CampaignStep
+    action: Release | Rollout | Fault | Wait | CampaignStep | LabelStep | EvaluateStep
     index: int
 
     def describe(self) -> str:
@@ -166,6 +185,11 @@ class Step:
             return f"wait {action.until}"
         if isinstance(action, CampaignStep):
             return f"campaign {action.name} ({action.trigger})"
+        if isinstance(action, LabelStep):
+            return f"label {action.fraction:.0%} of the new samples"
+        if isinstance(action, EvaluateStep):
+            against = f" against v{action.against}" if action.against else ""
+            return f"evaluate {action.model.name}{against}"
         if isinstance(action, Release):
             what = "model" if action.model else "mcu image"
             gate = f" ({action.gate})" if action.gate else ""
@@ -331,14 +355,8 @@ def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
 
 def _step(table: tomlconfig.Table, base: Path, index: int, fleet: Fleet) -> Step:
     at = parse_duration(table.value("at", str | int | float), f"{table.label}: {table.path}.at")
-    kind = table.choice("do", ("release", "rollout", "fault", "wait", "campaign"), ...)
-    action = {
-        "release": _release,
-        "rollout": _rollout,
-        "fault": _fault,
-        "wait": _wait,
-        "campaign": _campaign,
-    }[kind](table, base, fleet)
+    kind = table.choice("do", tuple(STEPS), ...)
+    action = STEPS[kind](table, base, fleet)
     table.done()
     return Step(at, action, index)
 
@@ -448,6 +466,23 @@ def _campaign(table: tomlconfig.Table, base: Path, fleet: Fleet) -> CampaignStep
     return step
 
 
+def _label(table: tomlconfig.Table, base: Path, fleet: Fleet) -> LabelStep:
+    if fleet.source != "bands":
+        table.fail(
+            "do", 'the simulator knows the truth only of banded inputs: fleet.source = "bands"'
+        )
+    return LabelStep(table.value("fraction", float, 1.0, 0.0, 1.0))
+
+
+def _evaluate(table: tomlconfig.Table, base: Path, fleet: Fleet) -> EvaluateStep:
+    where = f"{table.label}: {table.path}.model"
+    return EvaluateStep(
+        model=resolve_model(table.value("model", str), base, where),
+        against=table.value("against", int, None, 1, 2**31),
+        min_accuracy=table.value("min_accuracy", float, None, 0.0, 1.0),
+    )
+
+
 def _wait(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Wait:
     until = table.choice("until", WAITS, ...)
     timeout = table.value("timeout", str | int | float, "60s")
@@ -471,6 +506,17 @@ def _expect(table: tomlconfig.Table) -> tuple[Expectation, ...]:
         expectations.append(Expectation(key, want))
     table.done()
     return tuple(expectations)
+
+
+STEPS = {
+    "release": _release,
+    "rollout": _rollout,
+    "fault": _fault,
+    "wait": _wait,
+    "campaign": _campaign,
+    "label": _label,
+    "evaluate": _evaluate,
+}
 
 
 def device_name(index: int) -> str:

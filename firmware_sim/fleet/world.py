@@ -72,6 +72,8 @@ class World:
                     f"step {step.index} ({step.describe()}) cannot run: {exc}"
                 ) from None
         self.drifted: set[str] = set()  # devices a drift fault moved
+        self.labelled: dict[str, int] = {}  # sample id -> the label the simulator gave it
+        self.evaluations: list[dict] = []
         self.cloud = Cloud(scenario.seed, workdir / "cloud" / "dataset")
         self.operator: Repository | None = None
         self.gateway: GatewayProcess | None = None
