@@ -1,7 +1,8 @@
 """Small real .tflite models bundled with edgefleet, for tests, benchmarks and the demo.
 
 ``make_models.py`` beside this file made them; ``pairs.json`` lists the version pairs (a
-head-only fine-tune and a full fine-tune of each base model).
+head-only fine-tune and a full fine-tune of each base model). ``kws_*_v3_drift`` is version 1
+retrained on dimmed inputs as well as original ones (``bands.py``), as drift is answered.
 """
 
 from __future__ import annotations
