@@ -16,7 +16,9 @@ import base64
 import io
 import math
 import re
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +134,13 @@ class GateRef:
     min_top1_agreement: float = 1.0
 
 
+def _whole(value: Any) -> int:
+    """A JSON integer (TUF's canonical JSON has no floats; a boolean is no count)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
 @dataclass(frozen=True)
 class EvalRef:
     """Where the labelled evaluation set is, and the accuracy the model must reach on it.
@@ -166,13 +175,13 @@ class EvalRef:
             ref = cls(
                 path=str(data["path"]),
                 sha256=str(data["sha256"]),
-                length=int(data["length"]),
-                count=int(data["count"]),
+                length=_whole(data["length"]),
+                count=_whole(data["count"]),
                 min_accuracy=float(data["min_accuracy"]),
                 accuracy=float(data["accuracy"]),
                 passed=data["passed"] is True,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise MetadataError(f"bad evaluation: {exc!r}") from exc
         _require(re.fullmatch(r"[0-9a-f]{64}", ref.sha256) is not None, "bad evaluation sha256")
         _require(1 <= ref.length <= MAX_EVAL_BYTES, f"evaluation length {ref.length} out of range")
@@ -263,7 +272,7 @@ class ModelMeta:
             )
         except MetadataError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise MetadataError(f"bad model metadata: {exc!r}") from exc
         _require(bool(NAME_PATTERN.fullmatch(meta.name)), f"bad model name {meta.name!r}")
         _require(1 <= meta.version <= MAX_VERSION, f"version must be from 1 to {MAX_VERSION}")
@@ -390,7 +399,9 @@ class EvalSet:
                 itemsize = np.dtype(spec.dtype).itemsize
                 inputs = _npy(archive, "inputs.npy", (ref.count, *spec.shape), itemsize)
                 labels = _npy(archive, "labels.npy", (ref.count,), LABEL_BYTES)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        # zipfile and numpy's .npy header parser (ast, tokenize) raise these on bad bytes
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, SyntaxError,
+                tokenize.TokenError) as exc:  # fmt: skip
             if isinstance(exc, MetadataError):
                 raise
             raise MetadataError(f"evaluation set unreadable: {exc}") from exc
@@ -410,7 +421,12 @@ def _npy(archive: zipfile.ZipFile, name: str, shape: tuple[int, ...], itemsize: 
     """One array of the archive; its declared size is checked before it is inflated, and
     zipfile reads no more than it declared."""
     bound = math.prod(shape) * itemsize + NPY_HEADER_BYTES
-    declared = archive.getinfo(name).file_size
+    info = archive.getinfo(name)
+    _require(
+        info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & 1,
+        f"evaluation {name} is neither stored nor deflated",
+    )
+    declared = info.file_size
     _require(declared <= bound, f"evaluation {name} declares {declared} bytes, at most {bound}")
     with archive.open(name) as handle:
         array = np.lib.format.read_array(handle, allow_pickle=False)

@@ -83,14 +83,15 @@ def read_eval_set(path: Path, spec: TensorSpec, classes: int) -> EvalSet:
         raise ReleaseError(f"{source}: more than {MAX_EVAL_VALUES} input values")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= classes:
         raise ReleaseError(f"{source}: labels must be class indices from 0 to {classes - 1}")
+    floating = np.issubdtype(inputs.dtype, np.floating)
+    if floating and not np.isfinite(inputs).all():
+        raise ReleaseError(f"{source}: inputs hold values that are not finite")
     if inputs.dtype != np.dtype(spec.dtype):
-        if not np.issubdtype(inputs.dtype, np.floating):
+        if not floating:
             raise ReleaseError(
                 f"{source}: inputs are {inputs.dtype}: give float32 values or the model's "
                 f"input dtype {spec.dtype}"
             )
-        if not np.isfinite(inputs).all():
-            raise ReleaseError(f"{source}: inputs hold values that are not finite")
         inputs = spec.quantize(inputs)
     return EvalSet(inputs, labels.astype(np.min_scalar_type(classes - 1)))
 
