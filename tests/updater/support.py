@@ -64,11 +64,11 @@ def write_eval_set(path: Path, shift: float = 0.0, count: int = 200, seed: int =
     return path
 
 
-def with_eval_set(path: Path, shift: float, minimum: float, below: bool = False):
-    """``FAST`` options with a labelled evaluation set written to ``path``."""
+def with_eval_set(path: Path, shift: float, minimum: float, below: bool = False, count: int = 200):
+    """``FAST`` options with a labelled evaluation set of ``count`` inputs written to ``path``."""
     return replace(
         FAST,
-        eval_set=write_eval_set(path, shift),
+        eval_set=write_eval_set(path, shift, count),
         min_accuracy=minimum,
         sign_below_minimum=below,
     )
