@@ -3,14 +3,22 @@
 TUF covers these bytes with the targets signature but does not look inside them, so both the
 signer and the device parse them through ``ModelMeta.from_json``, which refuses anything
 malformed. The health-gate vectors live in a separate target (``<name>/<version>.gate.json``)
-whose hash is signed here, so the targets metadata stays small.
+whose hash is signed here, so the targets metadata stays small; so does the labelled evaluation
+set (``<name>/<version>.eval.npz``), whose accuracy floor the device enforces.
+
+An agent that predates a field ignores it (``from_json`` reads only the keys it knows), so a new
+optional entry such as ``evaluation`` keeps format 1 and old agents keep updating.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import math
 import re
+import tokenize
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +32,13 @@ FORMAT_VERSION = 1
 MAX_VERSION = 2**31 - 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DTYPES = ("float32", "int8", "uint8", "int16", "int32", "int64", "float16", "bool")
+# An evaluation set is run whole by the device's health gate: at most this many samples, and at
+# most this many input values in all (64 MiB of float32), whatever the model's input shape.
+MAX_EVAL_SAMPLES = 10_000
+MAX_EVAL_VALUES = 2**24
+MAX_EVAL_BYTES = 64 * 1024 * 1024
+NPY_HEADER_BYTES = 4096  # a .npy header of any array here is well under this
+LABEL_BYTES = 8  # labels may come in any integer width up to int64
 
 
 def decimal(value: float) -> str:
@@ -119,6 +134,70 @@ class GateRef:
     min_top1_agreement: float = 1.0
 
 
+def _whole(value: Any) -> int:
+    """A JSON integer (TUF's canonical JSON has no floats; a boolean is no count)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+@dataclass(frozen=True)
+class EvalRef:
+    """Where the labelled evaluation set is, and the accuracy the model must reach on it.
+
+    ``accuracy`` is what the model reached when it was signed; ``passed`` says whether that was
+    at least ``min_accuracy`` (a release signed below it is for experiments: the gateway does
+    not roll it out, and the device's gate refuses it)."""
+
+    path: str
+    sha256: str
+    length: int
+    count: int
+    min_accuracy: float
+    accuracy: float
+    passed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "length": self.length,
+            "count": self.count,
+            "min_accuracy": decimal(self.min_accuracy),
+            "accuracy": decimal(self.accuracy),
+            "passed": self.passed,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> EvalRef:
+        _require(isinstance(data, dict), "evaluation is not an object")
+        try:
+            ref = cls(
+                path=str(data["path"]),
+                sha256=str(data["sha256"]),
+                length=_whole(data["length"]),
+                count=_whole(data["count"]),
+                min_accuracy=float(data["min_accuracy"]),
+                accuracy=float(data["accuracy"]),
+                passed=data["passed"] is True,
+            )
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise MetadataError(f"bad evaluation: {exc!r}") from exc
+        _require(re.fullmatch(r"[0-9a-f]{64}", ref.sha256) is not None, "bad evaluation sha256")
+        _require(1 <= ref.length <= MAX_EVAL_BYTES, f"evaluation length {ref.length} out of range")
+        _require(
+            1 <= ref.count <= MAX_EVAL_SAMPLES,
+            f"evaluation count must be from 1 to {MAX_EVAL_SAMPLES}, not {ref.count}",
+        )
+        for name, value in (("min_accuracy", ref.min_accuracy), ("accuracy", ref.accuracy)):
+            _require(math.isfinite(value) and 0 <= value <= 1, f"evaluation {name} not in [0, 1]")
+        _require(
+            ref.passed == (ref.accuracy >= ref.min_accuracy),
+            "evaluation passed does not agree with its accuracy and minimum",
+        )
+        return ref
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     name: str
@@ -132,6 +211,7 @@ class ModelMeta:
     hardware_tags: tuple[str, ...] = ()
     measured: dict[str, float] = field(default_factory=dict)
     rollback: bool = False  # the operator signed this version as a permitted downgrade
+    evaluation: EvalRef | None = None  # a labelled set and the accuracy floor on it
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -154,6 +234,8 @@ class ModelMeta:
         }
         if self.rollback:
             data["rollback"] = True
+        if self.evaluation is not None:
+            data["evaluation"] = self.evaluation.to_json()
         return data
 
     @classmethod
@@ -184,10 +266,13 @@ class ModelMeta:
                 hardware_tags=tuple(str(t) for t in hardware.get("tags", ())),
                 measured={k: float(v) for k, v in data.get("measured", {}).items()},
                 rollback=data.get("rollback", False) is True,
+                evaluation=(
+                    EvalRef.from_json(data["evaluation"]) if "evaluation" in data else None
+                ),
             )
         except MetadataError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise MetadataError(f"bad model metadata: {exc!r}") from exc
         _require(bool(NAME_PATTERN.fullmatch(meta.name)), f"bad model name {meta.name!r}")
         _require(1 <= meta.version <= MAX_VERSION, f"version must be from 1 to {MAX_VERSION}")
@@ -203,7 +288,32 @@ class ModelMeta:
             "latency budget must be positive",
         )
         _require(re.fullmatch(r"[0-9a-f]{64}", meta.gate.sha256) is not None, "bad gate sha256")
+        if meta.evaluation is not None:
+            _check_evaluation(meta, meta.evaluation)
         return meta
+
+
+def _check_evaluation(meta: ModelMeta, ref: EvalRef) -> None:
+    """The evaluation entry fits its model: its own path, one input and one output tensor
+    (what the device's engine runs), and a bounded number of input values."""
+    _require(
+        ref.path == eval_path(meta.name, meta.version),
+        f"evaluation path {ref.path!r} is not {eval_path(meta.name, meta.version)!r}",
+    )
+    _require(
+        len(meta.inputs) == 1 and len(meta.outputs) == 1,
+        "an evaluation set needs a model with one input and one output tensor",
+    )
+    values = ref.count * math.prod(meta.inputs[0].shape)
+    _require(
+        values <= MAX_EVAL_VALUES,
+        f"an evaluation set of {values} input values exceeds {MAX_EVAL_VALUES}",
+    )
+
+
+def eval_path(name: str, version: int) -> str:
+    """The target path of a model version's evaluation set."""
+    return f"{name}/{version}.eval.npz"
 
 
 def encode_array(array: np.ndarray) -> dict[str, Any]:
@@ -256,3 +366,69 @@ class GateVectors:
         counts = {len(a) for a in vectors.inputs + vectors.outputs}
         _require(len(counts) == 1, "gate vectors have different sample counts")
         return vectors
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled inputs for the accuracy floor: ``inputs`` ``[n, *input shape]`` as the model's
+    input tensor takes them (quantized for an integer model, which also keeps the file small),
+    ``labels`` ``[n]`` class indices. Stored as a compressed ``.npz`` of those two arrays."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, inputs=self.inputs, labels=self.labels)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, meta: ModelMeta) -> EvalSet:
+        """The set ``meta.evaluation`` describes, read with every size bounded by the signed
+        count and the model's tensors before a byte is inflated."""
+        ref = meta.evaluation
+        _require(ref is not None, "the model metadata names no evaluation set")
+        spec, classes = meta.inputs[0], math.prod(meta.outputs[0].shape[1:])
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = sorted(archive.namelist())
+                _require(
+                    names == ["inputs.npy", "labels.npy"],
+                    f"evaluation set holds {names}, not inputs.npy and labels.npy",
+                )
+                itemsize = np.dtype(spec.dtype).itemsize
+                inputs = _npy(archive, "inputs.npy", (ref.count, *spec.shape), itemsize)
+                labels = _npy(archive, "labels.npy", (ref.count,), LABEL_BYTES)
+        # zipfile and numpy's .npy header parser (ast, tokenize) raise these on bad bytes
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, SyntaxError,
+                tokenize.TokenError) as exc:  # fmt: skip
+            if isinstance(exc, MetadataError):
+                raise
+            raise MetadataError(f"evaluation set unreadable: {exc}") from exc
+        _require(
+            inputs.dtype == np.dtype(spec.dtype),
+            f"evaluation inputs are {inputs.dtype}, the model takes {spec.dtype}",
+        )
+        _require(np.issubdtype(labels.dtype, np.integer), "evaluation labels are not integers")
+        _require(
+            bool(((labels >= 0) & (labels < classes)).all()),
+            f"evaluation labels outside the model's {classes} classes",
+        )
+        return cls(inputs, labels.astype(np.int64))
+
+
+def _npy(archive: zipfile.ZipFile, name: str, shape: tuple[int, ...], itemsize: int) -> np.ndarray:
+    """One array of the archive; its declared size is checked before it is inflated, and
+    zipfile reads no more than it declared."""
+    bound = math.prod(shape) * itemsize + NPY_HEADER_BYTES
+    info = archive.getinfo(name)
+    _require(
+        info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & 1,
+        f"evaluation {name} is neither stored nor deflated",
+    )
+    declared = info.file_size
+    _require(declared <= bound, f"evaluation {name} declares {declared} bytes, at most {bound}")
+    with archive.open(name) as handle:
+        array = np.lib.format.read_array(handle, allow_pickle=False)
+    _require(array.shape == shape, f"evaluation {name} has shape {array.shape}, signed {shape}")
+    return array

@@ -8,6 +8,7 @@ it imports python-tuf and the inference runtime.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -30,8 +31,9 @@ from agent.updater.store import Changes, Offer, Saved
 from agent.updater.verified import check, fetch_verified, signed_target, trust_failure
 from agent.updater.versions import VersionsError
 from protocol.delta import DeltaError, Expected, apply_delta, delta_target_path
-from protocol.model_meta import GateVectors, MetadataError, ModelMeta
+from protocol.model_meta import EvalRef, EvalSet, GateVectors, MetadataError, ModelMeta
 
+EVAL_FILE = "eval.npz"  # the verified evaluation set, in the work folder
 MODEL_PATH = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(?P<version>[0-9]+)\.tflite")
 
 
@@ -195,6 +197,9 @@ class Cycle:
         if self._signed(offer, meta.gate.path).sha256 != meta.gate.sha256:
             raise Refused("gate vectors are not the ones the model metadata names")
         write_atomic(gate_file, gate, "vectors")
+        if meta.evaluation is not None:
+            evaluation = self._fetch_evaluation(offer, meta.evaluation)
+            write_atomic(self.device.layout.work / EVAL_FILE, evaluation, "evaluation")
         write_atomic(self.device.layout.work / "candidate.tflite", data, "candidate")
         record = SlotRecord(
             slot=self.device.slots.inactive(),
@@ -205,6 +210,20 @@ class Cycle:
             length=target.length,
         )
         return Step.FETCHED, {"candidate": record, "reason": fallback}
+
+    def _fetch_evaluation(self, offer: Offer, ref: EvalRef) -> bytes:
+        """The evaluation set the model's metadata names. The targets key signs it in the same
+        metadata as the model, so a target it does not list, or lists as other bytes, is a
+        release no device may run; bytes that do not match on the way are transient."""
+        try:
+            signed = self.trust(offer).target(ref.path)
+        except TrustError as exc:
+            if exc.reason != "unknown-target":
+                raise trust_failure(exc) from None
+            raise Refused(f"evaluation set {ref.path} is not a signed target") from None
+        if (signed.sha256, signed.length) != (ref.sha256, ref.length):
+            raise Refused("evaluation set is not the one the model metadata names")
+        return self._fetch_verified(offer, ref.path)
 
     def _rebuild(self, saved: Saved, target: VerifiedTarget) -> bytes:
         """The model from the incumbent and the offered delta, checked against the signed
@@ -243,13 +262,26 @@ class Cycle:
             )
         except (OSError, ValueError, MetadataError) as exc:
             raise Refused(f"gate vectors unusable: {exc}") from None
+        labelled = self._evaluation(meta)
         verdict = run_gate(
-            self.device.slots.path(candidate.slot), meta, vectors, self.config.engine
+            self.device.slots.path(candidate.slot), meta, vectors, self.config.engine, labelled
         )
         if not verdict.passed:
             raise Refused(f"health gate: {verdict.summary}")
         first = saved.incumbent is None
         return (Step.FIRST_MODEL if first else Step.GATE_PASSED), {"reason": ""}
+
+    def _evaluation(self, meta: ModelMeta) -> EvalSet | None:
+        """The verified evaluation set in the work folder, read within its signed bounds."""
+        if meta.evaluation is None:
+            return None
+        try:
+            data = (self.device.layout.work / EVAL_FILE).read_bytes()
+            if hashlib.sha256(data).hexdigest() != meta.evaluation.sha256:
+                raise MetadataError("not the signed bytes")
+            return EvalSet.from_bytes(data, meta)
+        except (OSError, MetadataError) as exc:
+            raise Refused(f"evaluation set unusable: {exc}") from None
 
     HANDLERS: ClassVar[Mapping[State, Callable[[Cycle, Saved], Handled]]] = {
         State.OFFERED: plan,

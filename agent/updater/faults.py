@@ -33,6 +33,7 @@ SAVED_STATES = (
 )
 ATOMIC_FILES = (
     "vectors",  # the verified health-gate vectors in the work folder
+    "evaluation",  # the verified evaluation set in the work folder
     "candidate",  # the verified candidate model in the work folder
     "install",  # the candidate written into the inactive slot
     "pointer.switch",  # active pointer -> candidate, incumbent kept as previous

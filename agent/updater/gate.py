@@ -2,8 +2,9 @@
 
 ``judge_gate`` is the decision, a pure function of the signed expectations and what the model
 did; ``run_gate`` loads the model with the agent's own engine and feeds it the signed reference
-inputs. It runs in the update worker, so a model that crashes the runtime takes only the worker
-down.
+inputs, and the signed evaluation set when the release has one (its accuracy floor stands next
+to the latency budget). It runs in the update worker, so a model that crashes the runtime takes
+only the worker down.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.engine import Engine, EngineError
-from protocol.model_meta import GateVectors, ModelMeta, TensorSpec
+from protocol.model_meta import EvalSet, GateVectors, ModelMeta, TensorSpec
 
 SCALE_RTOL = 1e-6
 WARMUP_INVOKES = 2
@@ -57,10 +58,12 @@ def judge_gate(
     outputs: np.ndarray | None,
     expected: np.ndarray,
     latencies_ms: Sequence[float] | npt.NDArray[np.float64],
+    accuracy: float | None = None,
 ) -> GateVerdict:
     """Pass when the signature matches, the reference outputs are reproduced within the signed
     tolerance on at least ``min_top1_agreement`` of the samples (and agree on the top class as
-    often), and the median latency is within the signed budget."""
+    often), the median latency is within the signed budget, and, when the release signed an
+    evaluation set, the ``accuracy`` measured on it reaches the signed floor."""
     reasons = list(problems)
     if outputs is None:
         return GateVerdict(False, tuple(reasons or ["model produced no outputs"]))
@@ -76,13 +79,25 @@ def judge_gate(
     median = float(np.median(latencies_ms)) if len(latencies_ms) else None
     if median is None or median > meta.latency_budget_ms:
         reasons.append(f"median latency {median} ms exceeds budget {meta.latency_budget_ms} ms")
+    floor = meta.evaluation
+    if floor is not None and (accuracy is None or accuracy < floor.min_accuracy):
+        measured = "not measured" if accuracy is None else f"{accuracy:.3f}"
+        reasons.append(
+            f"accuracy {measured} on the signed evaluation set (n={floor.count}) is below "
+            f"the floor {floor.min_accuracy:g}"
+        )
     return GateVerdict(not reasons, tuple(reasons), median)
 
 
 def run_gate(
-    model: Path, meta: ModelMeta, vectors: GateVectors, engine: str = "auto"
+    model: Path,
+    meta: ModelMeta,
+    vectors: GateVectors,
+    engine: str = "auto",
+    evaluation: EvalSet | None = None,
 ) -> GateVerdict:
-    """Load ``model`` and judge it against the signed metadata and reference vectors."""
+    """Load ``model`` and judge it against the signed metadata, reference vectors and
+    evaluation set."""
     try:
         loaded = Engine(model, engine)
     except EngineError as exc:
@@ -96,7 +111,13 @@ def run_gate(
         samples = meta.inputs[0].dequantize(vectors.inputs[0]).reshape(-1, *loaded.sample_shape)
         loaded.infer(samples[:1].repeat(WARMUP_INVOKES, axis=0))
         result = loaded.infer(samples)
-        return judge_gate(meta, [], result.scores, expected, result.latency_us / 1000.0)
+        accuracy = None
+        if evaluation is not None:
+            labelled = meta.inputs[0].dequantize(evaluation.inputs)
+            scores = loaded.infer(labelled.reshape(-1, *loaded.sample_shape)).scores
+            accuracy = float((scores.argmax(axis=1) == evaluation.labels).mean())
+        latencies = result.latency_us / 1000.0
+        return judge_gate(meta, [], result.scores, expected, latencies, accuracy)
     except (EngineError, ValueError, RuntimeError) as exc:
         return GateVerdict(False, (f"model failed on the reference inputs: {exc}",))
     finally:

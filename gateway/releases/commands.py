@@ -105,6 +105,26 @@ def register(subparsers) -> None:
         dest="hardware_tags",
         help="hardware the model is built for (repeatable)",
     )
+    add.add_argument(
+        "--eval-set",
+        type=Path,
+        metavar="PATH",
+        help="labelled evaluation set: a .npz with 'inputs' [N, *input shape] (float32, or the "
+        "input tensor's dtype) and 'labels' [N] (class indices), or a folder holding eval.npz; "
+        "signed as NAME/VERSION.eval.npz, and devices refuse the model below --min-accuracy",
+    )
+    add.add_argument(
+        "--min-accuracy",
+        type=float,
+        metavar="RATE",
+        help="accuracy (0 to 1) the model must reach on --eval-set, here and on every device",
+    )
+    add.add_argument(
+        "--sign-below-minimum",
+        action="store_true",
+        help="sign a model below --min-accuracy anyway, for experiments: it is marked as not "
+        "passed, the gateway refuses rollouts of it and devices refuse it",
+    )
     add.add_argument("--json", action="store_true", help="print the signed release as JSON")
     add.set_defaults(handler=_release_add)
 
@@ -172,6 +192,15 @@ def register(subparsers) -> None:
     _repo_arguments(expiry)
     add_table_options(expiry, "the expiries")
     expiry.set_defaults(handler=_release_expiry)
+
+    show = release_sub.add_parser(
+        "show", help="one signed model version: its tensors, gate, budget and evaluation"
+    )
+    _repo_arguments(show)
+    show.add_argument("--name", required=True)
+    show.add_argument("--version", required=True, type=int)
+    add_json(show, "the release and its signed metadata")
+    show.set_defaults(handler=_release_show)
 
     listing = release_sub.add_parser(
         "list", help="list signed model versions, MCU images and when the metadata expires"
@@ -288,20 +317,32 @@ def _release_add(args) -> int:
         latency_budget_ms=args.latency_budget_ms,
         arena_bytes=args.arena_bytes,
         hardware_tags=tuple(args.hardware_tags),
+        eval_set=args.eval_set,
+        min_accuracy=args.min_accuracy,
+        sign_below_minimum=args.sign_below_minimum,
     )
     options.check()  # before the model is run
     model = read_model(args.model)
     inspected = build_model_meta(model, args.name, args.version, options, args.model)
-    release = repo.add_release(inspected.meta, model, inspected.gate_bytes, lifetime)
+    release = repo.add_release(
+        inspected.meta, model, inspected.gate_bytes, lifetime, inspected.eval_bytes
+    )
     for warning in inspected.warnings:
         log.warning("release_warning", release=release.path, detail=warning)
-    _print_signed(
-        args,
-        release,
+    text = (
         f"signed {release.path}: {release.length} bytes, sha256 {release.sha256[:16]}, "
-        f"latency budget {release.meta.latency_budget_ms:g} ms",
+        f"latency budget {release.meta.latency_budget_ms:g} ms"
     )
+    if release.meta.evaluation is not None:
+        text += f", {_evaluation_text(release.meta.evaluation)}"
+    _print_signed(args, release, text)
     return 0
+
+
+def _evaluation_text(ref) -> str:
+    """One release's evaluation for people: accuracy, n, floor, and whether it passed."""
+    verdict = "" if ref.passed else " BELOW MINIMUM"
+    return f"accuracy {ref.accuracy:.3f} (n={ref.count}, min {ref.min_accuracy:g}){verdict}"
 
 
 def _release_add_image(args) -> int:
@@ -346,6 +387,40 @@ def _release_rollback(args) -> int:
     release = Repository(args.repo, _key_dirs(args)).sign_rollback(args.name, args.version)
     _print_signed(args, release, f"signed {release.path} as a permitted downgrade")
     return 0
+
+
+def _release_show(args) -> int:
+    from gateway.releases.errors import ReleaseError
+    from gateway.releases.repository import Repository
+
+    _check_version(args)
+    repo = Repository(args.repo, _key_dirs(args))
+    release = next(
+        (r for r in repo.releases() if (r.name, r.version) == (args.name, args.version)), None
+    )
+    if release is None:
+        raise ReleaseError(f"{args.name}/{args.version}.tflite is not a signed model release")
+    if args.json:
+        print(json.dumps(_release_json(release), indent=2))
+        return 0
+    meta = release.meta
+    lines = [
+        f"{release.path}: {release.length} bytes, sha256 {release.sha256}",
+        f"  input:      {_tensors(meta.inputs)}",
+        f"  output:     {_tensors(meta.outputs)}",
+        f"  gate:       {meta.gate.path}, {meta.gate.count} vectors, atol {meta.gate.atol:g}",
+        f"  budget:     {meta.latency_budget_ms:g} ms",
+    ]
+    if meta.evaluation is not None:
+        lines.append(f"  evaluation: {meta.evaluation.path}, {_evaluation_text(meta.evaluation)}")
+    if meta.rollback:
+        lines.append("  signed as a permitted downgrade")
+    print("\n".join(lines))
+    return 0
+
+
+def _tensors(specs) -> str:
+    return ", ".join(f"{s.dtype}[{'x'.join(map(str, s.shape))}]" for s in specs)
 
 
 def _release_renew(args) -> int:
@@ -402,9 +477,6 @@ def _release_list(args) -> int:
         print(json.dumps([_release_json(r) for r in (*releases, *images)], indent=2))
         return 0
 
-    def tensors(specs) -> str:
-        return ", ".join(f"{s.dtype}[{'x'.join(map(str, s.shape))}]" for s in specs)
-
     if releases or not images:
         print_table(
             (
@@ -415,6 +487,7 @@ def _release_list(args) -> int:
                 Column("input", narrow=False),
                 Column("output", narrow=False),
                 Column("budget ms", right=True),
+                Column("evaluation", narrow=False),
                 Column("rollback"),
             ),
             [
@@ -423,9 +496,10 @@ def _release_list(args) -> int:
                     r.version,
                     r.length,
                     r.sha256[:12],
-                    tensors(r.meta.inputs),
-                    tensors(r.meta.outputs),
+                    _tensors(r.meta.inputs),
+                    _tensors(r.meta.outputs),
                     f"{r.meta.latency_budget_ms:g}",
+                    _evaluation_text(r.meta.evaluation) if r.meta.evaluation else "",
                     "yes" if r.meta.rollback else "",
                 )
                 for r in releases

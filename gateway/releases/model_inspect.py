@@ -2,7 +2,8 @@
 
 Loads the .tflite with LiteRT, reads its tensor signature, runs it on reference inputs (seeded,
 or the operator's own) to record the outputs the health gate will expect, times it, and builds
-drift reference histograms over those inputs and outputs.
+drift reference histograms over those inputs and outputs. Given a labelled evaluation set, it
+measures the model's accuracy on it against the operator's minimum (``evaluation.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet.runtime_output import runtime_output_logged
+from gateway.releases import evaluation
 from gateway.releases.errors import ReleaseError, check_range
 from protocol.drift import DriftReference
 from protocol.model_meta import NAME_PATTERN, GateRef, GateVectors, ModelMeta, TensorSpec
@@ -45,6 +47,9 @@ class ReleaseOptions:
     latency_budget_ms: float | None = None
     arena_bytes: int | None = None
     hardware_tags: tuple[str, ...] = ()
+    eval_set: Path | None = None  # a labelled .npz, or a folder holding eval.npz
+    min_accuracy: float | None = None
+    sign_below_minimum: bool = False
 
     def check(self) -> None:
         """Refuse what would sign a release no device can pass or match, naming the option."""
@@ -59,6 +64,12 @@ class ReleaseOptions:
             check_range("--arena-bytes", self.arena_bytes, 1, 2**31 - 1)
         if len(self.hardware_tags) > MAX_HARDWARE_TAGS:
             raise ReleaseError(f"--hardware-tag: at most {MAX_HARDWARE_TAGS} tags")
+        if (self.eval_set is None) != (self.min_accuracy is None):
+            raise ReleaseError("--eval-set and --min-accuracy go together")
+        if self.min_accuracy is not None:
+            check_range("--min-accuracy", self.min_accuracy, 0, 1)
+        if self.sign_below_minimum and self.eval_set is None:
+            raise ReleaseError("--sign-below-minimum needs --eval-set and --min-accuracy")
         for tag in self.hardware_tags:
             if not NAME_PATTERN.fullmatch(tag):
                 raise ReleaseError(
@@ -72,6 +83,7 @@ class InspectedModel:
     meta: ModelMeta
     gate_bytes: bytes
     warnings: tuple[str, ...] = ()  # signable, but the operator should know
+    eval_bytes: bytes | None = None  # the evaluation set target, when the meta names one
 
 
 def read_model(path: Path) -> bytes:
@@ -126,6 +138,40 @@ def _reference_inputs(specs, options: ReleaseOptions, path: Path) -> list[np.nda
     return [array.astype(np.float32)]
 
 
+def _invoke(interpreter, raw_inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+    """Each sample through the model: raw outputs ``[N, *tensor shape]`` per output tensor,
+    and the invoke latency of each sample in ms."""
+    raw_outputs: list[list[np.ndarray]] = [[] for _ in interpreter.get_output_details()]
+    latencies = []
+    for index in range(len(raw_inputs[0])):
+        for detail, batch in zip(interpreter.get_input_details(), raw_inputs, strict=True):
+            interpreter.set_tensor(detail["index"], batch[index])
+        started = time.perf_counter()
+        interpreter.invoke()
+        latencies.append((time.perf_counter() - started) * 1000)
+        for slot, detail in zip(raw_outputs, interpreter.get_output_details(), strict=True):
+            slot.append(interpreter.get_tensor(detail["index"]).copy())
+    return [np.stack(slot) for slot in raw_outputs], latencies
+
+
+def _evaluate(
+    interpreter, inputs, outputs, name: str, version: int, options: ReleaseOptions, path: Path
+):
+    """Accuracy on the operator's labelled set: the signed entry, the set's bytes, warnings."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ReleaseError(f"{path}: --eval-set supports models with one input and one output")
+    classes = math.prod(outputs[0].shape[1:])
+    labelled = evaluation.read_eval_set(options.eval_set, inputs[0], classes)
+    (scores,), _ = _invoke(interpreter, [labelled.inputs])
+    predicted = scores.reshape(len(scores), -1).argmax(axis=1)
+    measured = evaluation.Measured(int((predicted == labelled.labels).sum()), len(predicted))
+    data = labelled.to_bytes()
+    ref, warnings = evaluation.judge(
+        measured, options.min_accuracy, name, version, data, options.sign_below_minimum
+    )
+    return ref, data, warnings
+
+
 def build_model_meta(
     data: bytes, name: str, version: int, options: ReleaseOptions, path: Path = Path("<model>")
 ) -> InspectedModel:
@@ -134,21 +180,16 @@ def build_model_meta(
     interpreter = _interpreter(data, path)
     inputs = [TensorSpec.from_details(d) for d in interpreter.get_input_details()]
     outputs = [TensorSpec.from_details(d) for d in interpreter.get_output_details()]
+    eval_ref, eval_bytes, warnings = None, None, ()
+    if options.eval_set is not None:  # a refusal comes before the longer reference run
+        eval_ref, eval_bytes, warnings = _evaluate(
+            interpreter, inputs, outputs, name, version, options, path
+        )
     float_inputs = _reference_inputs(inputs, options, path)
     raw_inputs = [spec.quantize(batch) for spec, batch in zip(inputs, float_inputs, strict=True)]
     count = len(raw_inputs[0])
 
-    raw_outputs: list[list[np.ndarray]] = [[] for _ in outputs]
-    latencies = []
-    for index in range(count):
-        for detail, batch in zip(interpreter.get_input_details(), raw_inputs, strict=True):
-            interpreter.set_tensor(detail["index"], batch[index])
-        started = time.perf_counter()
-        interpreter.invoke()
-        latencies.append((time.perf_counter() - started) * 1000)
-        for slot, detail in zip(raw_outputs, interpreter.get_output_details(), strict=True):
-            slot.append(interpreter.get_tensor(detail["index"]).copy())
-    outputs_raw = [np.stack(slot) for slot in raw_outputs]
+    outputs_raw, latencies = _invoke(interpreter, raw_inputs)
     float_outputs = [spec.dequantize(o) for spec, o in zip(outputs, outputs_raw, strict=True)]
 
     gate_count = min(options.gate_samples, count)
@@ -181,11 +222,11 @@ def build_model_meta(
         arena_bytes=options.arena_bytes,
         hardware_tags=options.hardware_tags,
         measured={"invoke_median_ms": round(median_ms, 4), "reference_samples": count},
+        evaluation=eval_ref,
     )
-    warnings = ()
     if count < MIN_DRIFT_SAMPLES:
-        warnings = (
+        warnings += (
             f"the drift reference comes from {count} inputs: fewer than {MIN_DRIFT_SAMPLES} "
             "are noisy enough to raise false drift alarms",
         )
-    return InspectedModel(meta, gate_bytes, warnings)
+    return InspectedModel(meta, gate_bytes, warnings, eval_bytes)

@@ -4,7 +4,8 @@ Layout of a repository folder::
 
     metadata/   N.root.json (every version kept), root.json (the newest, to provision devices),
                 N.targets.json, N.snapshot.json, N.deltas.json, timestamp.json
-    targets/    <name>/<sha256>.<version>.tflite and .gate.json, or <name>/<sha256>.<version>.bin
+    targets/    <name>/<sha256>.<version>.tflite, .gate.json and .eval.npz (the labelled
+                evaluation set, when the release has one), or <name>/<sha256>.<version>.bin
                 for an MCU image (consistent-snapshot names)
     keys/offline/{root,targets}.key     keys/online/{snapshot,timestamp,deltas}.key
 
@@ -16,6 +17,7 @@ it was. Reads go through ``timestamp -> snapshot -> targets``, never through a d
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -274,9 +276,12 @@ class Repository:
         model: bytes,
         gate_bytes: bytes,
         targets_lifetime: timedelta | None = None,
+        eval_bytes: bytes | None = None,
     ) -> Release:
-        """Sign a new model version (and its gate vectors) as targets and publish it."""
+        """Sign a new model version (and its gate vectors, and the evaluation set its metadata
+        names) as targets and publish it."""
         self.check_new_version(meta.name, meta.version, "model")
+        _check_eval_bytes(meta, eval_bytes)
         targets_signer = keystore.load(self.keys.path("targets"))
         self._check_signer(targets_signer, "targets")
         online = self.online_signers()
@@ -287,9 +292,14 @@ class Repository:
         gate_target = TargetFile.from_data(meta.gate.path, gate_bytes, ["sha256"])
         gate_target.unrecognized_fields["custom"] = {"gate_for": model_path}
         self._store_target(gate_target, gate_bytes)
+        targets = self.targets
+        if meta.evaluation is not None and eval_bytes is not None:
+            eval_target = TargetFile.from_data(meta.evaluation.path, eval_bytes, ["sha256"])
+            eval_target.unrecognized_fields["custom"] = {"eval_for": model_path}
+            self._store_target(eval_target, eval_bytes)
+            targets.signed.targets[meta.evaluation.path] = eval_target
         self._store_target(model_target, model)
 
-        targets = self.targets
         targets.signed.targets[model_path] = model_target
         targets.signed.targets[meta.gate.path] = gate_target
         self._publish(targets, [targets_signer], online, targets_lifetime)
@@ -600,6 +610,17 @@ class Repository:
         data = root.to_bytes()
         self._write(data, f"{root.signed.version}.root.json")
         self._write(data, "root.json")
+
+
+def _check_eval_bytes(meta: ModelMeta, data: bytes | None) -> None:
+    """The evaluation set given is the one the metadata names, or neither is there."""
+    ref = meta.evaluation
+    if ref is None and data is None:
+        return
+    if ref is None or data is None:
+        raise ReleaseError(f"{meta.name}/{meta.version}: evaluation set and metadata do not match")
+    if (len(data), hashlib.sha256(data).hexdigest()) != (ref.length, ref.sha256):
+        raise ReleaseError(f"{ref.path}: not the evaluation set the model metadata names")
 
 
 def _check_servable(path: str, target: TargetFile, source: Path) -> None:

@@ -36,7 +36,7 @@ from gateway.rollouts.decisions import DeviceFacts, DeviceState, Plan, Progress,
 from gateway.rollouts.store import Rollout, RolloutStore
 from gateway.serving.service import RepositoryService
 from protocol.mcu_image import parse_version
-from protocol.model_meta import MAX_VERSION
+from protocol.model_meta import MAX_VERSION, ModelMeta
 from protocol.topics import Event, Status
 
 log = structlog.get_logger()
@@ -96,6 +96,19 @@ def last_verdict(row: Device) -> Event | None:
         return None
     detail = {"rollout": row.last_rollout, "reason": row.last_reason or row.last_event}
     return Event(row.device, 0, row.last_event, detail)
+
+
+def evaluation_refusal(meta: ModelMeta) -> str | None:
+    """Why a release may not be rolled out for its signed evaluation, or None: one signed
+    below its minimum accuracy (``--sign-below-minimum``) is for experiments only."""
+    ref = meta.evaluation
+    if ref is None or ref.passed:
+        return None
+    return (
+        f"{meta.name} version {meta.version} was signed below its minimum accuracy "
+        f"({ref.accuracy:.3f} on {ref.count} labelled inputs, minimum {ref.min_accuracy:g}): "
+        "it is not rolled out"
+    )
 
 
 def http_status(exc: Exception) -> int:
@@ -241,6 +254,8 @@ class RolloutService:
         if release is None:
             raise UserError(f"{plan.model} version {plan.version} is not a served release")
         devices = self.inventory.devices.values()
+        if not isinstance(release, McuImage) and (why := evaluation_refusal(release.meta)):
+            raise RolloutConflict(why)
         if isinstance(release, McuImage):
             facts, skipped = mcu_candidates(devices, plan.model, release.meta.image_version)
             meta = None  # the MCU judges whether an image fits it

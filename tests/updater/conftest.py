@@ -17,7 +17,7 @@ from agent.updater.states import State
 from agent.updater.store import Offer
 from gateway.releases.model_inspect import ReleaseOptions
 from gateway.releases.repository import Repository
-from tests.updater.support import model, release, served, sha
+from tests.updater.support import model, release, served, sha, with_eval_set
 
 TOO_SLOW = ReleaseOptions(samples=8, gate_samples=4, latency_budget_ms=0.0001)
 
@@ -47,11 +47,15 @@ def provision(state_dir: Path, url: str, root: Path, target: str = "kws/1.tflite
 
 @contextmanager
 def open_world(base: Path, sign: Callable[[Repository], None] = lambda repo: None):
-    """A repository with kws v1 and v2 (head fine-tune) signed, then whatever ``sign`` adds,
-    served over HTTP, and a device template provisioned with v1."""
+    """A repository with kws v1 and v2 (head fine-tune, with a labelled evaluation set it
+    passes) signed, then whatever ``sign`` adds, served over HTTP, and a device template
+    provisioned with v1 (a release without an evaluation set)."""
     repo = Repository.init(base / "repo")
     release(repo, model("kws_f32_v1"), 1)
-    release(repo, model("kws_f32_v2_head"), 2)
+    # a small set: its target, like every other, stays under the model's size that
+    # test_hostile_deltas gives as max_model_bytes
+    evaluation = with_eval_set(base / "eval.npz", 0.0, 0.9, count=32)
+    release(repo, model("kws_f32_v2_head"), 2, evaluation)
     sign(repo)
     root = repo.metadata_dir / "1.root.json"
     with served(repo.dir) as url:

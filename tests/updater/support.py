@@ -12,13 +12,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from agent.updater.device import UpdaterDevice
 from agent.updater.states import State
-from edgefleet.models import model_path
+from edgefleet.models import bands, model_path
 from firmware_sim.fleet.releases import sign_model
-from gateway.releases.model_inspect import ReleaseOptions
+from gateway.releases.model_inspect import ReleaseOptions, build_model_meta
 from gateway.releases.repository import Repository
 from gateway.serving.server import RepositoryServer
 
@@ -42,8 +45,33 @@ def release(
     signed_as: bytes | None = None,
     edit_outputs=None,
 ):
-    """Sign ``data`` as kws ``version`` (see ``sign_model``)."""
+    """Sign ``data`` as kws ``version`` (see ``sign_model``); with an evaluation set, as
+    ``edgefleet release add --eval-set`` does."""
+    if options.eval_set is not None:
+        inspected = build_model_meta(data, "kws", version, options)
+        return repo.add_release(
+            inspected.meta, data, inspected.gate_bytes, eval_bytes=inspected.eval_bytes
+        )
     return sign_model(repo, data, "kws", version, options, signed_as, edit_outputs)
+
+
+def write_eval_set(path: Path, shift: float = 0.0, count: int = 200, seed: int = 11) -> Path:
+    """A labelled evaluation set of banded inputs (``shift`` below 0 dims the bands: the
+    bundled models do worse on it) as the operator gives it: float32 inputs and labels."""
+    inputs, labels = bands.make(np.random.default_rng(seed), count, shift)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, inputs=inputs, labels=labels)
+    return path
+
+
+def with_eval_set(path: Path, shift: float, minimum: float, below: bool = False, count: int = 200):
+    """``FAST`` options with a labelled evaluation set of ``count`` inputs written to ``path``."""
+    return replace(
+        FAST,
+        eval_set=write_eval_set(path, shift, count),
+        min_accuracy=minimum,
+        sign_below_minimum=below,
+    )
 
 
 @contextmanager
