@@ -387,7 +387,8 @@ class EvalSet:
         """The set ``meta.evaluation`` describes, read with every size bounded by the signed
         count and the model's tensors before a byte is inflated."""
         ref = meta.evaluation
-        _require(ref is not None, "the model metadata names no evaluation set")
+        if ref is None:
+            raise MetadataError("the model metadata names no evaluation set")
         spec, classes = meta.inputs[0], math.prod(meta.outputs[0].shape[1:])
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
