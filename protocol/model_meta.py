@@ -212,6 +212,9 @@ class ModelMeta:
     measured: dict[str, float] = field(default_factory=dict)
     rollback: bool = False  # the operator signed this version as a permitted downgrade
     evaluation: EvalRef | None = None  # a labelled set and the accuracy floor on it
+    # The agreement with its predecessor probation should expect: a model retrained for drifted
+    # inputs is meant to disagree with the incumbent it replaces. None: the device's setting.
+    probation_min_agreement: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -236,6 +239,8 @@ class ModelMeta:
             data["rollback"] = True
         if self.evaluation is not None:
             data["evaluation"] = self.evaluation.to_json()
+        if self.probation_min_agreement is not None:
+            data["probation"] = {"min_agreement": decimal(self.probation_min_agreement)}
         return data
 
     @classmethod
@@ -269,6 +274,9 @@ class ModelMeta:
                 evaluation=(
                     EvalRef.from_json(data["evaluation"]) if "evaluation" in data else None
                 ),
+                probation_min_agreement=(
+                    float(data["probation"]["min_agreement"]) if "probation" in data else None
+                ),
             )
         except MetadataError:
             raise
@@ -290,6 +298,11 @@ class ModelMeta:
         _require(re.fullmatch(r"[0-9a-f]{64}", meta.gate.sha256) is not None, "bad gate sha256")
         if meta.evaluation is not None:
             _check_evaluation(meta, meta.evaluation)
+        agreement = meta.probation_min_agreement
+        _require(
+            agreement is None or (math.isfinite(agreement) and 0 <= agreement <= 1),
+            "probation min_agreement must be from 0 to 1",
+        )
         return meta
 
 

@@ -12,6 +12,7 @@ health gate.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import sys
@@ -39,6 +40,7 @@ from agent.updater.slots import SlotRecord
 from agent.updater.states import BEFORE_SWITCH, State, Step
 from agent.updater.store import Saved
 from agent.updater.worker import EXIT_BUSY, EXIT_NOT_ALLOWED, EXIT_TEMPFAIL
+from protocol.model_meta import MetadataError, ModelMeta
 
 log = structlog.get_logger()
 _Args = TypeVarTuple("_Args")
@@ -124,6 +126,7 @@ class UpdateManager:
         self.saved = Saved()
         self._trial_started_s: float | None = None
         self._counts: Counts | None = None
+        self._limits: ProbationLimits = config.probation
         self._shadow_tick = 0
         self._crashes = 0
         self.blocked_reason = ""  # why the last try of the update in hand could not get through
@@ -232,6 +235,22 @@ class UpdateManager:
         log.info("configured_model_adopted", target=target, slot=record.slot, signed=bool(signed))
         return record
 
+    def _trial_limits(self) -> ProbationLimits:
+        """The device's probation limits, with the agreement the candidate's signed metadata
+        expects when it states one (the operator signed it knowing the two should differ)."""
+        candidate = self.saved.require_candidate()
+        custom = self.signed_meta(candidate.target, candidate.sha256)
+        try:
+            meta = ModelMeta.from_json(custom) if custom is not None else None
+        except MetadataError:
+            meta = None
+        if meta is None or meta.probation_min_agreement is None:
+            return self.config.probation
+        log.info("probation_agreement_signed", min_agreement=meta.probation_min_agreement)
+        return dataclasses.replace(
+            self.config.probation, min_agreement=meta.probation_min_agreement
+        )
+
     def trial_models(self) -> tuple[Path, Path] | None:
         """(candidate, incumbent) model paths while on trial: run the first, shadow the second."""
         if self.saved.state != State.TRIAL:
@@ -278,8 +297,9 @@ class UpdateManager:
         if self._counts is None:
             classes = observation.candidate_scores.shape[-1]  # also with no input scored
             self._counts = Counts(classes=int(classes), started_s=self._trial_started_s)
-        record(self._counts, self.config.probation, observation)
-        verdict = judge(self._counts, self.config.probation, self.clock())
+            self._limits = self._trial_limits()
+        record(self._counts, self._limits, observation)
+        verdict = judge(self._counts, self._limits, self.clock())
         if verdict.decision != Outcome.CONTINUE:
             commit = verdict.decision == Outcome.COMMIT
             reason = "" if commit else f"probation: {verdict.summary}"

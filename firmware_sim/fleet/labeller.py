@@ -54,6 +54,22 @@ def label_samples(root: Path, done: dict[str, int], fraction: float, rng: random
     return len(chosen)
 
 
+def evaluation_set(root: Path, labelled: dict[str, int], path: Path) -> int:
+    """The samples labelled so far as a release's evaluation set (``inputs``, ``labels``);
+    returns how many."""
+    if not labelled:
+        return 0
+    rows = duckdb.sql(
+        f"SELECT DISTINCT ON (dev, boot, seq) dev || ':' || boot || ':' || seq, input, "
+        f"input_dtype FROM {source(root)} WHERE stream = 'samples' AND input_dtype = 'float32'"
+    ).fetchall()
+    chosen = sorted((i, d) for i, d, _ in rows if i in labelled)
+    inputs = np.stack([np.frombuffer(d, "<f4").reshape(bands.SHAPE) for _, d in chosen])
+    labels = np.array([labelled[i] for i, _ in chosen], dtype=np.int64)
+    np.savez(path, inputs=inputs, labels=labels)
+    return len(chosen)
+
+
 def run_evaluation(root: Path, model: str, candidate: Path, against: int | None) -> dict:
     request = evaluate.Request(candidate, model, str(against) if against else None)
     return evaluate.evaluate(root, request)

@@ -42,13 +42,14 @@ def sign_model(
     before they are hashed and signed."""
     inspected = build_model_meta(described or data, name, version, options)
     meta, gate_bytes = inspected.meta, inspected.gate_bytes
+    eval_bytes = inspected.eval_bytes
     if edit_outputs is not None:
         vectors = GateVectors.from_json(json.loads(gate_bytes))
         vectors = GateVectors(vectors.inputs, tuple(edit_outputs(o) for o in vectors.outputs))
         gate_bytes = json.dumps(vectors.to_json()).encode()
         digest = hashlib.sha256(gate_bytes).hexdigest()
         meta = replace(meta, gate=replace(meta.gate, sha256=digest))
-    return repo.add_release(meta, data, gate_bytes)
+    return repo.add_release(meta, data, gate_bytes, eval_bytes=eval_bytes)
 
 
 def reversed_outputs(outputs: np.ndarray) -> np.ndarray:
@@ -56,14 +57,19 @@ def reversed_outputs(outputs: np.ndarray) -> np.ndarray:
 
 
 def sign_scenario_release(
-    repo: Repository, data: bytes, name: str, version: int, gate: str | None
+    repo: Repository,
+    data: bytes,
+    name: str,
+    version: int,
+    gate: str | None,
+    options: ReleaseOptions = QUICK,
 ) -> Release:
     """``gate``: None or "pass" signs ``data`` as it is; "fail-gate" / "fail-probation" as above."""
     if gate == "fail-gate":
-        return sign_model(repo, data, name, version, edit_outputs=reversed_outputs)
+        return sign_model(repo, data, name, version, options, edit_outputs=reversed_outputs)
     if gate == "fail-probation":
-        return sign_model(repo, one_class(data), name, version)
-    return sign_model(repo, data, name, version)
+        return sign_model(repo, one_class(data), name, version, options)
+    return sign_model(repo, data, name, version, options)
 
 
 def one_class(data: bytes) -> bytes:

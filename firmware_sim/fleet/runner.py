@@ -12,10 +12,12 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from edgefleet.errors import UserError
 from firmware_sim.fleet import faults, labeller
+from firmware_sim.fleet.releases import QUICK
 from firmware_sim.fleet.report import Outcome, collect
 from firmware_sim.fleet.scenario import (
     CampaignStep,
@@ -159,7 +161,16 @@ class Runner:
         if release.model is None:
             await world.sign_mcu_image(release.version)
         else:
-            await world.sign(release.model.read_bytes(), release.version, release.gate)
+            options = replace(QUICK, probation_min_agreement=release.probation_min_agreement)
+            if release.eval_labelled:
+                path = world.workdir / f"eval-v{release.version}.npz"
+                count = await asyncio.to_thread(
+                    labeller.evaluation_set, world.cloud.dataset_dir, world.labelled, path
+                )
+                if not count:
+                    raise ValueError('eval_set = "labelled": no labelled samples yet')
+                options = replace(options, eval_set=path, min_accuracy=release.min_accuracy)
+            await world.sign(release.model.read_bytes(), release.version, release.gate, options)
         answer = await world.import_releases()
         return f"signed and imported ({answer['new_targets']} new targets)"
 

@@ -112,6 +112,9 @@ class Release:
     version: int
     model: Path | None = None  # None: an MCU image (``image = true``)
     gate: str | None = None  # None: published exactly as given
+    eval_labelled: bool = False  # sign the samples labelled so far as its evaluation set
+    min_accuracy: float | None = None
+    probation_min_agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -371,7 +374,14 @@ def _release(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Release:
     gate = table.value("gate", str, None)
     if gate is not None and gate not in GATES:
         table.fail("gate", f"must be one of {', '.join(GATES)}")
-    return Release(version, model, gate)
+    eval_set = table.value("eval_set", str, None)
+    if eval_set not in (None, "labelled"):
+        table.fail("eval_set", '"labelled" (the samples labelled so far) is the one choice')
+    min_accuracy = table.value("min_accuracy", float, None, 0.0, 1.0)
+    if (eval_set is None) != (min_accuracy is None):
+        table.fail("min_accuracy", "eval_set and min_accuracy go together")
+    agreement = table.value("probation_min_agreement", float, None, 0.0, 1.0)
+    return Release(version, model, gate, eval_set is not None, min_accuracy, agreement)
 
 
 def _rollout(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Rollout:

@@ -26,9 +26,10 @@ from firmware_sim.fleet.mcus import BAUD, ImageSigner, SimMcu
 from firmware_sim.fleet.mitm import TIMESTAMP, RepositoryRelay
 from firmware_sim.fleet.monitor import Monitor
 from firmware_sim.fleet.partition import Relay
-from firmware_sim.fleet.releases import sign_scenario_release
+from firmware_sim.fleet.releases import QUICK, sign_scenario_release
 from firmware_sim.fleet.scenario import BROKER_FAULTS, Scenario, device_name
 from firmware_sim.fleet.site import MONITOR_USER, GatewayProcess, SiteBroker, gateway_tables
+from gateway.releases.model_inspect import ReleaseOptions
 from gateway.releases.repository import Repository
 from protocol.topics import default_prefix
 
@@ -207,9 +208,11 @@ class World:
 
     # -- operator actions -------------------------------------------------------------------
 
-    async def sign(self, data: bytes, version: int, gate: str | None) -> None:
+    async def sign(
+        self, data: bytes, version: int, gate: str | None, options: ReleaseOptions = QUICK
+    ) -> None:
         await asyncio.to_thread(
-            sign_scenario_release, self.operator, data, self.fleet.name, version, gate
+            sign_scenario_release, self.operator, data, self.fleet.name, version, gate, options
         )
 
     async def sign_mcu_image(self, version: int) -> Path:

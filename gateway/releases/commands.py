@@ -125,6 +125,15 @@ def register(subparsers) -> None:
         help="sign a model below --min-accuracy anyway, for experiments: it is marked as not "
         "passed, the gateway refuses rollouts of it and devices refuse it",
     )
+    add.add_argument(
+        "--probation-min-agreement",
+        type=float,
+        metavar="RATE",
+        help="the top-class agreement (0 to 1) with the incumbent that probation expects of "
+        "this model, instead of each device's [update.probation] min_agreement: for a model "
+        "retrained on drifted inputs, meant to disagree with the one it replaces (its "
+        "--eval-set floor then says what it must get right)",
+    )
     add.add_argument("--json", action="store_true", help="print the signed release as JSON")
     add.set_defaults(handler=_release_add)
 
@@ -320,6 +329,7 @@ def _release_add(args) -> int:
         eval_set=args.eval_set,
         min_accuracy=args.min_accuracy,
         sign_below_minimum=args.sign_below_minimum,
+        probation_min_agreement=args.probation_min_agreement,
     )
     options.check()  # before the model is run
     model = read_model(args.model)

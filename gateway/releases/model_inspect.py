@@ -50,6 +50,7 @@ class ReleaseOptions:
     eval_set: Path | None = None  # a labelled .npz, or a folder holding eval.npz
     min_accuracy: float | None = None
     sign_below_minimum: bool = False
+    probation_min_agreement: float | None = None  # what probation should expect, signed
 
     def check(self) -> None:
         """Refuse what would sign a release no device can pass or match, naming the option."""
@@ -68,6 +69,8 @@ class ReleaseOptions:
             raise ReleaseError("--eval-set and --min-accuracy go together")
         if self.min_accuracy is not None:
             check_range("--min-accuracy", self.min_accuracy, 0, 1)
+        if self.probation_min_agreement is not None:
+            check_range("--probation-min-agreement", self.probation_min_agreement, 0, 1)
         if self.sign_below_minimum and self.eval_set is None:
             raise ReleaseError("--sign-below-minimum needs --eval-set and --min-accuracy")
         for tag in self.hardware_tags:
@@ -223,6 +226,7 @@ def build_model_meta(
         hardware_tags=options.hardware_tags,
         measured={"invoke_median_ms": round(median_ms, 4), "reference_samples": count},
         evaluation=eval_ref,
+        probation_min_agreement=options.probation_min_agreement,
     )
     if count < MIN_DRIFT_SAMPLES:
         warnings += (
