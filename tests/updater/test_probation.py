@@ -4,6 +4,7 @@ its verdict as a pure function; the boot counter; an unreadable saved state."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ from agent.updater.device import UpdaterDevice
 from agent.updater.manager import UpdateConfig, UpdateManager
 from agent.updater.probation import Counts, Observation, Outcome, ProbationLimits, judge, record
 from agent.updater.states import State
+from edgefleet.models import bands
 from firmware_sim.fleet.releases import one_class
 from tests.updater.conftest import open_world
-from tests.updater.support import assert_consistent, model, release, sha
+from tests.updater.support import FAST, assert_consistent, model, release, sha
 
 LIMITS = ProbationLimits(min_samples=100, window_s=60.0, shadow_every=2)
 
@@ -151,3 +153,37 @@ def counts(agreed: int, shadowed: int = 200, errors: int = 0, latency: float = 0
 def test_the_probation_verdict(seen, now, decision, words):
     verdict = judge(seen, LIMITS, now)
     assert verdict.decision == decision and words in verdict.summary
+
+
+@pytest.fixture(scope="module")
+def retrained_world(tmp_path_factory):
+    """v3 and v4 are the model retrained on dimmed inputs: v3 signed as it is, v4 with the
+    agreement with its predecessor that probation should expect of it."""
+
+    def sign(repo) -> None:
+        release(repo, model("kws_f32_v3_drift"), 3)
+        release(repo, model("kws_f32_v3_drift"), 4, replace(FAST, probation_min_agreement=0.2))
+
+    with open_world(tmp_path_factory.mktemp("retrained"), sign) as opened:
+        yield opened
+
+
+@pytest.mark.parametrize(
+    ("version", "end"),
+    [(3, State.ROLLED_BACK), (4, State.COMMITTED)],
+    ids=["device agreement", "signed agreement"],
+)
+async def test_a_release_may_state_the_agreement_probation_expects(
+    retrained_world, tmp_path, version, end
+):
+    """On dimmed inputs the retrained model disagrees with v1 wherever v1 errs: the device's
+    own limit (90 %) rolls it back, unless its signed metadata says to expect less."""
+    state_dir, clock = retrained_world.device(tmp_path), Clock()
+    limits = ProbationLimits(min_samples=100, window_s=60.0, shadow_every=1, max_psi=10.0)
+    config = UpdateConfig(state_dir, retrained_world.root, probation=limits)
+    inputs, _ = bands.make(np.random.default_rng(3), 300, shift=-1.5)
+    async with UpdateManager(config, lambda t: None, clock) as manager:
+        assert await manager.offer(retrained_world.url, f"kws/{version}.tflite") == State.TRIAL
+        verdict = await run_trial(manager, clock, inputs)
+        assert manager.state == end, verdict.summary
+    assert verdict.measures["agreement"] < 0.9
