@@ -212,9 +212,11 @@ class ModelMeta:
     measured: dict[str, float] = field(default_factory=dict)
     rollback: bool = False  # the operator signed this version as a permitted downgrade
     evaluation: EvalRef | None = None  # a labelled set and the accuracy floor on it
-    # The agreement with its predecessor probation should expect: a model retrained for drifted
-    # inputs is meant to disagree with the incumbent it replaces. None: the device's setting.
+    # What probation should expect of the comparison with its predecessor: a model retrained
+    # for drifted inputs is meant to disagree with the incumbent it replaces (top-class
+    # agreement, PSI between their top-class distributions). None: the device's setting.
     probation_min_agreement: float | None = None
+    probation_max_psi: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -239,8 +241,16 @@ class ModelMeta:
             data["rollback"] = True
         if self.evaluation is not None:
             data["evaluation"] = self.evaluation.to_json()
-        if self.probation_min_agreement is not None:
-            data["probation"] = {"min_agreement": decimal(self.probation_min_agreement)}
+        probation = {
+            key: decimal(value)
+            for key, value in (
+                ("min_agreement", self.probation_min_agreement),
+                ("max_psi", self.probation_max_psi),
+            )
+            if value is not None
+        }
+        if probation:
+            data["probation"] = probation
         return data
 
     @classmethod
@@ -274,9 +284,8 @@ class ModelMeta:
                 evaluation=(
                     EvalRef.from_json(data["evaluation"]) if "evaluation" in data else None
                 ),
-                probation_min_agreement=(
-                    float(data["probation"]["min_agreement"]) if "probation" in data else None
-                ),
+                probation_min_agreement=_optional_float(data.get("probation"), "min_agreement"),
+                probation_max_psi=_optional_float(data.get("probation"), "max_psi"),
             )
         except MetadataError:
             raise
@@ -298,12 +307,21 @@ class ModelMeta:
         _require(re.fullmatch(r"[0-9a-f]{64}", meta.gate.sha256) is not None, "bad gate sha256")
         if meta.evaluation is not None:
             _check_evaluation(meta, meta.evaluation)
-        agreement = meta.probation_min_agreement
+        agreement, psi = meta.probation_min_agreement, meta.probation_max_psi
         _require(
             agreement is None or (math.isfinite(agreement) and 0 <= agreement <= 1),
             "probation min_agreement must be from 0 to 1",
         )
+        _require(psi is None or (math.isfinite(psi) and psi >= 0), "probation max_psi must be >= 0")
         return meta
+
+
+def _optional_float(table: Any, key: str) -> float | None:
+    """``table[key]`` as a float, None when the table or the key is absent."""
+    if table is None:
+        return None
+    _require(isinstance(table, dict), "probation is not an object")
+    return None if table.get(key) is None else float(table[key])
 
 
 def _check_evaluation(meta: ModelMeta, ref: EvalRef) -> None:

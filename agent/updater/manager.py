@@ -236,19 +236,24 @@ class UpdateManager:
         return record
 
     def _trial_limits(self) -> ProbationLimits:
-        """The device's probation limits, with the agreement the candidate's signed metadata
-        expects when it states one (the operator signed it knowing the two should differ)."""
+        """The device's probation limits, with the comparison limits the candidate's signed
+        metadata states (the operator signed it knowing the two models should differ)."""
         candidate = self.saved.require_candidate()
         custom = self.signed_meta(candidate.target, candidate.sha256)
         try:
             meta = ModelMeta.from_json(custom) if custom is not None else None
         except MetadataError:
             meta = None
-        if meta is None or meta.probation_min_agreement is None:
+        if meta is None or (meta.probation_min_agreement, meta.probation_max_psi) == (None, None):
             return self.config.probation
-        log.info("probation_agreement_signed", min_agreement=meta.probation_min_agreement)
+        limits = self.config.probation
+        agreement = meta.probation_min_agreement
+        psi = meta.probation_max_psi
+        log.info("probation_limits_signed", min_agreement=agreement, max_psi=psi)
         return dataclasses.replace(
-            self.config.probation, min_agreement=meta.probation_min_agreement
+            limits,
+            min_agreement=limits.min_agreement if agreement is None else agreement,
+            max_psi=limits.max_psi if psi is None else psi,
         )
 
     def trial_models(self) -> tuple[Path, Path] | None:

@@ -28,8 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "simulated fleet",
         description="About 20 simulated devices and 2 MCUs on loopback: a signed head-only "
         "fine-tune rolled out in stages through one power cut and one broker restart, an MCU "
-        "image, then drift on four devices and a low-margin capture campaign whose samples "
-        "the gateway curates into the cloud's Parquet dataset; a short summary at the end. "
+        "image; then the data loop: drift on the fleet, capture campaigns the gateway curates "
+        "into the cloud's Parquet dataset, labels, the evaluation and staged rollout of a model "
+        "retrained for the drift, and the fleet's accuracy before and after; a short summary "
+        "at the end. "
         "Uses mosquitto when installed, else a built-in broker.",
     )
     _common(demo)

@@ -161,7 +161,11 @@ class Runner:
         if release.model is None:
             await world.sign_mcu_image(release.version)
         else:
-            options = replace(QUICK, probation_min_agreement=release.probation_min_agreement)
+            options = replace(
+                QUICK,
+                probation_min_agreement=release.probation_min_agreement,
+                probation_max_psi=release.probation_max_psi,
+            )
             if release.eval_labelled:
                 path = world.workdir / f"eval-v{release.version}.npz"
                 count = await asyncio.to_thread(

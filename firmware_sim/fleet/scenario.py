@@ -115,6 +115,7 @@ class Release:
     eval_labelled: bool = False  # sign the samples labelled so far as its evaluation set
     min_accuracy: float | None = None
     probation_min_agreement: float | None = None
+    probation_max_psi: float | None = None
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,8 @@ def _release(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Release:
     if (eval_set is None) != (min_accuracy is None):
         table.fail("min_accuracy", "eval_set and min_accuracy go together")
     agreement = table.value("probation_min_agreement", float, None, 0.0, 1.0)
-    return Release(version, model, gate, eval_set is not None, min_accuracy, agreement)
+    psi = table.value("probation_max_psi", float, None, 0.0, 1000.0)
+    return Release(version, model, gate, eval_set is not None, min_accuracy, agreement, psi)
 
 
 def _rollout(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Rollout:

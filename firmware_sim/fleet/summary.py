@@ -4,6 +4,7 @@ terminal) and a short summary at the end."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TextIO
 
 
@@ -60,6 +61,19 @@ def summary_lines(report: dict) -> list[str]:
             f"{_kib(report['cloud_bytes'])} of {_kib(report['cloud_bytes_unfiltered'])} sent "
             f"by devices ({ratio:.1%})"
         )
+        for row in report.get("quality", []):
+            low, high = row["interval"] or (0, 0)
+            lines.append(
+                f"  accuracy   v{row['version']} on {row['campaign']}: {row['accuracy']:.2f} "
+                f"(95 % {low:.2f}-{high:.2f}, n={row['n']})"
+            )
+        for result in report.get("evaluations", []):
+            candidate, incumbent = result["candidate"], result["incumbent"]
+            lines.append(
+                f"  evaluated  {Path(candidate['file']).name}: {candidate['accuracy']:.2f} "
+                f"against v{incumbent.get('version', '?')} {incumbent['accuracy']:.2f} on "
+                f"{result['n']} labelled samples"
+            )
         lines.append(
             f"  dataset    {report['dataset']} "
             f"(edgefleet cloud dataset list --dataset {report['dataset']})"

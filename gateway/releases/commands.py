@@ -134,6 +134,13 @@ def register(subparsers) -> None:
         "retrained on drifted inputs, meant to disagree with the one it replaces (its "
         "--eval-set floor then says what it must get right)",
     )
+    add.add_argument(
+        "--probation-max-psi",
+        type=float,
+        metavar="PSI",
+        help="the PSI between this model's and the incumbent's top-class distributions that "
+        "probation accepts, instead of each device's max_psi (see --probation-min-agreement)",
+    )
     add.add_argument("--json", action="store_true", help="print the signed release as JSON")
     add.set_defaults(handler=_release_add)
 
@@ -330,6 +337,7 @@ def _release_add(args) -> int:
         min_accuracy=args.min_accuracy,
         sign_below_minimum=args.sign_below_minimum,
         probation_min_agreement=args.probation_min_agreement,
+        probation_max_psi=args.probation_max_psi,
     )
     options.check()  # before the model is run
     model = read_model(args.model)

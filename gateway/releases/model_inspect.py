@@ -51,6 +51,7 @@ class ReleaseOptions:
     min_accuracy: float | None = None
     sign_below_minimum: bool = False
     probation_min_agreement: float | None = None  # what probation should expect, signed
+    probation_max_psi: float | None = None
 
     def check(self) -> None:
         """Refuse what would sign a release no device can pass or match, naming the option."""
@@ -71,6 +72,8 @@ class ReleaseOptions:
             check_range("--min-accuracy", self.min_accuracy, 0, 1)
         if self.probation_min_agreement is not None:
             check_range("--probation-min-agreement", self.probation_min_agreement, 0, 1)
+        if self.probation_max_psi is not None:
+            check_range("--probation-max-psi", self.probation_max_psi, 0, 1000)
         if self.sign_below_minimum and self.eval_set is None:
             raise ReleaseError("--sign-below-minimum needs --eval-set and --min-accuracy")
         for tag in self.hardware_tags:
@@ -227,6 +230,7 @@ def build_model_meta(
         measured={"invoke_median_ms": round(median_ms, 4), "reference_samples": count},
         evaluation=eval_ref,
         probation_min_agreement=options.probation_min_agreement,
+        probation_max_psi=options.probation_max_psi,
     )
     if count < MIN_DRIFT_SAMPLES:
         warnings += (

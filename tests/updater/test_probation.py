@@ -158,11 +158,16 @@ def test_the_probation_verdict(seen, now, decision, words):
 @pytest.fixture(scope="module")
 def retrained_world(tmp_path_factory):
     """v3 and v4 are the model retrained on dimmed inputs: v3 signed as it is, v4 with the
-    agreement with its predecessor that probation should expect of it."""
+    agreement and top-class PSI with its predecessor that probation should expect of it."""
 
     def sign(repo) -> None:
         release(repo, model("kws_f32_v3_drift"), 3)
-        release(repo, model("kws_f32_v3_drift"), 4, replace(FAST, probation_min_agreement=0.2))
+        release(
+            repo,
+            model("kws_f32_v3_drift"),
+            4,
+            replace(FAST, probation_min_agreement=0.2, probation_max_psi=10.0),
+        )
 
     with open_world(tmp_path_factory.mktemp("retrained"), sign) as opened:
         yield opened
@@ -177,9 +182,10 @@ async def test_a_release_may_state_the_agreement_probation_expects(
     retrained_world, tmp_path, version, end
 ):
     """On dimmed inputs the retrained model disagrees with v1 wherever v1 errs: the device's
-    own limit (90 %) rolls it back, unless its signed metadata says to expect less."""
+    own limits (90 % agreement, PSI 0.25) roll it back, unless its signed metadata says what to
+    expect."""
     state_dir, clock = retrained_world.device(tmp_path), Clock()
-    limits = ProbationLimits(min_samples=100, window_s=60.0, shadow_every=1, max_psi=10.0)
+    limits = ProbationLimits(min_samples=100, window_s=60.0, shadow_every=1)
     config = UpdateConfig(state_dir, retrained_world.root, probation=limits)
     inputs, _ = bands.make(np.random.default_rng(3), 300, shift=-1.5)
     async with UpdateManager(config, lambda t: None, clock) as manager:
