@@ -10,9 +10,11 @@ when informative (the same ``margin < threshold``), one other raw record in 100,
 summaries every ``--summary-window`` seconds, everything else dropped.
 
 * Cloud bytes: the record bytes the cloud confirmed over the record bytes the devices sent
-  (``gateway status``: uncompressed NDJSON, samples included on both sides); target <= 0.1. The
-  compressed bytes of the batches the cloud accepted are counted too (unfiltered traffic never
-  travels, so its compressed size is not measured).
+  (``gateway status``: uncompressed NDJSON, samples included on both sides); target <= 0.1.
+  The campaign's samples are a fixed budget that a short run cannot amortise, so the ratio
+  without them on either side (the telemetry's own, which a long run approaches) is reported
+  too. The compressed bytes of the batches the cloud accepted are counted as well (unfiltered
+  traffic never travels, so its compressed size is not measured).
 * Recall: the ground truth is the inference records in the cloud's dataset whose margin (top-1
   minus top-2, from ``top``) is below the threshold, per device, while that device's campaign
   ran (from its ``campaign_started`` to its ``campaign_ended`` event). Curation keeps every one
