@@ -30,6 +30,8 @@ BENCHES = [
     ("Updates", "update_rollout.py", ["--runs", "3"]),
     ("Update worker", "update_worker.py", []),
     ("Fleet", "fleet_scale.py", ["--sizes", "10,20,40"]),
+    ("Data loop", "data_loop.py", ["--devices", "10", "--drifting", "3", "--seconds", "100"]),
+    ("Capture cost", "capture_cost.py", ["--rounds", "10", "--seconds", "2"]),
 ]
 LIBRARIES = (
     "numpy",
@@ -247,7 +249,11 @@ def render(report: dict, plots: dict[str, str]) -> str:
         if "error" in part:
             lines += [f"Not measured: {' '.join(part['error'])}", ""]
             continue
-        for name, rows in tables(part["results"]):
+        results = part["results"]
+        if isinstance(results, dict) and results.get("verdicts"):
+            lines += [f"- {verdict}" for verdict in results["verdicts"]] + [""]
+            results = {k: v for k, v in results.items() if k != "verdicts"}
+        for name, rows in tables(results):
             lines += ([f"### {name}", ""] if name else []) + [markdown_table(rows), ""]
         lines += [f"({part['seconds']} s)", ""]
         if title in plots:
