@@ -186,6 +186,7 @@ class Agent:
         if not self.config.telemetry.drain_s:
             return
         deadline = time.monotonic() + self.config.telemetry.drain_s
+        await spool.settle()  # the last chunk's records, if the pipeline stopped mid-append
         link.flush()
         # The spool empties as the broker acknowledges: nothing signals it, so it is polled.
         while spool.stats.depth and not link_task.done() and time.monotonic() < deadline:  # noqa: ASYNC110

@@ -296,6 +296,11 @@ class Spool:
     async def transact(self, fn: Callable[[sqlite3.Connection], object]) -> object:
         return await self._call(self._db.transact, fn)
 
+    async def settle(self) -> None:
+        """Wait for the writes already handed to the spool's thread: an append whose caller
+        was cancelled (the pipeline, at shutdown) still commits, and counts once it has."""
+        await self._call(lambda: None)
+
     async def claim(self, max_records: int, max_bytes: int, overhead: int) -> Claim | None:
         return await self._call(self._db.claim, max_records, max_bytes, overhead)
 

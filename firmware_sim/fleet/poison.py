@@ -116,7 +116,10 @@ def publish(
                 info = client.publish(
                     device_topic(prefix, device, message.kind), message.payload, 1, message.retain
                 )
-                info.wait_for_publish(timeout)
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError):  # not connected (any more): not published
+                    continue
                 result.published += info.is_published()
         disconnected.clear()
         big = oversize(device)
