@@ -114,6 +114,16 @@ def test_a_viewer_reads_but_cannot_act_and_forged_posts_are_refused(site, browse
     assert browser.find_elements(By.CSS_SELECTOR, "form.start") == []
     browser.save_screenshot(str(tmp_path / "viewer.png"))
 
+    # a phone: every page fits 390 px across (wide tables scroll inside their own box)
+    browser.set_window_size(390, 844)
+    for page in ("", "devices", "devices/sim00", "rollouts", "rollouts/" + rollout_id, "data"):
+        browser.get(site.url + page)
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        viewport = browser.execute_script("return window.innerWidth")
+        assert width <= viewport, (page, width, viewport)
+    browser.save_screenshot(str(tmp_path / "phone.png"))
+    browser.set_window_size(1280, 800)
+
     csrf = browser.find_element(By.CSS_SELECTOR, "form.account input[name=csrf]")
     token = csrf.get_attribute("value")
     pause = f"/ui/rollouts/{rollout_id}/pause"
