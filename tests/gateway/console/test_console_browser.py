@@ -140,9 +140,12 @@ def test_a_viewer_reads_but_cannot_act_and_forged_posts_are_refused(site, browse
     assert cli_json(site.gateway.config_path, "rollout", "status", rollout_id)["state"] == "running"
 
 
-def test_the_cookie_is_httponly_strict_and_the_bearer_api_is_unchanged(site, browser):
+def test_the_cookie_is_httponly_strict_and_the_bearer_api_is_unchanged(site, browser, tmp_path):
     sign_in(browser, site, site.admin_token)
     wait(browser, ec.title_contains("Fleet"))
+    browser.get(site.url + "releases")
+    assert "kws" in browser.find_element(By.TAG_NAME, "table").text
+    browser.save_screenshot(str(tmp_path / "releases.png"))
     (cookie,) = browser.get_cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui/"
     assert site.admin_token not in json.dumps(cookie)
