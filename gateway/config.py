@@ -101,6 +101,8 @@ class Listen:
 class AdminConfig:
     listen: Listen
     token_file: Path
+    viewer_token_file: Path | None = None  # the console's read-only role
+    console_listen: Listen | None = None  # loopback TCP for browsers; None: only on ``listen``
 
 
 @dataclass(frozen=True)
@@ -398,7 +400,15 @@ def _admin(table: tomlconfig.Table, data_dir: Path) -> AdminConfig:
     listen = _listen(table, "listen", f"unix:{data_dir / 'admin.sock'}", loopback=True)
     if listen is None:
         table.fail("listen", "must not be empty")
-    config = AdminConfig(listen, table.path_value("token_file", data_dir / "admin.token"))
+    console = _listen(table, "console_listen", "", loopback=True)
+    if console is not None and console.path is not None:
+        table.fail("console_listen", "must be a loopback host:port (browsers speak TCP)")
+    config = AdminConfig(
+        listen,
+        table.path_value("token_file", data_dir / "admin.token"),
+        table.path_value("viewer_token_file", data_dir / "viewer.token"),
+        console,
+    )
     table.done()
     return config
 

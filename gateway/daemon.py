@@ -2,7 +2,8 @@
 
 Start order is dependency order (database, spool and inventory, sink, uplink, curation (with a
 ``[curation]`` section), the command publisher and the campaigns, then with a ``[repository]``
-section the served repository and the rollouts, then ingest, metrics, admin API); the stack
+section the served repository and the rollouts, then ingest, metrics, the admin API with the
+operator console, and the console's own TCP listener when configured); the stack
 stops them in reverse, so the broker connection closes before the uplink and the database last.
 SIGTERM or SIGINT ends the daemon cleanly with exit code 0; a part that fails ends it with exit
 code 1, and nothing unacknowledged or unconfirmed is lost either way. Under systemd it reports
@@ -21,9 +22,12 @@ import structlog
 
 from edgefleet.sdnotify import Notifier, watchdog
 from gateway import admin_token
-from gateway.admin import AdminServer, core_routes
+from gateway.admin import AdminServer, core_routes, status_source
 from gateway.campaigns.service import CampaignService
 from gateway.config import GatewayConfig
+from gateway.console.app import Console
+from gateway.console.backend import AdminCalls, ConsoleData, served_releases
+from gateway.console.server import ConsoleServer
 from gateway.devices.command_publisher import CommandPublisher
 from gateway.devices.inventory import Inventory
 from gateway.metrics import Metrics, MetricsServer
@@ -76,6 +80,7 @@ async def run(config: GatewayConfig) -> int:
         loop.add_signal_handler(sig, stopper.event.set)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     token = admin_token.ensure(config.admin.token_file)  # a weak token stops the start here
+    viewer = admin_token.ensure(config.admin.viewer_token_file, "viewer token")
     notifier = Notifier()
     async with AsyncExitStack() as stack:
         stack.callback(notifier.close)
@@ -99,7 +104,8 @@ async def run(config: GatewayConfig) -> int:
         async def traffic() -> dict:
             return await store.run(traffic_sync)
 
-        routes = core_routes(config.site, inventory, spool.stats, metadata_expiry, traffic)
+        status = status_source(config.site, inventory, spool.stats, metadata_expiry, traffic)
+        routes = core_routes(inventory, status)
         routes += dead_letter_api.routes(store, dead_letters, spool, uplink.changed.set)
         curation = None
         if config.curation is not None:
@@ -146,7 +152,22 @@ async def run(config: GatewayConfig) -> int:
         )
         if config.metrics is not None:
             await stack.enter_async_context(MetricsServer(config.metrics, metrics))
-        await stack.enter_async_context(AdminServer(config.admin, token, routes))
+        admin_calls = await stack.enter_async_context(AdminCalls(config.admin.listen, token))
+        console = Console(
+            config.site,
+            ConsoleData(
+                inventory,
+                status,
+                lambda: dead_letters.stats,
+                served_releases(repository) if repository is not None else None,
+                admin_calls,
+            ),
+            token,
+            viewer,
+        )
+        await stack.enter_async_context(AdminServer(config.admin, token, routes, console))
+        if config.admin.console_listen is not None:
+            await stack.enter_async_context(ConsoleServer(config.admin.console_listen, console))
         log.info(
             "gateway_running",
             site=config.site,

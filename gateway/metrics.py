@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from edgefleet import __version__
 from gateway.config import Listen
 from gateway.devices.inventory import Inventory
 from gateway.telemetry.dead_letters import DeadLetterStats
@@ -63,6 +64,32 @@ class _StateCollector:
             "Records the cloud refused for good and were set aside as dead letters, ever",
             dead.set_aside_records,
         )
+
+
+class _FleetCollector:
+    """The build and the fleet's model-version mix, read from the inventory at each scrape (a
+    dashboard's version bar and a rollout's progress without asking the admin API)."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+
+    def collect(self):
+        info = GaugeMetricFamily(f"{NS}_build_info", "The gateway's version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        family = GaugeMetricFamily(
+            f"{NS}_devices",
+            "Devices by model, model version and status state",
+            labels=["model", "version", "state"],
+        )
+        counts: dict[tuple[str, str, str], int] = {}
+        for d in list(self.inventory.devices.values()):
+            version = "" if d.model_version is None else str(d.model_version)
+            key = (d.model, version, d.state)
+            counts[key] = counts.get(key, 0) + 1
+        for key, count in sorted(counts.items()):
+            family.add_metric(list(key), count)
+        yield family
 
 
 class _LevelCollector:
@@ -148,6 +175,7 @@ class Metrics:
             f"{NS}_uplink_splits", "Batches halved after a 413 from the cloud", registry=r
         )
         r.register(_StateCollector(stats, dead, inventory.online))
+        r.register(_FleetCollector(inventory))
 
     def watch_level(self, name: str, text: str, level: Callable[[], float]) -> None:
         """Export a level another part keeps, read at each scrape."""

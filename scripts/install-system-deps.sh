@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests use (a real mosquitto broker, the QEMU Cortex-M target and
-# its cross compiler, libfaketime for the simulator's clock faults) when missing. As root it installs them with apt-get; otherwise it prints the
+# its cross compiler, libfaketime for the simulator's clock faults, headless Chromium and its
+# WebDriver for the console's browser tests) when missing. As root it installs them with apt-get; otherwise it prints the
 # exact command to run and fails.
 set -euo pipefail
 
@@ -13,6 +14,8 @@ if ! command -v arm-none-eabi-gcc >/dev/null 2>&1 \
    || [ ! -f "$(arm-none-eabi-gcc -print-file-name=libc.a)" ]; then
   missing+=(libnewlib-arm-none-eabi)
 fi
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
