@@ -29,6 +29,7 @@ GROUPINGS = {
     # Each campaign a phase of the loop (inference records: none).
     "campaign": "coalesce(campaign, '-')",
     "version-campaign": "CAST(version AS VARCHAR) || '/' || coalesce(campaign, '-')",
+    "site": "coalesce(site, '-')",  # the gateway that sent the batch
 }
 BINS = 10
 
@@ -71,17 +72,15 @@ def measure(root: Path, question: Question) -> dict[str, Any]:
         raise QualityError(f"no dataset files under {root}")
     connection = duckdb.connect()
     notes = []
-    if question.by == "site":
-        if "site" not in _columns(connection, root):
-            raise QualityError(
-                "--by site: the dataset has no site column (records carry no site); "
-                "group by version, device or day"
-            )
-        group = "site"
-    elif question.by in GROUPINGS:
+    if question.by == "site" and "site" not in _columns(connection, root):
+        raise QualityError(
+            "--by site: this dataset was written before records carried their site; "
+            "group by version, device or day"
+        )
+    if question.by in GROUPINGS:
         group = GROUPINGS[question.by]
     else:
-        raise QualityError(f"--by {question.by}: one of {', '.join(GROUPINGS)}, site")
+        raise QualityError(f"--by {question.by}: one of {', '.join(GROUPINGS)}")
     rows, values = _rows_sql(root, group, question.model)
     connection.execute(f"CREATE TEMP TABLE labelled AS {rows}", values)
 

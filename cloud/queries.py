@@ -57,7 +57,10 @@ def source(root: Path) -> str:
     """The dataset's files only: labels and other files beside the streams are not rows."""
     pattern = str(root / "stream=*" / "model=*" / "version=*" / "day=*" / "*.parquet")
     pattern = pattern.replace("'", "''")
-    return f"read_parquet('{pattern}', hive_partitioning=true, hive_types={HIVE_TYPES})"
+    return (
+        f"read_parquet('{pattern}', hive_partitioning=true, hive_types={HIVE_TYPES}, "
+        "union_by_name=true)"  # files written before a column was added read it as null
+    )
 
 
 def partitions(root: Path) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from protocol import dataset
+from protocol.topics import SITE_PATTERN
 
 log = structlog.get_logger()
 MiB = 1024**2
@@ -101,11 +102,14 @@ class Receiver:
             return error(400, "Idempotency-Key must be 40 lowercase hex characters")
         if request.headers.get("Content-Encoding", "").strip().lower() != "gzip":
             return error(400, "Content-Encoding must be gzip")
+        site = request.headers.get("X-Edgefleet-Site")
+        if site is not None and SITE_PATTERN.fullmatch(site) is None:
+            return error(400, "X-Edgefleet-Site must be a site name ([A-Za-z0-9_-]{1,64})")
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
         try:
-            rows = await asyncio.to_thread(dataset.parse_body, body)
+            rows = await asyncio.to_thread(dataset.parse_body, body, site)
         except dataset.BadLine as exc:
             log.warning("batch_refused", key=key, line=exc.line, problem=exc.problem[:200])
             return error(422, str(exc)[:1000], line=exc.line)

@@ -83,6 +83,7 @@ SCHEMA = pa.schema(
         ("input_dtype", pa.string()),
         ("input_shape", pa.list_(pa.int32())),
         ("label", pa.int64()),
+        ("site", pa.string()),  # the gateway that sent the batch (its X-Edgefleet-Site)
         ("record", pa.string()),
     ]
 )
@@ -257,9 +258,9 @@ def parse_record(raw: bytes) -> tuple[Partition, dict[str, Any]]:
     return Partition(STREAMS.get(kind, OTHER_STREAM), model, version, day), row
 
 
-def parse_body(body: bytes) -> Rows:
-    """A batch (NDJSON, one record per line) -> rows by partition, or ``BadLine`` naming the
-    first line that is not a record."""
+def parse_body(body: bytes, site: str | None = None) -> Rows:
+    """A batch (NDJSON, one record per line) from the gateway of ``site`` -> rows by partition,
+    or ``BadLine`` naming the first line that is not a record."""
     lines = body.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -271,6 +272,7 @@ def parse_body(body: bytes) -> Rows:
             partition, row = parse_record(line)
         except ProtocolError as exc:
             raise BadLine(number, str(exc), exc.reason) from None
+        row["site"] = site
         rows.setdefault(partition, []).append(row)
     return rows
 

@@ -166,10 +166,10 @@ class DatasetSink:
     A line the dataset cannot store is ``Refused`` as a 422 (halved down to the line, which
     becomes a dead letter); a disk that fails is a ``SinkError``."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, site: str | None = None):
         from protocol import dataset  # pyarrow: only gateways that write a dataset load it
 
-        self.root, self.dataset = root, dataset
+        self.root, self.dataset, self.site = root, dataset, site
 
     async def __aenter__(self) -> DatasetSink:
         return self
@@ -178,7 +178,8 @@ class DatasetSink:
         return None
 
     def _write(self, batch: Batch) -> None:
-        self.dataset.write_batch(self.root, batch.key, self.dataset.parse_body(batch.body))
+        rows = self.dataset.parse_body(batch.body, self.site)
+        self.dataset.write_batch(self.root, batch.key, rows)
 
     async def send(self, batch: Batch, body_gz: bytes) -> None:
         try:
@@ -193,7 +194,7 @@ def make_sink(config: UplinkConfig, site: str) -> Sink:
     if config.sink == "http":
         return HttpSink(config, site)
     if config.sink == "dataset":
-        return DatasetSink(config.dataset)
+        return DatasetSink(config.dataset, site)
     if config.sink == "mqtt":
         from gateway.telemetry.mqtt_sink import MqttSink
 
