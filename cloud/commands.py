@@ -75,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--model", help="only this model")
     export.add_argument("--version", type=int, help="only this model version")
     export.add_argument("--campaign", help="only samples of this campaign")
+    export.add_argument(
+        "--labelled",
+        action="store_true",
+        help="only rows with a label (imported with 'cloud label import' or sent by devices); "
+        "such an NPZ is an evaluation set 'release add --eval-set' takes",
+    )
     export.add_argument("--format", required=True, choices=("npz", "parquet"), dest="fmt")
     export.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
     add_json(export, "the manifest")
@@ -162,7 +168,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     if not args.dataset.is_dir():
         raise UserError(f"--dataset {args.dataset}: no such directory")
-    filters = Filters(args.stream, args.model, args.version, args.campaign)
+    filters = Filters(args.stream, args.model, args.version, args.campaign, args.labelled)
     try:
         manifest = export(args.dataset, filters, args.fmt, args.out)
     except ExportError as exc:

@@ -38,6 +38,7 @@ class Filters:
     model: str | None = None
     version: int | None = None
     campaign: str | None = None
+    labelled: bool = False  # only rows with a label
 
     def where(self) -> tuple[str, list[Any]]:
         clauses, values = ["stream = ?"], [self.stream]
@@ -46,6 +47,8 @@ class Filters:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 values.append(value)
+        if self.labelled:
+            clauses.append("label IS NOT NULL")
         return " AND ".join(clauses), values
 
 
@@ -91,11 +94,23 @@ def partitions(root: Path) -> list[dict[str, Any]]:
     return out
 
 
+def labelled(root: Path) -> str:
+    """The dataset's rows with ``label`` filled from the labels (imported, or sent by devices:
+    the newest of each id)."""
+    from cloud.labels import labels_sql  # it builds on ``source``
+
+    return (
+        f"(WITH labels AS ({labels_sql(root)}) SELECT d.* REPLACE (coalesce(l.label, d.label) "
+        f"AS label) FROM {source(root)} d LEFT JOIN labels l ON l.id = d.dev || ':' || d.boot "
+        "|| ':' || d.seq)"
+    )
+
+
 def selected(root: Path, filters: Filters, columns: str = "*") -> tuple[str, list[Any]]:
-    """SQL for the rows ``filters`` picks, one per record id, in id order."""
+    """SQL for the rows ``filters`` picks, one per record id, in id order, labels filled in."""
     where, values = filters.where()
     sql = (
-        f"SELECT {columns} FROM {source(root)} WHERE {where} "
+        f"SELECT {columns} FROM {labelled(root)} WHERE {where} "
         "QUALIFY row_number() OVER (PARTITION BY dev, boot, seq ORDER BY ts_ms) = 1 "
         "ORDER BY dev, boot, seq"
     )

@@ -157,3 +157,32 @@ def test_cli_json_and_one_line_errors(root, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"edgefleet: error: {path} row 1: id 'bad' is not dev:boot:seq"]
+
+
+def test_an_export_carries_the_labels_and_labelled_only_makes_an_evaluation_set(
+    root, tmp_path, capsys
+):
+    """Training and evaluation sets read the labels people gave, not the dataset's empty
+    column: the newest label of each id, only labelled rows with --labelled."""
+    import numpy as np
+
+    ids = sorted(
+        f"{d}:{b}:{s}"
+        for d, b, s in duckdb.sql(
+            f"SELECT dev, boot, seq FROM read_parquet('{root}/stream=samples/**/*.parquet')"
+        ).fetchall()
+    )
+    path = write_csv(tmp_path / "l.csv", f"id,label\n{ids[0]},3\n{ids[1]},1\n")
+    import_labels(root, path)
+    out = tmp_path / "all.npz"
+    argv = ["cloud", "dataset", "export", "--dataset", str(root), "--stream", "samples",
+            "--format", "npz"]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
+    everything = np.load(out)
+    by_id = dict(zip(everything["ids"].tolist(), everything["labels"].tolist(), strict=True))
+    assert by_id[ids[0]] == 3 and by_id[ids[1]] == 1
+    assert all(v == -1 for k, v in by_id.items() if k not in ids[:2])
+    assert main([*argv, "--labelled", "--out", str(tmp_path / "eval.npz")]) == 0
+    chosen = np.load(tmp_path / "eval.npz")
+    assert sorted(chosen["ids"].tolist()) == ids[:2] and (chosen["labels"] >= 0).all()
+    capsys.readouterr()
