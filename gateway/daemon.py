@@ -120,6 +120,7 @@ async def run(config: GatewayConfig) -> int:
             CampaignService(config.campaigns, store, inventory, publisher.send, stopper.fail)
         )
         routes += campaigns.routes()
+        metrics.watch_campaigns(store)
         feeds: list[Callable[[list[Status | Event]], None]] = [campaigns.feed]
         rollouts = None
         if config.repository is not None:
@@ -129,6 +130,7 @@ async def run(config: GatewayConfig) -> int:
             )
             routes += repository.routes() + rollouts.routes()
             feeds.append(rollouts.feed)
+            metrics.watch_rollouts(rollouts.store)
             metrics.watch_level(
                 "rollout_devices_blocked",
                 "Devices of running rollouts that cannot fetch or verify the update yet",

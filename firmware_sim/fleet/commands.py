@@ -1,6 +1,7 @@
 """``edgefleet sim SCENARIO.toml`` and ``edgefleet demo``: run a simulated fleet (real agents,
 gateway, broker and cloud ingest on loopback) through a scenario, report, and exit 1 when an
-expectation failed, so a CI job can gate a release on it."""
+expectation failed, so a CI job can gate a release on it. ``--serve`` keeps the site running
+after the report, with the gateway's console on loopback, until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "folder, removed when the run passed)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the report JSON on stdout")
+    parser.add_argument(
+        "--serve", action="store_true", help="after the report, keep the site running (broker, "
+        "gateway, agents, cloud) and print the console's URL and a viewer token; Ctrl-C or "
+        "SIGTERM stops it",
+    )  # fmt: skip
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -70,7 +76,7 @@ def run_sim(args: argparse.Namespace) -> int:
     from firmware_sim.fleet.embedded_broker import EMBEDDED
     from firmware_sim.fleet.runner import Runner
     from firmware_sim.fleet.scenario import BROKER_FAULTS
-    from firmware_sim.fleet.site import broker_choice
+    from firmware_sim.fleet.site import ConsoleAccess, broker_choice
     from firmware_sim.fleet.summary import Progress, print_summary
 
     scenario = scenario_file.load(args.scenario)
@@ -84,17 +90,32 @@ def run_sim(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-sim-"))
     workdir.mkdir(parents=True, exist_ok=True)
     runner = Runner(scenario, workdir, broker, progress.say)
+
+    def publish(report: dict) -> None:
+        progress.close()
+        text = json.dumps(report, indent=2) + "\n"
+        if args.report:
+            atomic_write_bytes(args.report, text.encode())
+        if args.json:
+            sys.stdout.write(text)
+        else:
+            print_summary(report)
+        sys.stdout.flush()
+
+    def serve(console: ConsoleAccess) -> None:
+        stream = sys.stderr if args.json else sys.stdout  # the report JSON stays alone
+        print(
+            f"console: {console.url}\nviewer token: {console.viewer_token}\n"
+            f"operator token: in {console.admin_token_file}\n"
+            "the site keeps running; Ctrl-C or SIGTERM stops it",
+            file=stream,
+            flush=True,
+        )
+
     try:
-        report = asyncio.run(runner.run())
+        report = asyncio.run(runner.run(publish, serve if args.serve else None))
     finally:
         progress.close()
-    text = json.dumps(report, indent=2) + "\n"
-    if args.report:
-        atomic_write_bytes(args.report, text.encode())
-    if args.json:
-        sys.stdout.write(text)
-    else:
-        print_summary(report)
     keep_dataset = report.get("samples_in_dataset", 0) > 0
     if report["passed"] and args.workdir is None and not keep_dataset:
         shutil.rmtree(workdir, ignore_errors=True)

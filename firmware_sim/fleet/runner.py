@@ -3,13 +3,15 @@
 Steps run in order, each no earlier than its ``at`` (seconds after the fleet is up); a ``wait``
 holds the timeline until its condition or its timeout. Faults that last heal from background
 tasks; whatever has not healed when the timeline ends is healed then, so the report measures a
-site that had every chance to deliver.
+site that had every chance to deliver. With ``serve``, the site then runs on, agents started
+again, until SIGINT or SIGTERM, so a person can look at it through the console.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -30,6 +32,7 @@ from firmware_sim.fleet.scenario import (
     Step,
     Wait,
 )
+from firmware_sim.fleet.site import ConsoleAccess
 from firmware_sim.fleet.world import World
 from gateway.admin_client import Unreachable
 
@@ -37,6 +40,10 @@ from gateway.admin_client import Unreachable
 ONLINE_TIMEOUT_S = 60.0
 ONLINE_PER_DEVICE_S = 2.0
 TERMINAL = ("completed", "paused", "aborted")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# For the agents to drain their spools to the broker, then killed. A Ctrl-C on a terminal
+# stops the broker (same process group) too, and they wait for it in vain: kept short.
+STOP_AGENTS_S = 5.0
 
 
 class Runner:
@@ -61,7 +68,13 @@ class Runner:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    async def run(self) -> dict:
+    async def run(
+        self,
+        publish: Callable[[dict], None] = lambda report: None,
+        serve: Callable[[ConsoleAccess], None] | None = None,
+    ) -> dict:
+        """Play the scenario and hand its report to ``publish``; with ``serve``, then keep the
+        site running, tell ``serve`` how to reach the console, and stop at SIGINT or SIGTERM."""
         begun = time.monotonic()
         world = World(self.scenario, self.workdir, self.broker_url)  # checks, starts nothing
         self.say(
@@ -86,7 +99,30 @@ class Runner:
             await self._heal_all()
             self.outcome.duration_s = self.elapsed()
             self.say("timeline done; settling, stopping devices, draining telemetry")
-            return await collect(world, self.scenario, self.outcome)
+            report = await collect(world, self.scenario, self.outcome)
+            publish(report)
+            if serve is not None:
+                await self._serve(world, serve)
+            return report
+
+    async def _serve(self, world: World, serve: Callable[[ConsoleAccess], None]) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def stopping() -> None:
+            world.stop_supervising()
+            stop.set()
+
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stopping)
+        try:
+            world.resume_devices()
+            serve(world.gateway.console())
+            await stop.wait()
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+        await world.stop_devices(STOP_AGENTS_S)
 
     async def _timeline(self, world: World) -> None:
         for step in sorted(self.scenario.steps, key=lambda s: (s.at_s, s.index)):

@@ -9,6 +9,7 @@ import secrets
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -131,6 +132,13 @@ def broker_choice(given: str | None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ConsoleAccess:
+    url: str
+    viewer_token: str
+    admin_token_file: Path
+
+
 class GatewayProcess:
     """``edgefleet gateway run`` with a generated config; the admin API is how it is driven.
     ``clock``: the process runs on that moveable clock. Every exit the simulator did not cause
@@ -223,6 +231,16 @@ class GatewayProcess:
     async def malformed_total(self) -> float:
         return self.malformed_before + await self.scrape_malformed()
 
+    def console(self) -> ConsoleAccess:
+        """Where the console answers and how to sign in to it (the gateway made the tokens at
+        its first start)."""
+        admin = self.config.admin
+        return ConsoleAccess(
+            f"http://{admin.console_listen}/ui/",
+            admin.viewer_token_file.read_text().strip(),
+            admin.token_file,
+        )
+
     async def get(self, path: str) -> dict:
         return await admin_client.get(self.config.admin, path)
 
@@ -261,7 +279,10 @@ def gateway_tables(
             "backoff_cap_s": 1.0,
             "batch_age_s": 0.2,
         },
-        "admin": {"listen": f"unix:{workdir / 'admin.sock'}"},
+        "admin": {
+            "listen": f"unix:{workdir / 'admin.sock'}",
+            "console_listen": f"127.0.0.1:{free_port()}",
+        },
         "metrics": {"listen": f"127.0.0.1:{free_port()}"},
         "repository": {
             "dir": workdir / "served",

@@ -287,6 +287,21 @@ class World:
         for device in self.devices:
             await asyncio.to_thread(device.stop, max(deadline - time.monotonic(), 0.1))
 
+    def resume_devices(self) -> None:
+        """Start again the agents the report stopped, supervised as before: the site runs on
+        after its report (``--serve``)."""
+        for device in self.devices:
+            if not device.running:
+                device.start()
+        self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
+
+    def stop_supervising(self) -> None:
+        """Nothing is started again from now on: the site is being stopped (a Ctrl-C on a
+        terminal reaches the gateway too, and its exit is then no crash)."""
+        if self._supervisor:
+            self._supervisor.cancel()
+        self.gateway.expected_exit = True
+
     # At the deadline the report takes the status as it is: no error.
     async def gateway_drained(self, timeout: float = 60.0) -> dict:  # noqa: ASYNC109
         """Wait until the gateway's spool is empty (all handed to the cloud); its status."""
