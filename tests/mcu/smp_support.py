@@ -4,6 +4,10 @@ with ``smp.packet``, answered by ``SmpMcu.receive`` with no pty and no pacing.""
 from __future__ import annotations
 
 import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 from smp import header as smphdr
 from smp import image_management as smpimg
@@ -99,3 +103,62 @@ class SmpHost:
 
     def reset(self):
         return self.request(smpos.ResetWriteRequest())
+
+
+EDGEFLEET = Path(sys.executable).with_name("edgefleet")
+SMPMGR = Path(sys.executable).with_name("smpmgr")
+
+
+class SmpSim:
+    """``edgefleet mcu-sim --protocol smp`` as a child process on a pty, factory-programmed."""
+
+    def __init__(self, workdir: Path, images: Images, baud: int, factory: str = "v1") -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.fault_file = workdir / "power-cut"
+        self.log_path = workdir / "mcu-sim.log"
+        command = [
+            str(EDGEFLEET), "mcu-sim", "--protocol", "smp",
+            "--flash", str(workdir / "flash.bin"), "--key", str(images.key),
+            "--factory", str(images.path(factory)), "--slot-sectors", str(LAYOUT.slot_sectors),
+            "--baud", str(baud), "--fault-file", str(self.fault_file),
+        ]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+        self.port = self.proc.stdout.readline().decode().strip()
+        assert self.port, self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def smpmgr(port: str, *args: str, timeout: float = 3.0) -> subprocess.CompletedProcess:
+    """The real ``smpmgr`` CLI against ``port`` (Zephyr's defaults: 128-byte lines)."""
+    command = [str(SMPMGR), "--port", port, "--timeout", str(timeout), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+STATE = re.compile(
+    r"slot=(\d+),\s+version='([^']*)',.*?hash=HashBytes\(\s+'([0-9A-F]+)'\s+\),"
+    r".*?pending=(\w+),\s+confirmed=(\w+),\s+active=(\w+)",
+    re.S,
+)
+
+
+def read_states(port: str) -> dict[int, dict]:
+    """``smpmgr image state-read``, as ``{slot: {version, hash, pending, confirmed, active}}``."""
+    done = smpmgr(port, "image", "state-read")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {
+        int(slot): {
+            "version": version,
+            "hash": bytes.fromhex(digest),
+            "pending": pending == "True",
+            "confirmed": confirmed == "True",
+            "active": active == "True",
+        }
+        for slot, version, digest, pending, confirmed, active in STATE.findall(done.stdout)
+    }
