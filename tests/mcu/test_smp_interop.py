@@ -4,12 +4,14 @@ signature, and an upload cut by a power cut, then resumed."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 
 import pytest
 
 from protocol.serial.smp_image import image_hash
-from tests.mcu.smp_support import SmpSim, read_states, smpmgr
+from tests.mcu.smp_support import SMPMGR, SmpSim, read_states, smpmgr
 
 BAUD = 921600
 
@@ -78,3 +80,42 @@ def test_power_cut_mid_upload_then_smpmgr_resumes(sim, images):
     ok(smpmgr(sim.port, "image", "state-write", image_hash(images.v2).hex()))
     ok(smpmgr(sim.port, "os", "reset"))
     assert read_states(sim.port)[0]["version"] == "2.0.0"
+
+
+def test_edgefleet_flash_over_smp_and_the_worker_rules(sim, images, tmp_path):
+    """``edgefleet flash --protocol smp`` (smpclient underneath) against the simulator."""
+    from agent.mcu.host import McuPort, open_device
+    from agent.mcu.worker import downgrade, kept_version
+
+    edgefleet = str(SMPMGR.with_name("edgefleet"))
+    done = subprocess.run(
+        [edgefleet, "flash", "--protocol", "smp", "--port", sim.port, "--json",
+         str(images.path("v2"))],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["version"] == "2.0.0+0" and not result["confirmed"]  # on trial
+    device = open_device(McuPort(sim.port, protocol="smp"))
+    info = device.query()
+    assert device.runs(info.primary, images.v2)
+    assert kept_version(info) == "1.0.0+0"  # the next reset reverts an unconfirmed image
+    assert downgrade(info, images.v2, "2.0.0+0", device.runs) is None  # only confirm it
+    result = device.install(images.v2, confirm=True)
+    assert result.confirmed and result.bytes_sent == 0
+    assert kept_version(device.query()) == "2.0.0+0"
+    assert downgrade(device.query(), images.v1, "1.0.0+0", device.runs).startswith("downgrade")
+
+
+def test_edgefleet_flash_names_an_untrusted_signature(sim, images):
+    edgefleet = str(SMPMGR.with_name("edgefleet"))
+    done = subprocess.run(
+        [edgefleet, "flash", "--protocol", "smp", "--port", sim.port, "--confirm",
+         str(images.path("foreign"))],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "signature refused: the MCU does not trust the key that signed foreign.bin" in (
+        done.stderr
+    )
+    assert read_states(sim.port)[0]["version"] == "1.0.0"
