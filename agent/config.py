@@ -134,6 +134,7 @@ class McuSettings:
     port: str  # serial device, pty, or socket://HOST:PORT
     baud: int = 115200
     timeout_s: float = 1.0
+    protocol: str = "edgefleet"  # or "smp": mcumgr, as Zephyr with MCUboot speaks it
 
 
 @dataclass(frozen=True)
@@ -382,10 +383,18 @@ def _mcus(tables: list[tomlconfig.Table]) -> tuple[McuSettings, ...]:
                 port=port,
                 baud=table.value("baud", int, 115200, 50, 10_000_000),
                 timeout_s=table.value("timeout_s", float, 1.0, 0.05, 60.0),
+                protocol=_mcu_protocol(table),
             )
         )
         table.done()
     return tuple(mcus)
+
+
+def _mcu_protocol(table: tomlconfig.Table) -> str:
+    protocol = table.value("protocol", str, "edgefleet")
+    if protocol not in ("edgefleet", "smp"):
+        table.fail("protocol", "must be 'edgefleet' or 'smp'")
+    return protocol
 
 
 def _update(table: tomlconfig.Table) -> UpdateSettings:

@@ -2,7 +2,8 @@
 
 It prints the port on the first line of stdout and serves until SIGINT or SIGTERM. With
 ``--fault-file PATH`` it cuts its own power at the flash operation PATH names, boots again and
-keeps serving (``firmware_sim/fault_file.py``).
+keeps serving (``firmware_sim/fault_file.py``). With ``--protocol smp`` the MCU's application is
+an SMP server (mcumgr, ``firmware_sim/smp_server.py``) instead of edgefleet's serial protocol.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--arena", type=int, default=16 * 1024, help="model arena in bytes")
     parser.add_argument("--slot-sectors", type=int, default=16, help="4 KiB sectors per slot")
     parser.add_argument(
+        "--protocol",
+        choices=("edgefleet", "smp"),
+        default="edgefleet",
+        help="the application's protocol: edgefleet's serial protocol, or SMP (mcumgr) framed "
+        "as Zephyr's UART transport frames it",
+    )
+    parser.add_argument(
         "--fault-file",
         type=Path,
         help="when PATH appears holding N or 'random' (then optionally 'torn'), cut the power "
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from firmware_sim.layout import Layout, Slot
     from firmware_sim.mcu import McuConfig, SimulatedMcu
     from firmware_sim.mcuboot_image import load_public_key
+    from firmware_sim.smp_server import SmpConfig, SmpMcu
     from firmware_sim.uart import UartServer
 
     try:
@@ -62,10 +71,14 @@ def run(args: argparse.Namespace) -> int:
         if len(image) > layout.capacity:
             raise UserError(f"factory image {args.factory} is larger than the slot")
         flash.write(layout.base(Slot.PRIMARY), image + b"\xff" * (-len(image) % 8))
-    config = McuConfig(layout=layout, verifier=Verifier(keys), arena_size=args.arena)
+    if args.protocol == "smp":
+        mcu = SmpMcu(flash, SmpConfig(layout=layout, verifier=Verifier(keys)))
+    else:
+        config = McuConfig(layout=layout, verifier=Verifier(keys), arena_size=args.arena)
+        mcu = SimulatedMcu(flash, config)
     faults = FaultFile(args.fault_file, flash, layout) if args.fault_file else None
     kind = "socket" if args.socket else "pty"
-    server = UartServer(SimulatedMcu(flash, config), args.baud, kind, faults)
+    server = UartServer(mcu, args.baud, kind, faults)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server:

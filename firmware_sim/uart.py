@@ -24,6 +24,7 @@ import structlog
 from firmware_sim.fault_file import FaultFile
 from firmware_sim.flash import PowerLoss
 from firmware_sim.mcu import SimulatedMcu
+from firmware_sim.smp_server import SmpMcu
 
 log = structlog.get_logger()
 BITS_PER_BYTE = 10
@@ -52,7 +53,7 @@ class UartServer:
 
     def __init__(
         self,
-        mcu: SimulatedMcu,
+        mcu: SimulatedMcu | SmpMcu,
         baud: int | None,
         kind: str = "pty",
         faults: FaultFile | None = None,

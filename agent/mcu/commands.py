@@ -23,13 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep the new image (otherwise the MCU reverts it at its next reboot)",
     )
     parser.add_argument("--timeout", type=float, default=1.0, help="reply timeout in seconds")
+    parser.add_argument(
+        "--protocol",
+        choices=("edgefleet", "smp"),
+        default="edgefleet",
+        help="what the MCU speaks: edgefleet's serial protocol, or SMP (mcumgr: Zephyr with "
+        "MCUboot, over its console UART)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from agent.mcu.errors import McuError, explain
-    from agent.mcu.host import McuPort, install
+    from agent.mcu.host import McuPort, open_device
 
     try:
         image = args.image.read_bytes()
@@ -37,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read image {args.image}: {exc.strerror}") from exc
     if not image:
         raise UserError(f"image {args.image} is empty")
-    target = McuPort(args.port, args.baud, args.timeout)
+    target = McuPort(args.port, args.baud, args.timeout, args.protocol)
     try:
         with _ProgressBar(enabled=not args.json) as progress:
-            result = install(target, image, confirm=args.confirm, progress=progress)
+            device = open_device(target)
+            result = device.install(image, confirm=args.confirm, progress=progress)
     except McuError as exc:
         raise UserError(explain(exc, args.port, args.image.name)) from exc
     if args.json:

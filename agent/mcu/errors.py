@@ -39,6 +39,23 @@ class Refusal(McuError):
         self.detail = detail
 
 
+class SmpRefusal(McuError):
+    """An SMP server answered a request with an error (``rc``, or a group's ``err``)."""
+
+    def __init__(self, request: str, code: str, detail: str = "") -> None:
+        super().__init__(f"{request} refused: {code}" + (f" ({detail})" if detail else ""))
+        self.request = request
+        self.code = code
+        self.detail = detail
+
+    @classmethod
+    def from_reply(cls, request: str, reply) -> SmpRefusal:
+        """From smp's ErrorV1 (``rc``) or ErrorV2 (``err``: group and code) response."""
+        err = getattr(reply, "err", None)
+        code = err.rc if err is not None else getattr(reply, "rc", None)
+        return cls(request, getattr(code, "name", str(code)))
+
+
 class SwapFailed(McuError):
     """The MCU rebooted but does not run the image that was sent."""
 
@@ -53,6 +70,12 @@ def explain(exc: McuError, port: str, image_name: str) -> str:
         return f"no answer from the device at {port} ({exc})"
     if isinstance(exc, WrongProtocol):
         return f"the device at {port} does not speak the edgefleet serial protocol ({exc})"
+    if isinstance(exc, SmpRefusal):
+        if exc.code == "INVALID_TLV":
+            return f"signature refused: the MCU does not trust the key that signed {image_name}"
+        if exc.code == "INVALID_IMAGE_TOO_LARGE":
+            return f"{image_name} is too large for the slot"
+        return f"the MCU at {port} refused {exc.request}: {exc.code}"
     if isinstance(exc, ImageTooLarge):
         return f"{image_name} is too large for the slot: {exc}"
     if isinstance(exc, Refusal):

@@ -2,6 +2,7 @@
 
 The agent verifies an MCU image with TUF before it calls ``install``; the MCU then verifies the
 image itself (hash and Ed25519 signature) before it swaps. ``edgefleet flash`` is the same call.
+``open_device`` gives the ``McuDevice`` for the port's protocol (``agent.mcu.device``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.mcu.client import LinkConfig, McuClient
-from agent.mcu.flasher import FlashResult, flash_image
+from agent.mcu.device import PROTOCOLS, McuDevice
+from agent.mcu.flasher import FlashResult, flash_image, running
 from agent.mcu.transport import open_transport
-from protocol.serial.messages import InfoReply
+from protocol.serial.messages import InfoReply, SlotInfo
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,54 @@ class McuPort:
     port: str
     baud: int = 115200
     timeout: float = 1.0
+    protocol: str = "edgefleet"  # or "smp"
 
     def link(self) -> LinkConfig:
         return LinkConfig(timeout=self.timeout, line_rate=self.baud / 10)
+
+
+class EdgefleetDevice:
+    """An MCU that speaks edgefleet's serial protocol."""
+
+    def __init__(self, target: McuPort) -> None:
+        self.target = target
+
+    def install(self, image: bytes, *, confirm: bool = True, progress=None) -> FlashResult:
+        return install(self.target, image, confirm=confirm, progress=progress)
+
+    def query(self) -> InfoReply:
+        return query(self.target)
+
+    def runs(self, slot: SlotInfo, image: bytes) -> bool:
+        return running(slot, image)
+
+
+class SmpDevice:
+    """An MCU that speaks SMP (mcumgr): Zephyr with MCUboot."""
+
+    def __init__(self, target: McuPort) -> None:
+        self.target = target
+
+    def install(self, image: bytes, *, confirm: bool = True, progress=None) -> FlashResult:
+        from agent.mcu import smp_host  # smpclient: loaded only for SMP devices
+
+        return smp_host.install(self.target, image, confirm=confirm, progress=progress)
+
+    def query(self) -> InfoReply:
+        from agent.mcu import smp_host
+
+        return smp_host.query(self.target)
+
+    def runs(self, slot: SlotInfo, image: bytes) -> bool:
+        from agent.mcu import smp_host
+
+        return smp_host.runs(slot, image)
+
+
+def open_device(target: McuPort) -> McuDevice:
+    if target.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown MCU protocol {target.protocol!r}")
+    return SmpDevice(target) if target.protocol == "smp" else EdgefleetDevice(target)
 
 
 def install(

@@ -63,7 +63,10 @@ class Mcu:
 
     def worker_args(self) -> list[str]:
         s = self.settings
-        return ["--port", s.port, "--baud", str(s.baud), "--timeout", str(s.timeout_s)]
+        return [
+            "--port", s.port, "--baud", str(s.baud), "--timeout", str(s.timeout_s),
+            "--protocol", s.protocol,
+        ]  # fmt: skip
 
 
 class McuUpdater:

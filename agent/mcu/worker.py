@@ -1,4 +1,5 @@
-"""The MCU worker: ``python -m agent.mcu.worker --port P [--baud B] [--timeout S] CMD``.
+"""The MCU worker: ``python -m agent.mcu.worker --port P [--baud B] [--timeout S]
+[--protocol edgefleet|smp] CMD``.
 
 The agent runs it as a child process for everything that talks to an attached MCU or needs
 python-tuf: a serial port that hangs never stalls the daemon's event loop, and the daemon never
@@ -29,9 +30,10 @@ import sys
 import time
 from pathlib import Path
 
+from agent.mcu.device import PROTOCOLS
 from agent.mcu.errors import LinkLost, McuError, NoAnswer, NoDevice, Refusal, explain
 from agent.mcu.flasher import running
-from agent.mcu.host import McuPort, install, query
+from agent.mcu.host import McuPort, open_device
 from edgefleet import logs
 from protocol.mcu_image import McuImageMeta, parse_version
 from protocol.serial.messages import ErrorCode, InfoReply, SlotFlag, SlotState
@@ -59,10 +61,11 @@ def kept_version(info: InfoReply) -> str | None:
     return previous.version_text if previous.state == SlotState.VALID else None
 
 
-def downgrade(info: InfoReply, image: bytes, image_version: str) -> str | None:
+def downgrade(info: InfoReply, image: bytes, image_version: str, runs=running) -> str | None:
     """Why ``image`` must not replace what the MCU keeps, or None. An image already running
-    (on trial after a host that died) only needs its confirmation."""
-    if running(info.primary, image):
+    (on trial after a host that died) only needs its confirmation; ``runs`` is how the MCU's
+    protocol recognises an image in a slot."""
+    if runs(info.primary, image):
         return None
     kept = kept_version(info)
     if kept is not None and parse_version(image_version) <= parse_version(kept):
@@ -72,12 +75,13 @@ def downgrade(info: InfoReply, image: bytes, image_version: str) -> str | None:
 
 def install_with_retries(port: McuPort, image: bytes, meta: McuImageMeta, target: str, emit):
     reason = ""
+    device = open_device(port)
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            why = downgrade(query(port), image, meta.image_version)
+            why = downgrade(device.query(), image, meta.image_version, device.runs)
             if why:
                 return {"result": "refused", "reason": why}
-            flashed = install(port, image)
+            flashed = device.install(image)
             return {
                 "result": "committed",
                 "version": flashed.version,
@@ -114,7 +118,7 @@ def update(args: argparse.Namespace, port: McuPort, emit) -> dict:
 
 def query_line(port: McuPort) -> dict:
     try:
-        return {"version": kept_version(query(port)), "state": "ok"}
+        return {"version": kept_version(open_device(port).query()), "state": "ok"}
     except McuError as exc:
         return {"version": None, "state": "unreachable", "reason": explain(exc, port.port, "")}
 
@@ -129,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", required=True, help="serial device, pty, or socket://HOST:PORT")
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--timeout", type=float, default=1.0, help="reply timeout in seconds")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="edgefleet")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("query", help="what the MCU keeps")
     run = commands.add_parser("update", help="verify an MCU image target and install it")
@@ -142,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure("info")
-    port = McuPort(args.port, args.baud, args.timeout)
+    port = McuPort(args.port, args.baud, args.timeout, args.protocol)
     _emit(update(args, port, _emit) if args.command == "update" else query_line(port))
     return 0
 

@@ -1,0 +1,164 @@
+"""An in-process SMP host for the simulated SMP MCU: requests from the ``smp`` package, framed
+with ``smp.packet``, answered by ``SmpMcu.receive`` with no pty and no pacing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from smp import header as smphdr
+from smp import image_management as smpimg
+from smp import os_management as smpos
+from smp import packet as smppacket
+
+from firmware_sim.smp_server import SmpConfig, SmpMcu
+from protocol.serial import smp_console
+from protocol.serial.smp_image import image_hash
+from tests.mcu.mcu_support import LAYOUT, Images
+
+RESPONSES = {
+    smpimg.ImageStatesReadRequest: smpimg.ImageStatesReadResponse,
+    smpimg.ImageStatesWriteRequest: smpimg.ImageStatesWriteResponse,
+    smpimg.ImageUploadWriteRequest: smpimg.ImageUploadWriteResponse,
+    smpimg.ImageEraseRequest: smpimg.ImageEraseResponse,
+    smpos.EchoWriteRequest: smpos.EchoWriteResponse,
+    smpos.ResetWriteRequest: smpos.ResetWriteResponse,
+    smpos.MCUMgrParametersReadRequest: smpos.MCUMgrParametersReadResponse,
+}
+
+
+def smp_config(images: Images, **overrides) -> SmpConfig:
+    values = {"layout": LAYOUT, "verifier": images.verifier()}
+    values.update(overrides)
+    return SmpConfig(**values)
+
+
+def parse_reply(wire: bytes) -> bytes:
+    decoder = smppacket.decode()
+    next(decoder)
+    for line in wire.splitlines(keepends=True):
+        try:
+            decoder.send(line)
+        except StopIteration as done:
+            return done.value
+    raise AssertionError(f"no whole reply in {wire[:60]!r}")
+
+
+class SmpHost:
+    """Sends one request at a time; a RESET reply boots the MCU again, as the UART does."""
+
+    def __init__(self, mcu: SmpMcu) -> None:
+        self.mcu = mcu
+
+    def request(self, message):
+        wire = self.mcu.receive(smp_console.encode(bytes(message)))
+        if self.mcu.reboot_pending:
+            self.mcu.power_on()
+        packet = parse_reply(wire)
+        head = smphdr.Header.loads(packet[:8])
+        assert head.sequence == message.header.sequence
+        reply_class = RESPONSES.get(type(message))
+        try:
+            if reply_class is None:
+                raise ValueError("not a command these tests expect an answer to")
+            return reply_class.loads(packet)
+        except ValueError:
+            if head.group_id == smphdr.GroupId.IMAGE_MANAGEMENT:
+                try:
+                    return smpimg.ImageManagementErrorV2.loads(packet)
+                except ValueError:
+                    pass
+            errors = {smphdr.GroupId.OS_MANAGEMENT: smpos.OSManagementErrorV1}
+            return errors.get(head.group_id, smpimg.ImageManagementErrorV1).loads(packet)
+
+    def states(self) -> dict[int, smpimg.ImageState]:
+        return {s.slot: s for s in self.request(smpimg.ImageStatesReadRequest()).images}
+
+    def upload(self, image: bytes, chunk: int = 256, stop_after: int | None = None):
+        """Upload as smpclient does: offset 0 with length and SHA-256, then from each reply's
+        offset. Returns the offset of the MCU's first reply: ``chunk`` for a new upload (it took
+        the first chunk), further on where it resumed one."""
+        sha = hashlib.sha256(image).digest()
+        reply = self.request(
+            smpimg.ImageUploadWriteRequest(off=0, data=image[:chunk], len=len(image), sha=sha)
+        )
+        if not isinstance(reply, smpimg.ImageUploadWriteResponse):
+            return reply  # refused: the error response
+        first = reply.off
+        while reply.off < len(image):
+            if stop_after is not None and reply.off >= stop_after:
+                break
+            data = image[reply.off : reply.off + chunk]
+            reply = self.request(smpimg.ImageUploadWriteRequest(off=reply.off, data=data))
+        return first
+
+    def test(self, image: bytes):
+        return self.request(smpimg.ImageStatesWriteRequest(hash=image_hash(image)))
+
+    def confirm(self):
+        return self.request(smpimg.ImageStatesWriteRequest(confirm=True))
+
+    def reset(self):
+        return self.request(smpos.ResetWriteRequest())
+
+
+EDGEFLEET = Path(sys.executable).with_name("edgefleet")
+SMPMGR = Path(sys.executable).with_name("smpmgr")
+
+
+class SmpSim:
+    """``edgefleet mcu-sim --protocol smp`` as a child process on a pty, factory-programmed."""
+
+    def __init__(self, workdir: Path, images: Images, baud: int, factory: str = "v1") -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.fault_file = workdir / "power-cut"
+        self.log_path = workdir / "mcu-sim.log"
+        command = [
+            str(EDGEFLEET), "mcu-sim", "--protocol", "smp",
+            "--flash", str(workdir / "flash.bin"), "--key", str(images.key),
+            "--factory", str(images.path(factory)), "--slot-sectors", str(LAYOUT.slot_sectors),
+            "--baud", str(baud), "--fault-file", str(self.fault_file),
+        ]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+        self.port = self.proc.stdout.readline().decode().strip()
+        assert self.port, self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def smpmgr(port: str, *args: str, timeout: float = 3.0) -> subprocess.CompletedProcess:
+    """The real ``smpmgr`` CLI against ``port`` (Zephyr's defaults: 128-byte lines)."""
+    command = [str(SMPMGR), "--port", port, "--timeout", str(timeout), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+STATE = re.compile(
+    r"slot=(\d+),\s+version='([^']*)',.*?hash=HashBytes\(\s+'([0-9A-F]+)'\s+\),"
+    r".*?pending=(\w+),\s+confirmed=(\w+),\s+active=(\w+)",
+    re.S,
+)
+
+
+def read_states(port: str) -> dict[int, dict]:
+    """``smpmgr image state-read``, as ``{slot: {version, hash, pending, confirmed, active}}``."""
+    done = smpmgr(port, "image", "state-read")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {
+        int(slot): {
+            "version": version,
+            "hash": bytes.fromhex(digest),
+            "pending": pending == "True",
+            "confirmed": confirmed == "True",
+            "active": active == "True",
+        }
+        for slot, version, digest, pending, confirmed, active in STATE.findall(done.stdout)
+    }
