@@ -104,9 +104,12 @@ class ConsoleDecoder:
                 return self._abandon(f"packet length {self._expected} out of bounds")
             chunk = chunk[LENGTH.size :]
         self._body += chunk
-        if len(self._body) < self._expected:
+        expected = self._expected
+        if expected is None:  # not reached: a start line sets it, a continuation needs it
+            return self._abandon("continuation line without a packet")
+        if len(self._body) < expected:
             return None
-        body, expected = bytes(self._body), self._expected
+        body = bytes(self._body)
         self._abandon("")
         if len(body) != expected:
             return CodecError(f"packet of {len(body)} bytes, its length field says {expected}")
