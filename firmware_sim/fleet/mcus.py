@@ -42,14 +42,27 @@ class ImageSigner:
         return out
 
 
+def protocol_of(index: int, fleet_protocol: str) -> str:
+    """The protocol MCU ``index`` speaks: the fleet's, or alternating for ``mixed``."""
+    if fleet_protocol == "mixed":
+        return ("edgefleet", "smp")[index % 2]
+    return fleet_protocol
+
+
 class SimMcu:
-    def __init__(self, name: str, home: Path, signer: ImageSigner, factory: Path) -> None:
+    """One ``mcu-sim``: the edgefleet protocol on a loopback socket, or SMP on a pseudo-terminal
+    (the SMP client opens serial devices only, as on a real board)."""
+
+    def __init__(
+        self, name: str, home: Path, signer: ImageSigner, factory: Path, protocol: str = "edgefleet"
+    ) -> None:
         home.mkdir(parents=True, exist_ok=True)
-        self.name, self.home = name, home
+        self.name, self.home, self.protocol = name, home, protocol
         self.fault_file = home / "power-cut"
         self.attached_to = ""
+        where = ["--protocol", "smp"] if protocol == "smp" else ["--socket"]
         self.proc = start_edgefleet(
-            ["mcu-sim", "--socket", "--flash", str(home / "flash.bin"), "--key", str(signer.key),
+            ["mcu-sim", *where, "--flash", str(home / "flash.bin"), "--key", str(signer.key),
              "--factory", str(factory), "--baud", str(BAUD), "--fault-file", str(self.fault_file)],
             home / "mcu-sim.log",
             stdout=subprocess.PIPE,

@@ -44,6 +44,7 @@ LASTING = ("broker-down", "cloud-down", "cloud-errors", "cloud-reject", "partiti
            *ATTACKS)  # fmt: skip
 WITH_DEVICES = ("partition", "power-cut", "poison", "impersonate", "clock-skew", "drift")
 SOURCES = ("noise", "bands")
+MCU_PROTOCOLS = ("edgefleet", "smp", "mixed")
 WAITS = (
     "rollout:completed",
     "rollout:paused",
@@ -103,6 +104,7 @@ class Fleet:
     mcu_version: int = 1
     rate_hz: float = 5.0
     provision: str = "update"  # "config": the model file in agent.toml, no update installed it
+    mcu_protocol: str = "edgefleet"  # "smp": mcumgr as Zephyr speaks it; "mixed": alternating
     source: str = "noise"  # "bands": inputs with a class each (edgefleet.models.bands)
     capture: bool = False  # [capture] enabled on every device
 
@@ -348,6 +350,7 @@ def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
         mcu_version=table.value("mcu_version", int, 1, 1, 255),
         rate_hz=table.value("rate_hz", float, 5.0, 0.1, 1000.0),
         provision=table.choice("provision", PROVISIONS, "update"),
+        mcu_protocol=table.choice("mcu_protocol", MCU_PROTOCOLS, "edgefleet"),
         source=table.choice("source", SOURCES, "noise"),
         capture=table.value("capture", bool, False),
     )

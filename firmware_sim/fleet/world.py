@@ -22,7 +22,7 @@ from firmware_sim.fleet.clock import ClockError, SiteClocks
 from firmware_sim.fleet.cloud import Cloud
 from firmware_sim.fleet.devices import SimDevice, agent_tables
 from firmware_sim.fleet.impersonation import Attempt
-from firmware_sim.fleet.mcus import BAUD, ImageSigner, SimMcu
+from firmware_sim.fleet.mcus import BAUD, ImageSigner, SimMcu, protocol_of
 from firmware_sim.fleet.mitm import TIMESTAMP, RepositoryRelay
 from firmware_sim.fleet.monitor import Monitor
 from firmware_sim.fleet.partition import Relay
@@ -146,8 +146,8 @@ class World:
         self._stack.callback(self.monitor.close)
         self._stack.push_async_callback(self._stop_devices_now)
         for index in range(fleet.mcus):
-            mcu = SimMcu(f"mcu{index:03d}", self.workdir / "mcus" / f"mcu{index:03d}",
-                         self.image_signer, factory)  # fmt: skip
+            name, protocol = f"mcu{index:03d}", protocol_of(index, fleet.mcu_protocol)
+            mcu = SimMcu(name, self.workdir / "mcus" / name, self.image_signer, factory, protocol)
             self._stack.callback(mcu.stop)
             self.mcus.append(mcu)
         for index in range(fleet.devices):
@@ -173,7 +173,9 @@ class World:
         mcus = []
         if index < len(self.mcus):
             self.mcus[index].attached_to = name
-            mcus = [{"name": self.mcu_image_name, "port": self.mcus[index].port, "baud": BAUD}]
+            mcu = self.mcus[index]
+            mcus = [{"name": self.mcu_image_name, "port": mcu.port, "baud": BAUD,
+                     "protocol": mcu.protocol}]  # fmt: skip
         if name in self.partitionable:
             relay = await Relay(self.broker.port).start()
             self.relays[name] = relay
