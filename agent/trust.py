@@ -13,15 +13,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
+from urllib.request import Request, urlopen
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
+from agent.updater.encoding import ACCEPT_GZIP, EncodingError, decoded_chunks
 from protocol.model_meta import MetadataError, ModelMeta
 
 CHUNK = 64 * 1024
+# What one metadata answer may inflate to, whatever python-tuf's own limit for the file (it stops
+# reading at that limit, which is far lower: 16 KB for timestamp.json, 5 MB for targets).
+MAX_DECODED_BYTES = 16 * 1024 * 1024
+TIMEOUT_S = 30.0
 
 
 # Transport and freshness: what a later refresh may get past (stale, replayed or expired
@@ -77,10 +84,41 @@ class DirectoryFetcher(FetcherInterface):
                 yield chunk
 
 
-def _base_urls(repository: str) -> tuple[str, str, FetcherInterface | None]:
+class HttpFetcher(FetcherInterface):
+    """Fetches metadata over HTTP asking for gzip (a sixth of the bytes of JSON), inflated one
+    chunk at a time: python-tuf counts the decoded bytes against its length limits and stops
+    reading there, so a gzip bomb costs a chunk, not its inflated size. A server that ignores
+    ``Accept-Encoding`` answers plain bytes, which pass through."""
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        try:
+            response = urlopen(Request(url, headers=ACCEPT_GZIP), timeout=TIMEOUT_S)
+        except HTTPError as exc:
+            # The client probes for newer roots and stops only on 403/404.
+            raise tuf_errors.DownloadHTTPError(f"{url}: HTTP {exc.code}", exc.code) from None
+        except TimeoutError as exc:
+            raise tuf_errors.SlowRetrievalError(f"{url}: {exc}") from None
+        except (URLError, OSError) as exc:
+            raise tuf_errors.DownloadError(f"{url}: {exc}") from None
+        return self._chunks(url, response)
+
+    @staticmethod
+    def _chunks(url: str, response) -> Iterator[bytes]:
+        with response:
+            try:
+                yield from decoded_chunks(response.read, response.headers, CHUNK, MAX_DECODED_BYTES)
+            except EncodingError as exc:
+                raise tuf_errors.DownloadError(f"{url}: {exc}") from None
+            except TimeoutError as exc:
+                raise tuf_errors.SlowRetrievalError(f"{url}: {exc}") from None
+            except OSError as exc:
+                raise tuf_errors.DownloadError(f"{url}: {exc}") from None
+
+
+def _base_urls(repository: str) -> tuple[str, str, FetcherInterface]:
     if repository.startswith(("http://", "https://")):
         base = repository.rstrip("/")
-        return f"{base}/metadata/", f"{base}/targets/", None
+        return f"{base}/metadata/", f"{base}/targets/", HttpFetcher()
     root = Path(repository).resolve()
     if not (root / "metadata").is_dir():
         raise TrustError(

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     ("Deltas", "delta_codec.py", ["--runs", "5"]),
     ("Inference", "agent_inference.py", ["--seconds", "10"]),
+    ("Agent memory", "agent_memory.py", ["--seconds", "5"]),
     ("Telemetry", "gateway_throughput.py", ["--records", "200000", "--outage-seconds", "60"]),
     ("Serial", "serial_throughput.py", []),
     ("Updates", "update_rollout.py", ["--runs", "3"]),

@@ -6,9 +6,11 @@
    (the metadata a device running v1 holds). Then v2 is signed, ``DeltaService.offer`` chooses
    what the device fetches (a delta it signs, or the full model), and the device does what the
    updater's plan and download steps do: a refresh, a look-up of the model and of the delta
-   path, the download of the offered target and of the model's gate vectors. The repository is
-   served over loopback HTTP by a server that records every request; each answered request
-   counts the size of the file it served (HTTP headers are not counted, a 404 counts nothing).
+   path, the download of the offered target and of the model's gate vectors (the agent's own
+   fetch paths: its TUF fetcher and its Range download, both asking for gzip where it helps).
+   The repository is served over loopback HTTP by the gateway's repository server; each
+   answered request counts the body it sent (compressed or not; HTTP headers are not counted,
+   a 404 counts nothing).
    Reported: the fetched target, the gate vectors and the TUF metadata of that update, their
    total, and the total against the full model and against its gzip (level 9).
 2. Peak memory of ``apply_delta(old, delta)``: the ``tracemalloc`` peak over the call (the
@@ -34,6 +36,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import gzip
@@ -43,6 +46,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -52,19 +56,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ai_edge_litert import schema_py_generated as tflite_schema
+from aiohttp import web
 
 from agent.trust import TrustedRepository, TrustError
+from agent.updater.download import DownloadLimits
+from agent.updater.verified import fetch_verified
 from edgefleet.models import model_pairs, model_path
 from firmware_sim.broker import BrokerConfig, Mosquitto, free_port
 from gateway.releases.repository import Repository
 from gateway.serving.deltas import DeltaService, Offer
+from gateway.serving.server import make_app
 from protocol.delta import apply_delta, delta_target_path, make_delta, read_header
 from tests.agent.agent_support import AgentProcess, agent_config, write_config
 from tests.conftest import GATEWAY_USER
 from tests.gateway.release_support import sign
 from tests.gateway.rollouts.rollout_support import FAST_PROBATION, Fleet, cli, import_release
 from tests.gateway.support import Gateway, gateway_config, wait_for
-from tests.support.http_repo import RepositoryServer
 from tests.updater.conftest import provision
 
 STAGES = "1,10,50,100"
@@ -74,13 +81,32 @@ APPLY_RUNS = 5
 # -- 1. bytes on the wire ------------------------------------------------------------------------
 
 
-def served_bytes(root: Path, requests: list[str]) -> dict[str, int]:
-    """Bytes served per request path (0 for a path the server answered 404)."""
-    sizes = {}
-    for path in requests:
-        file = root / path.lstrip("/")
-        sizes[path] = file.stat().st_size if file.is_file() else 0
-    return sizes
+@contextlib.contextmanager
+def counting_server(repo_dir: Path):
+    """The gateway's repository server in a thread; yields (url, {path: body bytes sent})."""
+    sent: dict[str, int] = {}
+
+    async def count(request: web.Request, response: web.StreamResponse) -> None:
+        if response.status in (200, 206):
+            sent[request.path] = sent.get(request.path, 0) + (response.content_length or 0)
+
+    app = make_app(repo_dir)
+    app.on_response_prepare.append(count)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", sent
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def device_update(tuf_dir: Path, url: str, name: str, offer: Offer, work: Path) -> str:
@@ -89,8 +115,8 @@ def device_update(tuf_dir: Path, url: str, name: str, offer: Offer, work: Path) 
     gate_path = trust.target(offer.target).model_meta().gate.path
     with contextlib.suppress(TrustError):
         trust.target(delta_target_path(name, 1, 2))
-    trust.download(offer.fetch, work / "fetched")
-    trust.download(gate_path, work / "gate.json")
+    for path in (offer.fetch, gate_path):
+        fetch_verified(trust, url, trust.target(path), work, DownloadLimits())
     return gate_path
 
 
@@ -99,22 +125,22 @@ def wire_row(pair: dict, work: Path) -> dict:
     repo = Repository.init(work / "repo")
     sign(repo, pair["old"], name, 1)
     new = model_path(pair["new"]).read_bytes()
-    with RepositoryServer(repo.dir) as server:
+    with counting_server(repo.dir) as (url, sizes):
         tuf_dir = work / "tuf"
-        TrustedRepository(tuf_dir, server.url, repo.metadata_dir / "1.root.json").target(
+        TrustedRepository(tuf_dir, url, repo.metadata_dir / "1.root.json").target(
             f"{name}/1.tflite"
         )
         sign(repo, pair["new"], name, 2)
         offer = DeltaService(repo).offer(name, 2, from_version=1)
-        server.requests.clear()
-        gate_path = device_update(tuf_dir, server.url, name, offer, work)
-        sizes = served_bytes(repo.dir, server.requests)
+        sizes.clear()
+        gate_path = device_update(tuf_dir, url, name, offer, work)
     metadata = sum(size for path, size in sizes.items() if path.startswith("/metadata/"))
     fetched = sum(size for path, size in sizes.items() if path.endswith(Path(offer.fetch).name))
     gate = sum(size for path, size in sizes.items() if path.endswith(Path(gate_path).name))
     assert fetched == offer.length, (sizes, offer)
     total = fetched + gate + metadata
     gz = len(gzip.compress(new, 9))
+    budget = 3 * offer.length + 3 * 1024
     return {
         "pair": pair["name"],
         "fetch": offer.kind,
@@ -127,6 +153,8 @@ def wire_row(pair: dict, work: Path) -> dict:
         "total_bytes": total,
         "total_over_full": round(total / len(new), 4),
         "total_over_gzip": round(total / gz, 4),
+        "budget_bytes": budget,
+        "within_budget": total <= budget,
     }
 
 

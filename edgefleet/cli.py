@@ -18,23 +18,44 @@ from edgefleet import __version__, logs
 from edgefleet.commandline import Parser, add_global_options, every_parser
 from edgefleet.errors import UserError
 
-COMMAND_MODULES = (
-    "gateway.releases.commands",
-    "gateway.daemon_commands",
-    "gateway.rollouts.commands",
-    "gateway.campaigns.commands",
-    "gateway.devices.commands",
-    "agent.commands",
-    "agent.trust_commands",
-    "agent.updater.commands",
-    "agent.mcu.commands",
-    "firmware_sim.commands",
-    "firmware_sim.fleet.commands",
-    "cloud.commands",
-)
+# Each top-level command word and the module that registers it. A command builds a parser with
+# its own module only, so ``agent run`` on a device never imports the gateway's, the cloud's or
+# the simulator's code (nor what they import: structlog before logging is set up, rich, tuf).
+COMMANDS = {
+    "keys": "gateway.releases.commands",
+    "release": "gateway.releases.commands",
+    "gateway": "gateway.daemon_commands",
+    "rollout": "gateway.rollouts.commands",
+    "campaign": "gateway.campaigns.commands",
+    "device": "gateway.devices.commands",
+    "agent": "agent.commands",
+    "verify": "agent.trust_commands",
+    "update": "agent.updater.commands",
+    "flash": "agent.mcu.commands",
+    "mcu-sim": "firmware_sim.commands",
+    "sim": "firmware_sim.fleet.commands",
+    "demo": "firmware_sim.fleet.commands",
+    "cloud": "cloud.commands",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
+VALUED_GLOBALS = ("--log-level", "--log-format")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_modules(argv: list[str] | None) -> tuple[str, ...]:
+    """The module of the command ``argv`` names, or every module (for ``--help``, a mistyped
+    command, or no ``argv``: the whole parser)."""
+    words = iter(argv or ())
+    for word in words:
+        if word in VALUED_GLOBALS:
+            next(words, None)
+        elif not word.startswith("-"):
+            module = COMMANDS.get(word)
+            return (module,) if module in COMMAND_MODULES else COMMAND_MODULES
+    return COMMAND_MODULES
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or only of the one ``argv`` names."""
     parser = Parser(
         prog="edgefleet",
         description="Keep ML models alive on fleets of embedded devices.",
@@ -42,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
     add_global_options(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in command_modules(argv):
         importlib.import_module(name).register(subparsers)
     for _, sub in list(every_parser(parser))[1:]:
         add_global_options(sub, top=False)
@@ -50,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logs.configure(args.log_level, lean=getattr(args, "lean", False), fmt=args.log_format)
     try:
         return int(args.handler(args) or 0)

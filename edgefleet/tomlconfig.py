@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import tomli_w
 
 from edgefleet.errors import UserError
 
@@ -129,6 +128,8 @@ def dumps(tables: dict[str, Any]) -> str:
     """Write the configs edgefleet generates (simulated devices, a site's gateway) as TOML with
     tomli-w; ``{"table": [{...}, ...]}`` becomes an array of tables. Paths are written as text,
     which tomli-w does not do by itself."""
+    import tomli_w  # only for writing: a daemon that reads its configuration never loads it
+
     return tomli_w.dumps(_plain(tables))
 
 

@@ -10,6 +10,7 @@ samples and counts in one transaction and ends the campaigns that reached ``per_
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 import zlib
@@ -82,7 +83,13 @@ class Capture:
         self._hour = self._hour_count = 0
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        self._rng = np.random.default_rng([seed, zlib.crc32(device.encode())])
+        self._seed = [seed, zlib.crc32(device.encode())]
+
+    @functools.cached_property
+    def _rng(self) -> np.random.Generator:
+        """Made at the first campaign that draws ``random``: numpy.random costs ~2 MB of RSS
+        that an agent without one never pays."""
+        return np.random.default_rng(self._seed)
 
     async def __aenter__(self) -> Capture:
         if self.spool is not None:

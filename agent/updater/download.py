@@ -2,7 +2,9 @@
 
 The signed length caps what is read, so a hostile server cannot fill the disk; whoever calls
 this checks the finished bytes against the signed hash. A server that ignores Range (answers
-200) makes the download start over rather than fail.
+200) makes the download start over rather than fail. A JSON target (gate vectors) fetched from
+its start asks for gzip and is inflated within the same cap; a resumed one asks for the plain
+bytes from where its ``.partial`` ends.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
+from agent.updater.encoding import (
+    ACCEPT_GZIP,
+    EncodingError,
+    TooLong,
+    compressible,
+    decoded_chunks,
+)
 from agent.updater.faults import hook
 
 # The largest model a device takes unless configured otherwise; every download is capped by it.
@@ -58,7 +67,7 @@ def fetch(url: str, partial: Path, length: int, limits: DownloadLimits) -> int:
         have = 0
     if have == length:
         return have
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    headers = {"Range": f"bytes={have}-"} if have else ACCEPT_GZIP if compressible(url) else {}
     try:
         response = urlopen(Request(url, headers=headers), timeout=limits.timeout_s)
     except HTTPError as exc:
@@ -73,23 +82,24 @@ def fetch(url: str, partial: Path, length: int, limits: DownloadLimits) -> int:
             partial.unlink(missing_ok=True)
             raise DownloadError(f"{url}: answered another range", "bad-range", transient=True)
         have = start
+        body = decoded_chunks(response.read, response.headers, limits.chunk_bytes, length - start)
         try:
             with open(partial, "ab" if start else "wb") as handle:
-                while chunk := response.read(min(limits.chunk_bytes, length - have + 1)):
+                for chunk in body:
                     have += len(chunk)
-                    if have > length:
-                        raise DownloadError(
-                            f"{url}: longer than the signed {length} bytes", "too-long"
-                        )
                     handle.write(chunk)
                     handle.flush()
                     os.fsync(handle.fileno())
                     hook("download.partial")
+        except TooLong:
+            partial.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{url}: longer than the signed {length} bytes", "too-long"
+            ) from None
+        except EncodingError as exc:  # what decoded stays: the signed hash judges it
+            raise DownloadError(f"{url}: {exc}", "bad-encoding", transient=True) from None
         except (OSError, TimeoutError) as exc:
             raise DownloadError(f"{url}: {exc}", "unreachable", transient=True) from None
-        except DownloadError:
-            partial.unlink(missing_ok=True)
-            raise
     if have < length:
         raise DownloadError(f"{url}: ended at {have} of {length} bytes", "short", transient=True)
     return start

@@ -2,7 +2,8 @@
 
 Files are served by aiohttp's static handler, which answers ``Range`` requests, so a device
 resumes an interrupted download where it stopped. Only ``metadata/`` and ``targets/`` are
-reachable; the keys beside them never are.
+reachable; the keys beside them never are. JSON files (TUF metadata, gate vectors) go out
+gzip-compressed to a client that accepts it (``gzip.py``); models and deltas always as they are.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+
+from gateway.serving.compression import GzipCache
 
 TIMESTAMP_PATH = "/metadata/timestamp.json"
 
@@ -27,7 +30,7 @@ def make_app(
             await before_timestamp()
         return await handler(request)
 
-    app = web.Application(middlewares=[fresh])
+    app = web.Application(middlewares=[fresh, GzipCache(Path(repo_dir)).middleware])
     app.router.add_static("/metadata", Path(repo_dir) / "metadata")
     app.router.add_static("/targets", Path(repo_dir) / "targets")
 
