@@ -103,7 +103,7 @@ class HttpFetcher(FetcherInterface):
         return self._chunks(url, response)
 
     @staticmethod
-    def _chunks(url: str, response) -> Iterator[bytes]:
+    def _chunks(url: str, response: Any) -> Iterator[bytes]:  # an http.client.HTTPResponse
         with response:
             try:
                 yield from decoded_chunks(response.read, response.headers, CHUNK, MAX_DECODED_BYTES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator
 from email.message import Message
+from typing import Any
 
 ACCEPT_GZIP = {"Accept-Encoding": "gzip"}
 COMPRESSIBLE_SUFFIXES = (".json",)
@@ -53,7 +54,8 @@ def decoded_chunks(
         raise EncodingError("gzip body ends before its stream does")
 
 
-def _inflated(inflate, raw: bytes, chunk_bytes: int) -> Iterator[bytes]:
+def _inflated(inflate: Any, raw: bytes, chunk_bytes: int) -> Iterator[bytes]:
+    # ``inflate``: a ``zlib.decompressobj`` (its type is private to the zlib module)
     try:
         if inflate.eof:
             raise EncodingError("bytes after the end of the gzip stream")
