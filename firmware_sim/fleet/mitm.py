@@ -18,7 +18,18 @@ from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Timestamp
 
 TIMESTAMP = "metadata/timestamp.json"
-PASSED_HEADERS = ("Content-Type", "Content-Range", "Accept-Ranges", "Last-Modified", "ETag")
+PASSED_HEADERS = (
+    "Content-Type",
+    "Content-Range",
+    "Content-Encoding",
+    "Vary",
+    "Accept-Ranges",
+    "Last-Modified",
+    "ETag",
+)
+# What a device asks for is what the relay asks for (a compressed answer passes through as it
+# came); without it, the relay asks for the bytes as they are.
+ASKED_HEADERS = ("Range", "If-Range", "Accept-Encoding")
 
 
 def expired_timestamp(current: bytes, signer: Signer) -> bytes:
@@ -47,7 +58,8 @@ class RepositoryRelay:
         if path == TIMESTAMP and self.replayed is not None:
             self.tampered += 1
             return web.Response(body=self.replayed, content_type="application/json")
-        headers = {k: v for k, v in request.headers.items() if k in ("Range", "If-Range")}
+        headers = {"Accept-Encoding": "identity"}
+        headers |= {k: v for k, v in request.headers.items() if k in ASKED_HEADERS}
         async with self._session.get(f"{self.upstream}/{path}", headers=headers) as upstream:
             body = await upstream.read()
             if self.corrupt_deltas and "/deltas/" in path and upstream.status < 300 and body:
@@ -60,7 +72,8 @@ class RepositoryRelay:
             return web.Response(status=upstream.status, body=body, headers=passed)
 
     async def fetch(self, path: str) -> bytes:
-        async with self._session.get(f"{self.upstream}/{path}") as response:
+        headers = {"Accept-Encoding": "identity"}
+        async with self._session.get(f"{self.upstream}/{path}", headers=headers) as response:
             response.raise_for_status()
             return await response.read()
 
