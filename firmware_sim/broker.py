@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import shutil
 import signal
 import socket
@@ -61,8 +62,26 @@ def find_mosquitto() -> Path:
     return Path(found)
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port free now, for a server that binds it later. Chosen below the kernel's ephemeral
+    range, which outgoing connections and port-0 binds draw from, so none of those can take it
+    in the meantime (only another chooser can, and the random pick makes that rare)."""
+    try:
+        low = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    choices = random.Random().sample(range(10_000, max(low, 10_001)), 64)
+    for port in choices:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # every pick was taken: fall back to the kernel's choice
         sock.bind((host, 0))
         return sock.getsockname()[1]
 

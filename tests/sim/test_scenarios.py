@@ -14,8 +14,8 @@ import pytest
 from firmware_sim.fleet.releases import one_class
 
 REPO = Path(__file__).resolve().parents[2]
-# The data loop's scenarios have tests of their own that also read their datasets.
-OWN_TESTS = {"data_loop", "model_quality_loop"}
+# The quality loop has a test of its own that also reads its dataset.
+OWN_TESTS = {"model_quality_loop"}
 SCENARIOS = sorted(p for p in (REPO / "scenarios").glob("*.toml") if p.stem not in OWN_TESTS)
 REPORT_KEYS = {
     "scenario", "passed", "duration_s", "devices_total", "devices_on_target",
