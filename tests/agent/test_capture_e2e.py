@@ -4,6 +4,7 @@ and max_per_hour hold across a SIGKILL; refusals; telemetry before samples."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
@@ -47,9 +48,24 @@ def capture_agent(tmp_path, broker, model, rate_hz=100.0, **capture):
 
 
 def start(collector, name: str, trigger: str, per_device: int, model="kws_f32_v1") -> None:
+    """Send the campaign until the agent answers for it. A command published before the agent's
+    first subscription took hold is not queued for it; the same id sent again is one command."""
     campaign = Campaign(name, model, trigger, per_device)
     command = Command(uuid.uuid4().hex, "campaign", model=model, settings=campaign.settings())
-    collector.publish(CMD, command.encode())
+    for _ in range(5):
+        collector.publish(CMD, command.encode())
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: answered(collector, name), 3, f"an answer about {name}")
+            return
+
+
+def answered(collector, name: str) -> bool:
+    """The agent started or refused the campaign ``name``."""
+    return any(
+        e.detail.get("campaign") == name
+        for kind in ("campaign_started", "campaign_refused")
+        for e in collector.events(kind)
+    )
 
 
 def counter(collector, name: str) -> int:
