@@ -23,7 +23,6 @@ from agent.bad_input import BadInput
 from agent.capture import Capture
 from agent.config import AgentConfig
 from agent.drift import DriftVerdict, LiveDrift, compatible
-from agent.engine import Engine, EngineError
 from agent.outbox import Outbox
 from agent.pipeline import ModelIdentity, Pipeline, Serving
 from agent.sources import ReplaySource, SerialSource, SourceError, SyntheticSource
@@ -31,6 +30,7 @@ from agent.spool import Spool
 from agent.updater.manager import UpdateManager
 from agent.updater.probation import Observation
 from agent.updater.states import State
+from edgefleet.engine import Engine, EngineError
 from protocol.drift import feature_summary
 from protocol.model_meta import MetadataError, ModelMeta
 

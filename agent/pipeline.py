@@ -27,10 +27,10 @@ import structlog
 from agent.capture import Capture
 from agent.config import InferenceConfig
 from agent.drift import DriftVerdict, LiveDrift
-from agent.engine import Engine, Result
 from agent.sources import Chunk
 from agent.spool import Spool
 from agent.updater.probation import Observation
+from edgefleet.engine import Engine, Result
 from protocol.drift import feature_summary
 from protocol.telemetry import (
     MAX_RAW_BYTES,

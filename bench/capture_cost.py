@@ -37,11 +37,11 @@ from agent.bad_input import BadInput  # noqa: E402
 from agent.capture import Capture  # noqa: E402
 from agent.config import CaptureConfig, InferenceConfig, SourceConfig  # noqa: E402
 from agent.drift import LiveDrift  # noqa: E402
-from agent.engine import Engine  # noqa: E402
 from agent.pipeline import ModelIdentity, Pipeline  # noqa: E402
 from agent.sources import SyntheticSource  # noqa: E402
 from agent.spool import Spool  # noqa: E402
 from edgefleet import logs  # noqa: E402
+from edgefleet.engine import Engine  # noqa: E402
 from edgefleet.models import model_path  # noqa: E402
 from protocol.capture import Campaign  # noqa: E402
 from protocol.topics import Command  # noqa: E402

@@ -1,7 +1,7 @@
 """A candidate model against the incumbent on the labelled samples: both accuracies, the paired
 difference, per-class recall changes.
 
-The candidate runs (LiteRT, through ``agent.engine``, which imports only numpy and the
+The candidate runs (LiteRT, through ``edgefleet.engine``, which imports only numpy and the
 protocol until a model is loaded) on the stored inputs. A sample holds the tensor as the
 capturing model took it: float32 for a float model, int8 (quantized with that model's input
 scale) for an int8 model. Float inputs go to any model (an int8 model quantizes them with its
@@ -115,7 +115,7 @@ def model_inputs(engine, name: str, inputs: list[tuple[bytes, str, tuple[int, ..
 
 def predict(path: Path, inputs: list[tuple[bytes, str, tuple[int, ...]]]) -> np.ndarray:
     """The top-1 class the model at ``path`` gives each stored input."""
-    from agent.engine import Engine, EngineError
+    from edgefleet.engine import Engine, EngineError
 
     try:
         engine = Engine(path)

@@ -23,9 +23,9 @@ from agent.bad_input import BadInput
 from agent.capture import store
 from agent.capture.select import Armed, columns, select
 from agent.config import CaptureConfig
-from agent.engine import Result
 from agent.outbox import Outbox
 from agent.spool import Spool, SpoolError, SpoolStats
+from edgefleet.engine import Result
 from edgefleet.errors import UserError
 from protocol.capture import Campaign, fields_of
 from protocol.model_meta import TensorSpec

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from agent.engine import Engine, EngineError
+from edgefleet.engine import Engine, EngineError
 from protocol.model_meta import EvalSet, GateVectors, ModelMeta, TensorSpec
 
 SCALE_RTOL = 1e-6

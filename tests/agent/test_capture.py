@@ -15,8 +15,8 @@ from agent.bad_input import BadInput
 from agent.capture import Capture
 from agent.capture.select import Armed, columns, select
 from agent.config import CaptureConfig, SourceConfig
-from agent.engine import Engine
 from agent.sources import SyntheticSource
+from edgefleet.engine import Engine
 from edgefleet.models import bands
 from protocol.capture import Campaign, evaluate, fields_of, parse_trigger
 from protocol.telemetry import Record

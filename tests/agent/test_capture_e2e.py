@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
-from agent.engine import Engine
+from edgefleet.engine import Engine
 from protocol.capture import Campaign
 from protocol.topics import Command, device_topic
 from tests.agent.agent_support import (

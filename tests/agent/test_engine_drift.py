@@ -13,8 +13,8 @@ import pytest
 from agent.bad_input import BadInput
 from agent.config import SourceConfig
 from agent.drift import LiveDrift, evaluate
-from agent.engine import RUNTIMES, Engine, EngineError, check_tflite, choose_runtime
 from agent.sources import SyntheticSource
+from edgefleet.engine import RUNTIMES, Engine, EngineError, check_tflite, choose_runtime
 from protocol.drift import DriftReference, feature_summary
 from protocol.model_meta import GateRef, ModelMeta
 from tests.agent.agent_support import AgentProcess, Collector, agent_config, wait_for, write_config

@@ -9,9 +9,9 @@ import numpy as np
 
 from agent.config import InferenceConfig
 from agent.drift import LiveDrift
-from agent.engine import Engine
 from agent.pipeline import ModelIdentity, Pipeline
 from agent.sources import Chunk
+from edgefleet.engine import Engine
 from protocol.drift import DriftReference, feature_summary
 from protocol.telemetry import Record
 

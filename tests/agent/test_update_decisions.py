@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from agent.config import load
-from agent.engine import Result
 from agent.model_runner import ModelChoice, swap_plan
 from agent.pipeline import ModelIdentity, Serving, Shadowed, observations
 from agent.update_driver import decide
 from agent.updater.states import State
 from agent.updater.store import Offer
+from edgefleet.engine import Result
 from edgefleet.errors import UserError
 from protocol.topics import Command
 from tests.agent.agent_support import REPO

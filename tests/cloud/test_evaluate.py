@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from agent.engine import Engine
 from cloud.evaluate import EvaluateError, Request, evaluate
 from cloud.labels import import_labels
 from edgefleet.cli import main
+from edgefleet.engine import Engine
 from edgefleet.models import bands, model_path
 from protocol import dataset
 from tests.cloud.records import body, common, tensor

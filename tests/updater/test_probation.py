@@ -9,11 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agent.engine import Engine
 from agent.updater.device import UpdaterDevice
 from agent.updater.manager import UpdateConfig, UpdateManager
 from agent.updater.probation import Counts, Observation, Outcome, ProbationLimits, judge, record
 from agent.updater.states import State
+from edgefleet.engine import Engine
 from edgefleet.models import bands
 from firmware_sim.fleet.releases import one_class
 from tests.updater.conftest import open_world
