@@ -61,6 +61,7 @@ def run_size(devices: int, rate: float, workdir: Path) -> dict:
         "dropped": report["telemetry_dropped_counted"],
         "on_target": report["devices_on_target"],
         "passed": report["passed"],
+        "timeline": report["rollout_timeline"],
     }
 
 

@@ -80,6 +80,10 @@ class Monitor:
                 if e.kind == kind and (rollout is None or e.detail.get("rollout") == rollout)
             }
 
+    def events_seen(self) -> list[Event]:
+        with self._lock:
+            return list(self.events)
+
     def attacks_refused(self) -> int:
         with self._lock:
             return sum(1 for e in self.events if is_attack(e))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from firmware_sim.fleet import labeller
 from firmware_sim.fleet.scenario import Scenario
+from firmware_sim.fleet.timeline import rollout_timeline
 from firmware_sim.fleet.world import World
 
 SETTLE_S = 30.0
@@ -97,6 +98,7 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
         "devices_rolled_back": len(world.monitor.event_devices("update_rolled_back")),
         "bricked": len(bricked(world)),
         "rollout_state": view["state"] if view else "none",
+        "rollout_timeline": rollout_timeline(view, world.monitor.events_seen()) if view else None,
         "mcus_total": len(world.mcus),
         "mcus_on_target": mcus_on_target(world),
         "attacks_refused": world.monitor.attacks_refused(),

@@ -153,6 +153,7 @@ class RolloutController:
                 plan.rollout_id, RolloutState.RUNNING, stage + 1, decision.reason, now
             )
             log.info("rollout_stage", rollout=plan.rollout_id, stage=stage + 1)
+            return await self._advance(await self.store.get(plan.rollout_id))  # offered now
         elif decision.action == Action.PAUSE:
             await self.store.set_state(
                 plan.rollout_id, RolloutState.PAUSED, stage, decision.reason, now
@@ -172,8 +173,8 @@ class RolloutController:
         device is not offered again: it holds the offer and keeps trying."""
         if p.state == DeviceState.PENDING:
             return True
-        offered = p.state == DeviceState.OFFERED and p.offered_at is not None
-        return offered and now - p.offered_at > self.reoffer_s
+        last = p.last_offered_at
+        return p.state == DeviceState.OFFERED and last is not None and now - last > self.reoffer_s
 
     async def _offer(self, plan: Plan, devices: list[str], now: float) -> None:
         """Send the offers side by side (each waits for its PUBACK) and record those the broker

@@ -87,9 +87,14 @@ class Progress:
     stage: int
     state: DeviceState
     committed_at: float | None = None
-    offered_at: float | None = None
+    offered_at: float | None = None  # the first offer
     detail: str = ""  # why it failed or is blocked
     blocked_since: float | None = None
+    reoffered_at: float | None = None  # the last offer sent again, if any
+
+    @property
+    def last_offered_at(self) -> float | None:
+        return self.reoffered_at or self.offered_at
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ from protocol.topics import Event, Status
 
 log = structlog.get_logger()
 
+VERDICT_EVENTS = ("update_committed", *FAILURE_EVENTS)
+WAKE_GATHER_S = 0.05  # after a verdict, how long the tick waits for the verdicts that follow
+
 
 def candidates(
     devices: Iterable[Device], model: str, version: int
@@ -155,6 +158,8 @@ def detail(rollout: Rollout, progress: list[Progress], skipped: dict[str, str]) 
                 "stage": p.stage,
                 "state": p.state.value,
                 "detail": p.detail,
+                "offered_at": p.offered_at,
+                "committed_at": p.committed_at,
                 "blocked_since": p.blocked_since,
             }
             for p in sorted(progress, key=lambda p: (p.stage, p.device))
@@ -208,6 +213,7 @@ class RolloutService:
         self.config, self.repository, self.inventory = config, repository, inventory
         self.send, self.on_failure = send, on_failure
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()  # a verdict or a new rollout: tick now, not at the next
         self._inbox: asyncio.Queue[list[Status | Event]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._stack = contextlib.AsyncExitStack()
@@ -225,17 +231,25 @@ class RolloutService:
                 for message in messages:
                     if isinstance(message, Event):
                         await self.controller.on_event(message)
+                        if message.kind in VERDICT_EVENTS:
+                            self._wake.set()
                     else:
                         await self.controller.on_status(message)
 
     async def _tick(self) -> None:
+        """Every ``tick_s``, and soon after a verdict: a stage whose last device committed
+        advances then, not up to ``tick_s`` later. Verdicts that arrive together (a stage
+        finishing) share one tick."""
         while True:
+            self._wake.clear()
             async with self._lock:
                 try:
                     await self.controller.tick()
                 except (ConnectionError, TimeoutError) as exc:  # sent again at the next tick
                     log.warning("rollout_command_not_delivered", error=repr(exc))
-            await asyncio.sleep(self.config.tick_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.tick_s)
+                await asyncio.sleep(min(WAKE_GATHER_S, self.config.tick_s))
 
     async def _reconcile(self) -> None:
         """A verdict acknowledged to the broker just before a crash was never applied; the
@@ -266,6 +280,7 @@ class RolloutService:
             meta = release.meta
         async with self._lock:
             rollout = await self.controller.start(plan, facts, meta, skipped)
+        self._wake.set()  # the first stage is offered now
         return await self.view(rollout.plan.rollout_id, rollout)
 
     async def view(self, rollout_id: str, rollout: Rollout | None = None) -> dict:
@@ -307,6 +322,7 @@ class RolloutService:
             try:
                 async with self._lock:
                     await getattr(self.controller, action)(rollout_id)
+                self._wake.set()
                 log.info("rollout_" + action, rollout=rollout_id)
                 return web.json_response(await self.view(rollout_id))
             except RolloutError as exc:

@@ -54,7 +54,12 @@ SCHEMA_2 = """
 ALTER TABLE rollouts ADD COLUMN blocked_deadline_s REAL NOT NULL DEFAULT 3600;
 ALTER TABLE rollout_devices ADD COLUMN blocked_since REAL;
 """
-MIGRATIONS = (SCHEMA_1, SCHEMA_2)
+# ``offered_at`` stays the first offer's time (where a device's update began); an offer sent
+# again because no verdict came is timed by ``reoffered_at``.
+SCHEMA_3 = """
+ALTER TABLE rollout_devices ADD COLUMN reoffered_at REAL;
+"""
+MIGRATIONS = (SCHEMA_1, SCHEMA_2, SCHEMA_3)
 ROLLOUT_COLUMNS = (
     "id, model, version, stages, soak_s, max_failure_rate, auto_rollback, state, stage, reason, "
     "created_at, updated_at, blocked_deadline_s"
@@ -138,7 +143,8 @@ class RolloutStore:
     async def progress(self, rollout_id: str) -> list[Progress]:
         def work(db: sqlite3.Connection) -> list[Progress]:
             rows = db.execute(
-                "SELECT device, stage, state, committed_at, offered_at, detail, blocked_since "
+                "SELECT device, stage, state, committed_at, offered_at, detail, blocked_since, "
+                "reoffered_at "
                 "FROM rollout_devices WHERE rollout_id = ?",
                 (rollout_id,),
             ).fetchall()
@@ -197,12 +203,15 @@ class RolloutStore:
         return cursor.rowcount == 1
 
     async def mark_offered(self, rollout_id: str, devices: Sequence[str], now: float) -> None:
-        """Offers sent in one pass, recorded in one transaction (one fsync, not one each)."""
+        """Offers sent in one pass, recorded in one transaction (one fsync, not one each). The
+        first offer's time is kept; one sent again sets ``reoffered_at``."""
         await self._write(
             lambda db: db.executemany(
-                "UPDATE rollout_devices SET state = ?, detail = '', offered_at = ?, "
-                "blocked_since = NULL WHERE rollout_id = ? AND device = ?",
-                [(DeviceState.OFFERED, now, rollout_id, device) for device in devices],
+                "UPDATE rollout_devices SET state = ?, detail = '', "
+                "reoffered_at = CASE WHEN offered_at IS NULL THEN NULL ELSE ? END, "
+                "offered_at = COALESCE(offered_at, ?), blocked_since = NULL "
+                "WHERE rollout_id = ? AND device = ?",
+                [(DeviceState.OFFERED, now, now, rollout_id, device) for device in devices],
             )
         )
 

@@ -114,6 +114,16 @@ def test_the_built_in_broker_carries_a_rollout(tmp_path):
     assert report["telemetry_sent"] > 0 and report["telemetry_lost"] == 0
     gateway_config = (tmp_path / "run" / "gateway" / "gateway.toml").read_text()
     assert 'protocol = "3.1.1"' in gateway_config
+    timeline = report["rollout_timeline"]
+    assert [s["committed"] for s in timeline["stages"]] == [
+        s["devices"] for s in timeline["stages"]
+    ]
+    assert sum(s["devices"] for s in timeline["stages"]) == report["devices_total"]
+    for stage in timeline["stages"]:
+        assert all(stage[f"{phase}_s"] >= 0 for phase in ("offer", "download", "probation"))
+    # The stages follow one another: their waits and spans make up the whole rollout.
+    parts = sum(s["wait_s"] + s["span_s"] for s in timeline["stages"])
+    assert parts == pytest.approx(timeline["total_s"], abs=0.05)
 
 
 def test_broker_faults_are_refused_before_start_without_mosquitto(tmp_path):

@@ -270,11 +270,11 @@ async def test_a_database_from_before_the_schema_had_versions_is_migrated(tmp_pa
     async with RolloutStore(path) as store:
         (rollout,) = await store.list()
         assert rollout.plan.rollout_id == "r0" and rollout.plan.blocked_deadline_s == 3600
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
     newer = sqlite3.connect(path)
     newer.execute("PRAGMA user_version=9")
     newer.close()
-    with pytest.raises(StoreError, match="schema 9 is newer than this gateway's 2"):
+    with pytest.raises(StoreError, match="schema 9 is newer than this gateway's 3"):
         async with RolloutStore(path):
             pass
 
@@ -339,3 +339,17 @@ async def test_a_failure_acknowledged_before_a_crash_is_replayed_at_start(tmp_pa
     assert progress["dev00"].state == DeviceState.FAILED
     assert progress["dev00"].detail == "probation"
     assert progress["dev01"].state == DeviceState.BLOCKED
+
+
+async def test_an_offer_without_a_verdict_is_sent_again_and_the_first_offer_is_kept(fleet):
+    """A device silent past ``reoffer_s`` is offered again, timed from the last offer, while
+    ``offered_at`` keeps when its update began (what ``rollout status`` shows)."""
+    controller, sent, clock, _ = fleet
+    controller.reoffer_s = 10
+    await controller.start(Plan("r1", "kws", 2, (100,), 0, 0.05), DEVICES[:1], Meta)
+    for _ in range(25):
+        await controller.tick()
+        clock.now += 1
+    assert len(sent) == 3  # at 1000, 1011 and 1022
+    (progress,) = await controller.store.progress("r1")
+    assert progress.offered_at == 1000.0 and progress.reoffered_at == 1022.0

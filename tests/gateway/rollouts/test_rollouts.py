@@ -33,7 +33,7 @@ def operator(tmp_path):
 
 @pytest.fixture
 def start_gateway(broker, make_gateway, operator, tmp_path):
-    def start(name="gw", **repository):
+    def start(name="gw", tick_s=0.2, **repository):
         port = free_port()
         return make_gateway(
             broker,
@@ -45,7 +45,7 @@ def start_gateway(broker, make_gateway, operator, tmp_path):
                 "listen": f"127.0.0.1:{port}",
                 **repository,
             },
-            rollouts={"tick_s": 0.2, "reoffer_s": 30},
+            rollouts={"tick_s": tick_s, "reoffer_s": 30},
         )
 
     return start
@@ -95,6 +95,22 @@ def test_an_imported_release_verifies_on_a_device_with_its_delta(
     assert device.check("kws/2.tflite", rebuilt).model_meta().version == 2
     assert rebuilt == model_path("kws_f32_v2_head").read_bytes()
     wait_for(lambda: status(gateway, started["id"])["state"] == "completed", 20, "completion")
+
+
+def test_stages_advance_on_verdicts_not_on_the_tick(start_gateway, operator, fleet):
+    """With a tick far longer than the whole rollout, the first stage is offered when the
+    rollout starts and each next one when the last verdict of the stage before arrives."""
+    gateway = start_gateway(tick_s=60)
+    import_release(gateway, operator)
+    fleet(4)
+    wait_inventory(gateway.config_path, 4)
+    started = time.monotonic()
+    final = cli_json(
+        gateway.config_path, "rollout", "start", "--model", "kws", "--version", "2",
+        "--stages", "25,50,100", "--soak", "0", "--wait",
+    )  # fmt: skip
+    assert final["state"] == "completed" and final["committed"] == 4
+    assert time.monotonic() - started < 20  # three ticks would take 180 s
 
 
 def test_a_watched_folder_is_imported_when_the_operator_signs(start_gateway, operator, tmp_path):
