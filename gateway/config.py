@@ -124,6 +124,9 @@ class RolloutsConfig:
     tick_s: float = 2.0
     reoffer_s: float = 60.0  # an offer without a verdict is sent again after this
     send_timeout_s: float = 10.0  # wait for the broker's PUBACK of a command
+    # Offers sent per second at most: a stage of thousands reaches the repository as a stream,
+    # not as one herd fetching the same metadata and delta at once. 0: no limit.
+    offers_per_s: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -465,6 +468,7 @@ def _rollouts(table: tomlconfig.Table, data_dir: Path) -> RolloutsConfig:
         tick_s=table.value("tick_s", float, 2.0, 0.05, 3600),
         reoffer_s=table.value("reoffer_s", float, 60.0, 1, 86400),
         send_timeout_s=table.value("send_timeout_s", float, 10.0, 0.5, 300),
+        offers_per_s=table.value("offers_per_s", float, 100.0, 0, 100_000),
     )
     table.done()
     return config

@@ -70,6 +70,29 @@ def shown_commits(
     return shown
 
 
+class OfferPace:
+    """A token bucket of offers: ``per_s`` a second, at most one second's worth at once."""
+
+    def __init__(self, per_s: float, clock: Callable[[], float]):
+        self.per_s, self.clock = per_s, clock
+        self._tokens, self._at = per_s, clock()
+
+    def take(self, wanted: int) -> int:
+        """How many of ``wanted`` offers may go now."""
+        if not self.per_s:
+            return wanted
+        now = self.clock()
+        self._tokens = min(self.per_s, self._tokens + (now - self._at) * self.per_s)
+        self._at = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted
+
+    def wait_s(self) -> float:
+        """Until the next offer may go."""
+        return max(1 - self._tokens, 0) / self.per_s if self.per_s else 0.0
+
+
 class RolloutController:
     def __init__(
         self,
@@ -78,13 +101,16 @@ class RolloutController:
         repository_url: str,
         clock: Callable[[], float] = time.time,
         reoffer_s: float = RolloutsConfig.reoffer_s,
+        offers_per_s: float = RolloutsConfig.offers_per_s,
     ):
         self.store = store
         self.send = send
         self.repository_url = repository_url
         self.clock = clock
         self.reoffer_s = reoffer_s
+        self.pace = OfferPace(offers_per_s, clock)
         self.blocked = 0  # devices blocked in the running rollouts, as of the last tick
+        self.waiting = 0  # offers due that the pace held back at the last tick
 
     async def start(
         self,
@@ -128,6 +154,7 @@ class RolloutController:
     async def tick(self) -> None:
         """One pass over the running rollouts."""
         blocked = 0
+        self.waiting = 0
         for rollout in await self.store.active():
             if rollout.state == RolloutState.RUNNING:
                 blocked += await self._advance(rollout)
@@ -138,6 +165,9 @@ class RolloutController:
         plan, stage, now = rollout.plan, rollout.stage, self.clock()
         progress = await self.store.progress(plan.rollout_id)
         due = [p.device for p in progress if p.stage <= stage and self._due(p, now)]
+        allowed = self.pace.take(len(due))
+        self.waiting += len(due) - allowed
+        due = due[:allowed]
         late = overdue(plan, progress, now)
         for p in late:
             reason = f"blocked for more than {plan.blocked_deadline_s:g} s: {p.detail}"

@@ -43,6 +43,7 @@ log = structlog.get_logger()
 
 VERDICT_EVENTS = ("update_committed", *FAILURE_EVENTS)
 WAKE_GATHER_S = 0.05  # after a verdict, how long the tick waits for the verdicts that follow
+PACE_STEP_S = 0.1  # paced offers go in slices this far apart, not one tick per offer
 
 
 def candidates(
@@ -247,6 +248,10 @@ class RolloutService:
                     await self.controller.tick()
                 except (ConnectionError, TimeoutError) as exc:  # sent again at the next tick
                     log.warning("rollout_command_not_delivered", error=repr(exc))
+            if self.controller.waiting:  # offers the pace held back go as soon as it allows
+                wait_s = max(self.controller.pace.wait_s(), PACE_STEP_S)
+                await asyncio.sleep(min(wait_s, self.config.tick_s))
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.tick_s)
                 await asyncio.sleep(min(WAKE_GATHER_S, self.config.tick_s))
@@ -338,7 +343,11 @@ class RolloutService:
     async def __aenter__(self) -> RolloutService:
         self.store = await self._stack.enter_async_context(RolloutStore(self.config.database))
         self.controller = RolloutController(
-            self.store, self.send, self.repository.url, reoffer_s=self.config.reoffer_s
+            self.store,
+            self.send,
+            self.repository.url,
+            reoffer_s=self.config.reoffer_s,
+            offers_per_s=self.config.offers_per_s,
         )
         await self._reconcile()
         for active in await self.store.active():

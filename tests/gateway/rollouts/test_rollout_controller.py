@@ -353,3 +353,24 @@ async def test_an_offer_without_a_verdict_is_sent_again_and_the_first_offer_is_k
     assert len(sent) == 3  # at 1000, 1011 and 1022
     (progress,) = await controller.store.progress("r1")
     assert progress.offered_at == 1000.0 and progress.reoffered_at == 1022.0
+
+
+async def test_a_large_stage_is_offered_at_the_configured_pace(tmp_path):
+    sent = []
+
+    async def send(device, command):
+        sent.append(device)
+
+    clock = Clock()
+    devices = [DeviceFacts(f"dev{i:03d}") for i in range(300)]
+    async with RolloutStore(tmp_path / "rollouts.db") as store:
+        controller = RolloutController(store, send, "http://127.0.0.1:1/", clock, offers_per_s=100)
+        await controller.start(Plan("r1", "kws", 2, (100,), 0, 0.05), devices, Meta)
+        await controller.tick()
+        assert len(sent) == 100 and controller.waiting == 200  # a second's worth at once
+        clock.now += 0.5
+        await controller.tick()
+        assert len(sent) == 150 and controller.pace.wait_s() == pytest.approx(0.01)
+        clock.now += 10  # an idle pace saves up no more than a second's worth
+        await controller.tick()
+        assert len(sent) == 250 and len(set(sent)) == 250 and controller.waiting == 50
