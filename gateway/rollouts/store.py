@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.rollouts.decisions import DeviceState, Plan, Progress, RolloutState
@@ -81,9 +81,18 @@ class RolloutStore:
 
     def __init__(self, path: Path):
         self._store = Store(path, MIGRATIONS)
+        # Every rollout by id, oldest first: read on every status and event a fleet sends, so
+        # kept in memory; this store is the only writer, and it updates both together.
+        self._rollouts: dict[str, Rollout] = {}
 
     async def __aenter__(self) -> RolloutStore:
         await self._store.__aenter__()
+        rows = await self._store.run(
+            lambda db: db.execute(
+                f"SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at"
+            ).fetchall()
+        )
+        self._rollouts = {rollout.plan.rollout_id: rollout for rollout in map(_rollout, rows)}
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -121,24 +130,17 @@ class RolloutStore:
             )
 
         await self._write(work)
+        self._rollouts[plan.rollout_id] = Rollout(plan, RolloutState.RUNNING, 0, "", now, now)
 
     async def get(self, rollout_id: str) -> Rollout | None:
-        def work(db: sqlite3.Connection) -> Rollout | None:
-            row = db.execute(
-                f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?", (rollout_id,)
-            ).fetchone()
-            return _rollout(row) if row else None
-
-        return await self._store.run(work)
+        return self._rollouts.get(rollout_id)
 
     async def list(self) -> list[Rollout]:
-        return await self._rollouts(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at")
+        return sorted(self._rollouts.values(), key=lambda r: r.created_at)
 
     async def active(self) -> list[Rollout]:
-        return await self._rollouts(
-            f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state IN (?, ?) ORDER BY created_at",
-            (RolloutState.RUNNING, RolloutState.PAUSED),
-        )
+        active = (RolloutState.RUNNING, RolloutState.PAUSED)
+        return [r for r in await self.list() if r.state in active]
 
     async def progress(self, rollout_id: str) -> list[Progress]:
         def work(db: sqlite3.Connection) -> list[Progress]:
@@ -180,6 +182,10 @@ class RolloutStore:
                 (state, stage, reason, now, rollout_id),
             )
         )
+        if (known := self._rollouts.get(rollout_id)) is not None:
+            self._rollouts[rollout_id] = replace(
+                known, state=state, stage=stage, reason=reason, updated_at=now
+            )
 
     async def mark(
         self, rollout_id: str, device: str, state: DeviceState, now: float, detail: str = ""
@@ -217,11 +223,6 @@ class RolloutStore:
 
     async def _write(self, fn):
         return await self._store.run(lambda db: transaction(db, lambda: fn(db)))
-
-    async def _rollouts(self, sql: str, params: tuple = ()) -> list[Rollout]:
-        return await self._store.run(
-            lambda db: [_rollout(r) for r in db.execute(sql, params).fetchall()]
-        )
 
 
 def _rollout(row: tuple) -> Rollout:

@@ -1,0 +1,84 @@
+"""CPU and memory of the site's processes (the gateway, the broker) over a run, sampled from
+``/proc`` once a second: what a fleet of a given size costs the site.
+
+A process the run replaced (a gateway a fault killed) keeps the CPU it used up to its last
+sample; the peak resident set is the largest any of them reached (``VmHWM``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SAMPLE_S = 1.0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of ``pid`` so far, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Usage:
+    """One role's processes: CPU seconds summed over them, the largest peak RSS."""
+
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    peak_rss: int = 0
+
+    def sample(self, pid: int) -> None:
+        cpu = cpu_seconds(pid)
+        if cpu is not None:
+            self.cpu_by_pid[pid] = cpu
+        self.peak_rss = max(self.peak_rss, peak_rss_bytes(pid) or 0)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu_by_pid.values())
+
+
+class UsageSampler:
+    """``pids()`` names each role's current process (None while it is down)."""
+
+    def __init__(self, pids: Callable[[], dict[str, int | None]]) -> None:
+        self.pids = pids
+        self.usage: dict[str, Usage] = {}
+
+    def sample(self) -> None:
+        for role, pid in self.pids().items():
+            if pid is not None:
+                self.usage.setdefault(role, Usage()).sample(pid)
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(SAMPLE_S)
+
+    def report(self, seconds: float) -> dict:
+        """``<role>_cpu_s``, ``<role>_cpu_percent`` of one core over ``seconds``, and
+        ``<role>_rss_mb_peak``, for each role seen."""
+        self.sample()
+        figures: dict[str, float] = {}
+        for role, usage in sorted(self.usage.items()):
+            figures[f"{role}_cpu_s"] = round(usage.cpu_s, 1)
+            figures[f"{role}_cpu_percent"] = round(100 * usage.cpu_s / seconds, 1) if seconds else 0
+            figures[f"{role}_rss_mb_peak"] = round(usage.peak_rss / 2**20, 1)
+        return figures
