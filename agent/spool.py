@@ -231,6 +231,10 @@ class SpoolDB:
             produced=self.produced,
         )
 
+    def abandon(self) -> None:
+        """Close without a checkpoint (no transaction is open between calls)."""
+        self._db.close()
+
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close."""
         try:
@@ -262,6 +266,13 @@ class Spool:
         self.changed = asyncio.Event()
         self.pending_since: float | None = None
         self._db: SpoolDB | None = None
+        self._aborted = False
+
+    def abort(self) -> None:
+        """No further write (a power cut): what waits for the spool's thread is dropped, the
+        write in progress ends as its transaction does, and exiting only closes."""
+        self._aborted = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> Spool:
         self._db = await self._call(SpoolDB, self._path, self._cap, host_boot_id(), self._schema)
@@ -271,6 +282,11 @@ class Spool:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self._aborted:
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            if self._db is not None:
+                self._db.abandon()
+            return
         await self._call(self._db.close)
         self._executor.shutdown(wait=True)
 
