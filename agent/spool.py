@@ -22,11 +22,12 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+
+from agent.threads import serial
 
 FORMAT_VERSION = 1
 HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -257,12 +258,13 @@ class _Transaction:
 
 
 class Spool:
-    """``SpoolDB`` in its own thread, as an async context manager. ``changed`` is set whenever
-    records are added; ``pending_since`` is when the oldest unsent record arrived (monotonic)."""
+    """``SpoolDB`` in its own thread (``agent.threads.serial``), as an async context manager.
+    ``changed`` is set whenever records are added; ``pending_since`` is when the oldest unsent
+    record arrived (monotonic)."""
 
     def __init__(self, path: Path, cap_bytes: int, schema: str = ""):
         self._path, self._cap, self._schema = path, cap_bytes, schema
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
+        self._executor = serial("spool")
         self.changed = asyncio.Event()
         self.pending_since: float | None = None
         self._db: SpoolDB | None = None

@@ -4,7 +4,9 @@ host processes from /proc every second: their RSS, threads and CPU time.
 
 Reported: the time to bring the fleet up, the rollout's wall time, records lost, host RSS (peak
 and during the steady window before the first step: per device, and an idle host's own), CPU per
-device during the steady window (percent of one core), and threads per host.
+device during the steady window (percent of one core), threads per host, and the share of the
+hosts' CPU spent in their event loops (the agents' asyncio code: MQTT, status, the update
+driver) rather than in their threads (SQLite, inference, update work).
 
     python bench/light_fleet.py [SCENARIO] [--devices 200] [--json PATH]
 """
@@ -32,8 +34,14 @@ TICK_S = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def hosts() -> dict[int, tuple[int, float, int]]:
-    """pid -> (RSS bytes, CPU seconds, threads) of every light host of this machine's user."""
+def cpu_s(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK_S
+
+
+def hosts() -> dict[int, tuple[int, float, int, float]]:
+    """pid -> (RSS bytes, CPU seconds, threads, CPU seconds of the event loop's thread) of
+    every light host of this machine's user."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -41,10 +49,10 @@ def hosts() -> dict[int, tuple[int, float, int]]:
         try:
             if HOST not in (entry / "cmdline").read_text():
                 continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            threads = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[17])
             rss = int((entry / "statm").read_text().split()[1]) * PAGE
-            cpu = (int(fields[11]) + int(fields[12])) / TICK_S
-            found[int(entry.name)] = (rss, cpu, int(fields[17]))
+            main = cpu_s(entry / "task" / entry.name / "stat")
+            found[int(entry.name)] = (rss, cpu_s(entry / "stat"), threads, main)
         except (OSError, IndexError, ValueError):
             continue
     return found
@@ -65,7 +73,7 @@ def idle_host_rss() -> int:
     """An idle host's RSS with the agent imported, before any device."""
     proc = subprocess.Popen([sys.executable, "-m", HOST], stdin=subprocess.PIPE)
     time.sleep(3.0)
-    rss = hosts().get(proc.pid, (0, 0, 0))[0]
+    rss = hosts().get(proc.pid, (0, 0.0, 0, 0.0))[0]
     proc.stdin.close()
     proc.wait(10)
     return rss
@@ -120,10 +128,12 @@ def main() -> None:
         (t0, h0), (t1, h1) = steady[0], steady[-1]
         rss = sum(v[0] for v in h1.values())
         cpu = sum(h1[p][1] - h0[p][1] for p in h1 if p in h0)
+        loop = sum(h1[p][3] - h0[p][3] for p in h1 if p in h0)
         result |= {
             "steady_hosts_rss_mb": round(rss / 2**20, 1),
             "steady_rss_per_device_mb": round((rss - idle * len(h1)) / devices / 2**20, 2),
             "steady_cpu_per_device_pct": round(100 * cpu / (t1 - t0) / devices, 3),
+            "steady_cpu_in_event_loops": round(loop / cpu, 2) if cpu else None,
             "steady_window_s": round(t1 - t0, 1),
         }
     text = json.dumps(result, indent=2, default=str)

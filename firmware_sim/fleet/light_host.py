@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from agent import config as agent_config
+from agent import threads
 from agent.daemon import Agent
 from agent.updater.faults import DEVICE_FAULTS, DeviceFaults, Interrupted
 from agent.updater.runners import in_thread
@@ -43,7 +44,8 @@ MAX_LINE_BYTES = 16 * 1024
 CUT_EXIT = -9  # what a SIGKILLed agent process reports
 CRASH_EXIT = 1
 CONFIG_EXIT = 2  # as ``edgefleet`` exits on a UserError
-# Update work, model loads and the updater's file steps of every device share these threads.
+# Update work, model loads and the updater's file steps of every device share a pool of this
+# many threads; their spools and pipelines' records stages another (``agent.threads.share``).
 THREADS = 32
 RECANCEL_S = 1.0
 
@@ -222,6 +224,7 @@ async def serve(reader: asyncio.StreamReader, write: Callable[[dict[str, Any]], 
     loop = asyncio.get_running_loop()
     loop.set_task_factory(host.task_factory)
     loop.set_default_executor(ThreadPoolExecutor(THREADS, thread_name_prefix="device"))
+    threads.share(THREADS)  # the devices' spools and records stages take turns on one pool
     while True:
         try:
             raw = await reader.readline()
