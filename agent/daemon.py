@@ -12,6 +12,10 @@ Shutdown order: stop the source and the pipeline (a chunk not yet in the spool w
 record) and any update work (its child process is killed, which the updater survives by design);
 end the MQTT session (retained offline status, DISCONNECT); release the engines; close the
 updater and the spool (WAL checkpoint).
+
+Who stops the agent is its caller's choice: ``run`` (the CLI) turns SIGTERM and SIGINT into
+``request_stop``; a process hosting many agents calls it per agent, and ``abort`` for what a
+power cut does to one of them.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from agent.spool import Spool, SpoolError
 from agent.status_report import StatusReport
 from agent.update_driver import UpdateDriver, report_transition
 from agent.updater.manager import UpdateConfig, UpdateManager
+from agent.updater.runners import WorkerRunner
 from edgefleet import __version__
 from edgefleet.errors import UserError
 from edgefleet.sdnotify import Notifier
@@ -62,16 +67,33 @@ def update_config(config: AgentConfig) -> UpdateConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig):
+    """``run`` until ``request_stop``; ``update_runner`` is how update work runs (default: a
+    child process)."""
+
+    def __init__(self, config: AgentConfig, update_runner: WorkerRunner | None = None):
         self.config = config
         self.bad_input = BadInput()
         self.notifier = Notifier()
         self._stop = asyncio.Event()
+        self._update_runner = update_runner
+        self._link: Link | None = None
+        self._spools: list[Spool] = []
+
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM: end inference and update work, drain the spool, say goodbye."""
+        self._stop.set()
+
+    def abort(self) -> None:
+        """What a power cut leaves, for the caller that then cancels the agent's tasks: the MQTT
+        connection drops without DISCONNECT (the broker publishes the last will), and the spools
+        take no further write (the one in progress ends as its transaction does; what was
+        waiting is lost, as it would be)."""
+        if self._link is not None:
+            self._link.abort()
+        for spool in self._spools:
+            spool.abort()
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
         cfg = self.config
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +107,7 @@ class Agent:
                 )
             except SpoolError as exc:
                 raise UserError(str(exc)) from None
+            self._spools.append(spool)
             # The link runs only once every part exists; until then nothing calls these.
             report: StatusReport | None = None
             driver: UpdateDriver | None = None
@@ -103,6 +126,7 @@ class Agent:
                 on_command,
                 self.bad_input,
             )
+            self._link = link
             outbox = Outbox(cfg.device_id, link)
             capture = await stack.enter_async_context(
                 Capture(
@@ -115,11 +139,15 @@ class Agent:
                 )
             )
             link.samples = capture.spool
+            if capture.spool is not None:
+                self._spools.append(capture.spool)
             outbox.event("started", agent_version=__version__, boot=spool.stats.boot)
             updates = None
             if cfg.update is not None:
                 manager = UpdateManager(
-                    update_config(cfg), functools.partial(report_transition, outbox)
+                    update_config(cfg),
+                    functools.partial(report_transition, outbox),
+                    runner=self._update_runner,
                 )
                 updates = await stack.enter_async_context(manager)
             mcus = None
@@ -206,4 +234,9 @@ class Agent:
 
 
 async def run(config: AgentConfig) -> int:
-    return await Agent(config).run()
+    """The daemon: one agent, stopped by SIGTERM or SIGINT."""
+    agent = Agent(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)
+    return await agent.run()

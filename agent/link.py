@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import math
 import random
+import socket
 import ssl
 import time
 from collections import deque
@@ -93,9 +94,20 @@ class Link:
         self._outbox_changed = asyncio.Event()
         self.connected = False
         self.stats = LinkStats()
+        self._current: aiomqtt.Client | None = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    def abort(self) -> None:
+        """Drop the connection as a power cut would: no DISCONNECT, no offline status (the
+        broker publishes the last will), and no new connection."""
+        self._stop.set()
+        paho = self._current._client if self._current else None
+        sock = paho.socket() if paho else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def flush(self) -> None:
         """Send what the spool holds now, without waiting for a full or old batch."""
@@ -144,6 +156,7 @@ class Link:
         and disconnect are bounded by the client's own timeout.
         """
         client, attempt = self._client(), 0
+        self._current = client
         while not self._stop.is_set():
             try:
                 async with client:
@@ -152,6 +165,7 @@ class Link:
                     await self._session(client)
             except aiomqtt.MqttReentrantError:
                 client = self._client()  # a disconnect that timed out left the old one locked
+                self._current = client
             except (aiomqtt.MqttError, OSError) as exc:
                 log.info("mqtt_connect_failed", error=str(exc))
             if self._stop.is_set():

@@ -18,7 +18,7 @@ import asyncio
 import queue
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,7 @@ from agent.config import InferenceConfig
 from agent.drift import DriftVerdict, LiveDrift
 from agent.sources import Chunk
 from agent.spool import Spool
+from agent.threads import serial
 from agent.updater.probation import Observation
 from edgefleet.engine import Engine, Result
 from protocol.drift import feature_summary
@@ -111,7 +112,7 @@ def observations(result: Result, valid: np.ndarray, shadow: Shadowed | None) -> 
     return found
 
 
-async def in_thread(executor: ThreadPoolExecutor, fn, *args):
+async def in_thread(executor: Executor, fn, *args):
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
@@ -233,7 +234,7 @@ class Pipeline:
         inferred: asyncio.Queue[Inferred | Serving | None] = asyncio.Queue()
         in_flight = asyncio.Semaphore(IN_FLIGHT)
         engine = ThreadPoolExecutor(1, thread_name_prefix="engine")
-        records = ThreadPoolExecutor(1, thread_name_prefix="records")
+        records = serial("records")
         self._inbox, self._inferred = inbox, inferred
         try:
             async with asyncio.TaskGroup() as group:
@@ -289,7 +290,7 @@ class Pipeline:
         return Shadowed(mask, result)
 
     async def _record(
-        self, inferred: asyncio.Queue, executor: ThreadPoolExecutor, in_flight: asyncio.Semaphore
+        self, inferred: asyncio.Queue, executor: Executor, in_flight: asyncio.Semaphore
     ) -> None:
         loop = asyncio.get_running_loop()
         boot = self._spool.stats.boot
@@ -322,7 +323,7 @@ class Pipeline:
                 self._on_verdict(verdict)
             in_flight.release()
 
-    async def _capture_from(self, item: Inferred, executor: ThreadPoolExecutor) -> None:
+    async def _capture_from(self, item: Inferred, executor: Executor) -> None:
         """The inputs of this chunk the running campaigns select become samples."""
         capture, serving = self._capture, self._recording
         plan = await capture.prepare(serving.model.name, self._drifting())

@@ -22,11 +22,12 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+
+from agent.threads import serial
 
 FORMAT_VERSION = 1
 HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -231,6 +232,10 @@ class SpoolDB:
             produced=self.produced,
         )
 
+    def abandon(self) -> None:
+        """Close without a checkpoint (no transaction is open between calls)."""
+        self._db.close()
+
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close."""
         try:
@@ -253,15 +258,23 @@ class _Transaction:
 
 
 class Spool:
-    """``SpoolDB`` in its own thread, as an async context manager. ``changed`` is set whenever
-    records are added; ``pending_since`` is when the oldest unsent record arrived (monotonic)."""
+    """``SpoolDB`` in its own thread (``agent.threads.serial``), as an async context manager.
+    ``changed`` is set whenever records are added; ``pending_since`` is when the oldest unsent
+    record arrived (monotonic)."""
 
     def __init__(self, path: Path, cap_bytes: int, schema: str = ""):
         self._path, self._cap, self._schema = path, cap_bytes, schema
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
+        self._executor = serial("spool")
         self.changed = asyncio.Event()
         self.pending_since: float | None = None
         self._db: SpoolDB | None = None
+        self._aborted = False
+
+    def abort(self) -> None:
+        """No further write (a power cut): what waits for the spool's thread is dropped, the
+        write in progress ends as its transaction does, and exiting only closes."""
+        self._aborted = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> Spool:
         self._db = await self._call(SpoolDB, self._path, self._cap, host_boot_id(), self._schema)
@@ -271,6 +284,11 @@ class Spool:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self._aborted:
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            if self._db is not None:
+                self._db.abandon()
+            return
         await self._call(self._db.close)
         self._executor.shutdown(wait=True)
 

@@ -27,6 +27,7 @@ def start_python(
     log: Path,
     *,
     env: dict[str, str] | None = None,
+    stdin: int = subprocess.DEVNULL,
     stdout: int = subprocess.DEVNULL,
     own_group: bool = False,
     nice: int = 0,
@@ -43,7 +44,7 @@ def start_python(
     with log.open("ab") as stream:
         return subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=stdout,
             stderr=stream,
             env=env,

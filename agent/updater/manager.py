@@ -6,7 +6,8 @@ TRIAL, rolls back an unreadable state). ``offer`` runs the update work in a chil
 trial, the daemon runs it, shadows the incumbent on a sample of inputs, and hands the results
 to ``observe``, which commits or rolls back when the evidence is in. Only small file operations
 run in this process: no python-tuf, and no candidate model is loaded here before it passed the
-health gate.
+health gate. (A process hosting many simulated devices runs the worker in a thread instead:
+``runners.in_thread``.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any, TypeVarTuple
 
 import structlog
 
-from agent.updater.child import run_child
 from agent.updater.device import UpdaterDevice
 from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
 from agent.updater.probation import (
@@ -36,6 +36,7 @@ from agent.updater.probation import (
     judge,
     record,
 )
+from agent.updater.runners import WorkerRunner, in_child
 from agent.updater.slots import SlotRecord
 from agent.updater.states import BEFORE_SWITCH, State, Step
 from agent.updater.store import Saved
@@ -117,8 +118,10 @@ class UpdateManager:
         config: UpdateConfig,
         on_transition: Callable[[Transition], None] = lambda t: None,
         clock: Callable[[], float] = time.monotonic,
+        runner: WorkerRunner | None = None,
     ):
         self.config = config
+        self._runner = runner or in_child(config.python)
         self.on_transition = on_transition
         self.clock = clock
         self._pending: list[Transition] = []
@@ -329,11 +332,10 @@ class UpdateManager:
             await self._local(self.device.finish, self.saved, False, reason)
         return self.saved.state
 
-    # -- the child process ---------------------------------------------------------------
+    # -- the worker ----------------------------------------------------------------------
 
     async def _run_worker(self, args: list[str], rollout: str) -> State:
         command = [
-            self.config.python, "-m", "agent.updater.worker",
             "--state-dir", str(self.config.state_dir),
             "--root", str(self.config.trusted_root),
             "--engine", self.config.engine,
@@ -363,7 +365,7 @@ class UpdateManager:
                 )
             )
 
-        returncode, stderr = await run_child(command, relay, self.config.worker_timeout_s)
+        returncode, stderr = await self._runner(command, relay, self.config.worker_timeout_s)
         await self._after_worker(returncode, stderr)
         return self.saved.state
 

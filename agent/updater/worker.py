@@ -8,6 +8,9 @@ Commands: ``run`` (take or resume an offer, up to TRIAL), ``boot`` (recovery at 
 ``finish`` (commit or roll back a trial), ``abort`` (give up before the switch), ``status``.
 Exit status: 0 done, 3 busy with another update, 4 not allowed in this state, 75 repository
 unreachable (the saved state stays, to resume).
+
+``main`` takes where its lines and complaints go, so the same work can also run in a thread of
+a process that hosts many devices (``agent.updater.runners``), with the same line contract.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from agent.updater.device import UpdaterDevice
 from agent.updater.download import DEFAULT_MAX_MODEL_BYTES
@@ -93,30 +97,35 @@ def execute(args: argparse.Namespace, device: UpdaterDevice) -> Saved:
     return Cycle(device, config).start(offer)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    emit: Callable[[dict[str, Any]], None] = _print_line,
+    errors: TextIO | None = None,
+) -> int:
+    """Run one command; every line of the contract goes to ``emit``, complaints to ``errors``
+    (default: stdout as JSON lines, and stderr)."""
+    errors = errors or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run" and bool(args.target) != bool(args.repository):
         parser.error("run: --target and --repository go together")
-    device = UpdaterDevice(
-        args.state_dir, lambda saved, event: _print_line(transition_line(saved, event))
-    )
+    device = UpdaterDevice(args.state_dir, lambda saved, event: emit(transition_line(saved, event)))
     try:
         saved = execute(args, device)
     except Busy as exc:
-        print(f"busy: {exc}", file=sys.stderr)
+        print(f"busy: {exc}", file=errors)
         return EXIT_BUSY
     except InvalidTransition as exc:
-        print(f"not allowed: {exc}", file=sys.stderr)
+        print(f"not allowed: {exc}", file=errors)
         return EXIT_NOT_ALLOWED
     except UnknownState as exc:
-        print(f"unreadable saved state ({exc}); run boot first", file=sys.stderr)
+        print(f"unreadable saved state ({exc}); run boot first", file=errors)
         return EXIT_NOT_ALLOWED
     except Transient as exc:
         # The agent reports the device blocked, with why, and tries again later.
-        _print_line(transition_line(device.store.load(), None) | {"blocked": str(exc)[:512]})
+        emit(transition_line(device.store.load(), None) | {"blocked": str(exc)[:512]})
         return EXIT_TEMPFAIL
-    _print_line({"final": saved.to_json()})
+    emit({"final": saved.to_json()})
     return 0
 
 

@@ -1,6 +1,8 @@
-"""Simulated devices: each is the real agent (``edgefleet agent run``) as its own process, in its
-own process group so that a power cut (SIGKILL to the group) takes its update worker too, with a
-state folder provisioned with the fleet's first signed model as a real device would be."""
+"""Simulated devices: each is the real agent, with a state folder provisioned with the fleet's
+first signed model as a real device would be. ``SimDevice`` runs it as its own process
+(``edgefleet agent run``), in its own process group so that a power cut (SIGKILL to the group)
+takes its update worker too; ``LightDevice`` runs it as one of many agents in a light host
+process (``[fleet] mode = "light"``, ``light_hosts.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from edgefleet import tomlconfig
 from edgefleet.fsio import atomic_write_bytes
 from edgefleet.processes import start_edgefleet
 from firmware_sim.fleet.clock import ClockFile
+from firmware_sim.fleet.light_hosts import HostProcess, LightHosts
 
 # Devices are other machines than the site's: on a shared CPU they yield to the broker, the
 # gateway and the simulator, so a large fleet slows its own devices rather than the site that
@@ -89,6 +92,17 @@ class SimDevice:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """How the last run ended (-9: power cut); None while it runs or before the first."""
+        return None if self.proc is None or self.running else self.proc.returncode
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting: the agent drains its spool, then exits."""
+        self.expected_exit = True
+        if self.running:
+            self.proc.terminate()
+
     def arm_power_cut(self, state: str) -> None:
         """Cut power (from inside the agent) right after it saved ``state``."""
         self.cut_file.write_text(f"state.{state}.renamed")
@@ -121,6 +135,86 @@ class SimDevice:
 
     def shift_inputs(self, shift: float) -> None:
         """Move this device's input bands (the agent re-reads the file when it changes)."""
+        atomic_write_bytes(shift_file(self.home), f"{shift}\n".encode())
+
+
+class LightDevice:
+    """One agent among many in a light host process, with its files under ``home``: the same
+    life as ``SimDevice`` (start, power cut, stop), carried out by the host."""
+
+    def __init__(self, name: str, home: Path, tables: dict, hosts: LightHosts, index: int) -> None:
+        self.name, self.home = name, home
+        self.state_dir = home / "state"
+        self.config_path = home / "agent.toml"
+        self.cut_file = home / "power-cut"
+        self.config_path.write_text(tomlconfig.dumps(tables))
+        self._hosts, self._index = hosts, index
+        self._host: HostProcess | None = None
+        self._running = False
+        self._exit: int | None = None
+        self.starts = 0
+        self.expected_exit = False
+
+    def start(self) -> None:
+        self.starts += 1
+        self.expected_exit = False
+        self.cut_file.unlink(missing_ok=True)
+        self._host = self._hosts.host(self._index)
+        self._exit, self._running = None, True
+        self._host.start(self.name, self.config_path, self.cut_file)
+
+    @property
+    def running(self) -> bool:
+        if self._running:
+            code = self._host.take_exit(self.name)
+            if code is not None:
+                self._exit, self._running = code, False
+        return self._running
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.running else self._exit
+
+    def terminate(self) -> None:
+        self.expected_exit = True
+        if self.running:
+            self._host.send("stop", self.name)
+
+    def arm_power_cut(self, state: str) -> None:
+        """Cut power (from inside the agent's update work) right after it saved ``state``."""
+        self.cut_file.write_text(f"state.{state}.renamed")
+
+    def power_cut(self) -> None:
+        self.expected_exit = True
+        if self.running:
+            self._host.send("cut", self.name)
+            self._wait(None)
+
+    def stop(self, timeout: float) -> int | None:
+        """Drain and exit (as on SIGTERM); a power cut after ``timeout``."""
+        self.expected_exit = True
+        if not self.running:
+            return self._exit
+        self._host.send("stop", self.name)
+        if self._wait(timeout):
+            return self._exit
+        self.power_cut()
+        return None
+
+    def _wait(self, timeout: float | None) -> bool:
+        code = self._host.wait_exit(self.name, timeout)
+        if code is None:
+            return False
+        self._exit, self._running = code, False
+        return True
+
+    def spool(self) -> SpoolCounts:
+        return read_spool(self.state_dir / "spool.db")
+
+    def samples(self) -> SpoolCounts:
+        return read_spool(self.state_dir / "samples.db")
+
+    def shift_inputs(self, shift: float) -> None:
         atomic_write_bytes(shift_file(self.home), f"{shift}\n".encode())
 
 

@@ -38,6 +38,9 @@ FAULTS = (
 )
 CLOCK_FAULTS = ("clock-jump", "clock-skew")
 PROVISIONS = ("update", "config")
+# "process": each device an agent process; "light": many agents per process (light_host.py)
+MODES = ("process", "light")
+NO_LIGHT = 'needs a process per device (not with fleet.mode = "light")'
 ATTACKS = ("corrupt-delta", "replay-metadata", "expire-metadata")
 BROKER_FAULTS = ("broker-restart", "broker-down")
 LASTING = ("broker-down", "cloud-down", "cloud-errors", "cloud-reject", "partition", "clock-skew",
@@ -107,6 +110,7 @@ class Fleet:
     mcu_protocol: str = "edgefleet"  # "smp": mcumgr as Zephyr speaks it; "mixed": alternating
     source: str = "noise"  # "bands": inputs with a class each (edgefleet.models.bands)
     capture: bool = False  # [capture] enabled on every device
+    mode: str = "process"  # or "light": many agents per host process
 
 
 @dataclass(frozen=True)
@@ -353,9 +357,12 @@ def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
         mcu_protocol=table.choice("mcu_protocol", MCU_PROTOCOLS, "edgefleet"),
         source=table.choice("source", SOURCES, "noise"),
         capture=table.value("capture", bool, False),
+        mode=table.choice("mode", MODES, "process"),
     )
     if fleet.mcus > fleet.devices:
         table.fail("mcus", "must not exceed devices (each MCU hangs off one agent)")
+    if fleet.mcus and fleet.mode == "light":
+        table.fail("mcus", f"an attached MCU's serial line {NO_LIGHT}")
     table.done()
     return fleet
 
@@ -423,6 +430,8 @@ def _fault(table: tomlconfig.Table, base: Path, fleet: Fleet) -> Fault:
     count = table.value("count", int, 1, 1, 100) if kind == "poison" else 1
     by_s = 0.0
     if kind in CLOCK_FAULTS:
+        if fleet.mode == "light":
+            table.fail("kind", f"{kind}: a device's own clock (libfaketime) {NO_LIGHT}")
         by_s = parse_offset(table.value("by", str | int | float), f"{where}.by")
         if kind == "clock-jump" and by_s < 0:
             table.fail("by", "a clock jump goes forward (use clock-skew for a clock behind)")

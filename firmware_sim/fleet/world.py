@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ from edgefleet.errors import UserError
 from firmware_sim.broker import free_port
 from firmware_sim.fleet.clock import ClockError, SiteClocks
 from firmware_sim.fleet.cloud import Cloud
-from firmware_sim.fleet.devices import SimDevice, agent_tables
+from firmware_sim.fleet.devices import DEVICE_NICE, LightDevice, SimDevice, agent_tables
 from firmware_sim.fleet.impersonation import Attempt
+from firmware_sim.fleet.light_hosts import LightHosts
 from firmware_sim.fleet.mcus import BAUD, ImageSigner, SimMcu, protocol_of
 from firmware_sim.fleet.mitm import TIMESTAMP, RepositoryRelay
 from firmware_sim.fleet.monitor import Monitor
@@ -78,7 +80,10 @@ class World:
         self.cloud = Cloud(scenario.seed, workdir / "cloud" / "dataset")
         self.operator: Repository | None = None
         self.gateway: GatewayProcess | None = None
-        self.devices: list[SimDevice] = []
+        self.devices: list[SimDevice | LightDevice] = []
+        self.light: LightHosts | None = None
+        if self.fleet.mode == "light":  # one host process per core
+            self.light = LightHosts(workdir / "light", os.cpu_count() or 1, DEVICE_NICE)
         self.relays: dict[str, Relay] = {}
         self.partitionable = scenario.partitionable()
         self.monitor: Monitor | None = None
@@ -144,6 +149,8 @@ class World:
         monitor_user = self.broker.user(MONITOR_USER)
         self.monitor = Monitor(self.broker.url, default_prefix(SITE), monitor_user)
         self._stack.callback(self.monitor.close)
+        if self.light is not None:
+            self._stack.callback(self.light.close)
         self._stack.push_async_callback(self._stop_devices_now)
         for index in range(fleet.mcus):
             name, protocol = f"mcu{index:03d}", protocol_of(index, fleet.mcu_protocol)
@@ -197,8 +204,11 @@ class World:
         tables["mqtt"] |= self.broker.device_login(name)
         if self.fleet.provision == "config":  # what the model is, as the README's agent.toml says
             tables["model"] |= {"name": self.fleet.name, "version": self.fleet.version}
-        clock = self.clocks.device(name) if self.clocks else None
-        device = SimDevice(name, home, tables, clock)
+        if self.light is not None:
+            device = LightDevice(name, home, tables, self.light, index)
+        else:
+            clock = self.clocks.device(name) if self.clocks else None
+            device = SimDevice(name, home, tables, clock)
         if not self.fleet_window:
             self.fleet_window.append(time.monotonic())
         device.start()
@@ -252,9 +262,9 @@ class World:
                 except UserError as exc:
                     self.gateway.unplanned_exits.append(str(exc))
             for device in self.devices:
-                if device.proc is None or device.running:
+                code = device.exit_code
+                if code is None:
                     continue
-                code = device.proc.returncode
                 if not device.expected_exit and code != -9:
                     self.counters.crashes.append(
                         f"{device.name} exited with code {code} (see {device.home / 'agent.log'})"
@@ -262,7 +272,7 @@ class World:
                 self.counters.agent_restarts += 1
                 device.start()
 
-    async def power_cut(self, device: SimDevice, off_s: float = 0.5) -> None:
+    async def power_cut(self, device: SimDevice | LightDevice, off_s: float = 0.5) -> None:
         device.power_cut()
         await asyncio.sleep(off_s)
         if not device.running:
@@ -282,9 +292,7 @@ class World:
             self._supervisor.cancel()
         self.fleet_window.append(time.monotonic())
         for device in self.devices:
-            device.expected_exit = True
-            if device.running:
-                device.proc.terminate()
+            device.terminate()
         deadline = time.monotonic() + timeout
         for device in self.devices:
             await asyncio.to_thread(device.stop, max(deadline - time.monotonic(), 0.1))

@@ -14,8 +14,9 @@ import pytest
 from firmware_sim.fleet.releases import one_class
 
 REPO = Path(__file__).resolve().parents[2]
-# The quality loop has a test of its own that also reads its dataset.
-OWN_TESTS = {"model_quality_loop"}
+# The quality loop has a test of its own that also reads its dataset, the light fleet one that
+# also reads its hosts' logs.
+OWN_TESTS = {"model_quality_loop", "light_fleet_power_cuts"}
 SCENARIOS = sorted(p for p in (REPO / "scenarios").glob("*.toml") if p.stem not in OWN_TESTS)
 REPORT_KEYS = {
     "scenario", "passed", "duration_s", "devices_total", "devices_on_target",
