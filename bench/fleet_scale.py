@@ -1,21 +1,27 @@
-"""The largest fleet this machine simulates with one gateway and one mosquitto while telemetry
-stays lossless, and the time a staged rollout takes on it.
+"""Fleet scale: how many devices one gateway on this machine serves losslessly through a broker
+restart and a cloud outage while a staged rollout reaches all of them, and how long a rollout
+to real agent processes takes, stage by stage.
 
-For each fleet size (rising), ``edgefleet sim`` runs a generated scenario: N real agents
-(``edgefleet agent run`` processes, the kws float32 model at ``--rate`` inferences per second
-each), a signed head-only fine-tune rolled out in stages 10/50/100 % with no soak, and a wait
-for completion. Every agent downloads its delta, passes the health gate and a 3 s probation with
-the incumbent in shadow. Measured from the simulator's report: records produced per second
-(the offered load), records lost (sent - delivered unique - dropped counted; the largest
-lossless fleet is the largest size where this is 0 and the rollout completed), the rollout's
-wall time (start to completion, as the simulator's wait step saw it) and the time to bring the
-fleet up. The baseline for the rollout time is the same rollout on the smallest fleet, measured
-in the same run: the ratio shows how rollout time grows with the fleet.
+1. Sweep (light mode, ``[fleet] mode = "light"``: each device is the agent's own code with its
+   own MQTT session, spool, TUF metadata and slots; many share one host process per core). For
+   each size, rising, ``edgefleet sim`` runs a generated scenario: the devices at ``--rate``
+   inferences per second each, a signed head-only fine-tune rolled out in stages 1/10/50/100 %
+   with no soak, a broker restart and a cloud outage while it runs, and a wait for completion.
+   Measured from the simulator's report: records lost (sent - delivered - dropped counted;
+   lossless means 0), the rollout's wall time (its start to completion as the wait step saw
+   it, faults included), the time to bring the fleet up, and the gateway's CPU (% of one core
+   over the run) and peak resident set. The sweep stops at the first size that loses a record,
+   does not complete its rollout or does not fit its time limit; the largest lossless size is
+   the answer.
+2. Rollout of ``--rollout-agents`` real agent processes (``edgefleet agent run`` each, the kws
+   float32 model at ``--rollout-rate``), stages 10/50/100 % with no soak and no fault: the wall
+   time from ``rollout start`` to completion, and where it went per stage
+   (``rollout_timeline``: offer, download, install, gate, probation, reporting; medians over
+   each stage's devices). The baseline is the same rollout to ``--baseline-agents`` agents in
+   the same run.
 
-Sizes stop at the first one that loses a record, fails its rollout, or does not fit the time
-limit. Agents are ~65 MB each: 200 need about 13 GB.
-
-    python bench/fleet_scale.py [--sizes 10,20,40] [--rate 10] [--json PATH]
+    python bench/fleet_scale.py [--sizes 100,250,500,1000] [--rate 1] [--rollout-agents 100]
+                                [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,12 +35,27 @@ from pathlib import Path
 from firmware_sim.fleet.runner import Runner
 from firmware_sim.fleet.scenario import parse
 
-SCENARIO = {
-    "name": "fleet-scale",
+RELEASE = {"at": "1s", "do": "release", "model": "fixture:kws_f32_v2_head", "version": 2}
+SWEEP = {
+    "name": "fleet-sweep",
     "seed": 11,
+    "fleet": {"model": "fixture:kws_f32_v1", "name": "kws", "mode": "light"},
+    "step": [
+        RELEASE,
+        {"at": "2s", "do": "rollout", "version": 2, "stages": [1, 10, 50, 100], "soak": 0},
+        {"at": "8s", "do": "fault", "kind": "broker-restart"},
+        {"at": "15s", "do": "fault", "kind": "cloud-down", "for": "20s"},
+        {"at": "16s", "do": "wait", "until": "rollout:completed", "timeout": "900s"},
+    ],
+    "time_limit": "1200s",
+    "expect": {"telemetry_lost": 0, "rollout_state": "completed"},
+}
+ROLLOUT = {
+    "name": "agent-rollout",
+    "seed": 12,
     "fleet": {"model": "fixture:kws_f32_v1", "name": "kws"},
     "step": [
-        {"at": "1s", "do": "release", "model": "fixture:kws_f32_v2_head", "version": 2},
+        RELEASE,
         {"at": "2s", "do": "rollout", "version": 2, "stages": [10, 50, 100], "soak": 0},
         {"at": "2s", "do": "wait", "until": "rollout:completed", "timeout": "600s"},
     ],
@@ -43,56 +64,91 @@ SCENARIO = {
 }
 
 
-def run_size(devices: int, rate: float, workdir: Path) -> dict:
-    data = json.loads(json.dumps(SCENARIO))
+def simulate(template: dict, devices: int, rate: float, workdir: Path) -> dict:
+    data = json.loads(json.dumps(template))
     data["fleet"] |= {"devices": devices, "rate_hz": rate}
-    scenario = parse(data, f"fleet-scale-{devices}", Path("."))
-    report = asyncio.run(Runner(scenario, workdir / str(devices)).run())
-    steps = {s["index"]: s for s in report["steps"]}
-    rollout_s = steps[2]["at_s"] - steps[1]["at_s"] if len(steps) == 3 else None
+    scenario = parse(data, f"{template['name']}-{devices}", Path("."))
+    return asyncio.run(Runner(scenario, workdir / f"{template['name']}-{devices}").run())
+
+
+def rollout_seconds(report: dict) -> float | None:
+    """From the rollout step to the end of the wait for its completion."""
+    steps = {s["do"].split()[0]: s for s in report["steps"]}
+    if "rollout" not in steps or "wait" not in steps:
+        return None
+    return round(steps["wait"]["at_s"] - steps["rollout"]["at_s"], 1)
+
+
+def sweep_row(devices: int, rate: float, workdir: Path) -> dict:
+    report = simulate(SWEEP, devices, rate, workdir)
     return {
         "devices": devices,
         "startup_s": report["startup_s"],
-        "rollout_s": round(rollout_s, 1) if rollout_s is not None else None,
+        "rollout_s": rollout_seconds(report),
         "rollout_state": report["rollout_state"],
         "records_per_s": report["telemetry_per_s"],
         "sent": report["telemetry_sent"],
         "lost": report["telemetry_lost"],
         "dropped": report["telemetry_dropped_counted"],
         "on_target": report["devices_on_target"],
+        "gateway_cpu_percent": report.get("gateway_cpu_percent"),
+        "gateway_rss_mb_peak": report.get("gateway_rss_mb_peak"),
+        "broker_cpu_percent": report.get("broker_cpu_percent"),
         "passed": report["passed"],
-        "timeline": report["rollout_timeline"],
+        "violations": report["violations"][:3],
+    }
+
+
+def rollout_row(devices: int, rate: float, workdir: Path) -> dict:
+    report = simulate(ROLLOUT, devices, rate, workdir)
+    timeline = report["rollout_timeline"] or {}
+    return {
+        "agents": devices,
+        "rollout_s": rollout_seconds(report),
+        "gateway_total_s": timeline.get("total_s"),
+        "passed": report["passed"],
+        "stages": timeline.get("stages", []),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10,20,40", help="fleet sizes, rising")
-    parser.add_argument("--rate", type=float, default=10.0, help="inferences/s per device")
+    parser.add_argument("--sizes", default="100,250,500,1000", help="light fleet sizes, rising")
+    parser.add_argument("--rate", type=float, default=1.0, help="inferences/s per light device")
+    parser.add_argument("--rollout-agents", type=int, default=100, help="0: no agent rollout")
+    parser.add_argument("--baseline-agents", type=int, default=10)
+    parser.add_argument("--rollout-rate", type=float, default=5.0, help="inferences/s per agent")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
-    rows = []
+    result: dict = {"rate_hz_per_device": args.rate}
     with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
-        for size in (int(s) for s in args.sizes.split(",")):
-            row = run_size(size, args.rate, Path(tmp))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            if not row["passed"]:
+        rows = []
+        for size in (int(s) for s in args.sizes.split(",") if s):
+            rows.append(sweep_row(size, args.rate, Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
+            if not rows[-1]["passed"]:
                 break
-    passed = [r for r in rows if r["passed"]]
-    base = rows[0]["rollout_s"] if rows and rows[0]["rollout_s"] else None
-    for row in rows:
-        row["rollout_vs_smallest"] = (
-            round(row["rollout_s"] / base, 2) if base and row["rollout_s"] else None
-        )
-    largest = max(passed, key=lambda r: r["devices"]) if passed else None
-    result = {
-        "largest_lossless_fleet": largest["devices"] if largest else 0,
-        "its_rollout_s": largest["rollout_s"] if largest else None,
-        "limit_reached": len(passed) < len(rows),
-        "rate_hz_per_device": args.rate,
-        "sizes": rows,
-    }
+        passed = [r for r in rows if r["passed"]]
+        largest = max(passed, key=lambda r: r["devices"]) if passed else None
+        result |= {
+            "largest_lossless_fleet": largest["devices"] if largest else 0,
+            "its_rollout_s": largest["rollout_s"] if largest else None,
+            "limit_reached": len(passed) < len(rows),
+            "sizes": rows,
+        }
+        if args.rollout_agents:
+            base = rollout_row(args.baseline_agents, args.rollout_rate, Path(tmp))
+            full = rollout_row(args.rollout_agents, args.rollout_rate, Path(tmp))
+            both = full["rollout_s"] and base["rollout_s"]
+            ratio = full["rollout_s"] / base["rollout_s"] if both else None
+            result["agent_rollout"] = {
+                "rate_hz_per_agent": args.rollout_rate,
+                "baseline": base,
+                "measured": full,
+                "ratio_to_baseline": round(ratio, 2) if ratio else None,
+                "target_s": 30,
+            }
+            print(json.dumps(result["agent_rollout"]), flush=True)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

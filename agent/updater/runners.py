@@ -32,13 +32,13 @@ WorkerRunner = Callable[[Sequence[str], OnLine, float], Awaitable[tuple[int | No
 def in_child(python: str = sys.executable) -> WorkerRunner:
     """The worker as ``python -m agent.updater.worker ARGS`` (killed when stopped)."""
 
-    async def run(args: Sequence[str], on_line: OnLine, limit_s: float):
+    async def run(args: Sequence[str], on_line: OnLine, limit_s: float) -> tuple[int | None, str]:
         return await run_child([python, "-m", "agent.updater.worker", *args], on_line, limit_s)
 
     return run
 
 
-async def in_thread(args: Sequence[str], on_line: OnLine, limit_s: float):
+async def in_thread(args: Sequence[str], on_line: OnLine, limit_s: float) -> tuple[int | None, str]:
     """The worker's ``main`` in a thread of the default executor, its lines handed to
     ``on_line`` on the event loop in the order it emits them."""
     loop = asyncio.get_running_loop()
@@ -48,9 +48,11 @@ async def in_thread(args: Sequence[str], on_line: OnLine, limit_s: float):
     def work() -> int | None:
         STOP_AT_HOOK.set(stop)  # in the thread's own copy of the caller's context
         try:
-            return worker.main(
-                list(args), lambda line: loop.call_soon_threadsafe(on_line, line), errors
-            )
+
+            def emit(line: dict[str, Any]) -> None:
+                loop.call_soon_threadsafe(on_line, line)
+
+            return worker.main(list(args), emit, errors)
         except Interrupted:
             return None
         except SystemExit as exc:  # argparse refusing the arguments

@@ -40,6 +40,11 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The running process's id, for the simulator's CPU and memory sampler."""
+        return self._proc.pid if self.running else None
+
     def start(self, timeout: float = 20.0) -> None:
         if self.running:
             return

@@ -129,6 +129,7 @@ async def collect(world: World, scenario: Scenario, outcome: Outcome) -> dict:
         **fleet_state,
         **delivery,
         **security,
+        **world.usage.report(),
         "quality": labeller.accuracy_by_phase(world.cloud.dataset_dir, world.fleet.name)
         if world.labelled
         else [],

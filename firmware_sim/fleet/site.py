@@ -96,6 +96,10 @@ class SiteBroker:
         keys = self.device_login(device)
         return keys.get("username", device), keys.get("password", "")
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
     def why_not_controllable(self) -> str | None:
         """Why broker faults cannot be injected, or None when they can."""
         if self.kind == "external":
@@ -186,6 +190,10 @@ class GatewayProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.running else None
 
     def exited_unplanned(self) -> bool:
         """True once per exit nobody asked for (the caller starts it again)."""

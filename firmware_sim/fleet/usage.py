@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,8 +62,11 @@ class UsageSampler:
     def __init__(self, pids: Callable[[], dict[str, int | None]]) -> None:
         self.pids = pids
         self.usage: dict[str, Usage] = {}
+        self.started: float | None = None  # monotonic, the first sample
 
     def sample(self) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
         for role, pid in self.pids().items():
             if pid is not None:
                 self.usage.setdefault(role, Usage()).sample(pid)
@@ -72,10 +76,11 @@ class UsageSampler:
             self.sample()
             await asyncio.sleep(SAMPLE_S)
 
-    def report(self, seconds: float) -> dict:
-        """``<role>_cpu_s``, ``<role>_cpu_percent`` of one core over ``seconds``, and
+    def report(self) -> dict:
+        """``<role>_cpu_s``, ``<role>_cpu_percent`` of one core since the first sample, and
         ``<role>_rss_mb_peak``, for each role seen."""
         self.sample()
+        seconds = time.monotonic() - (self.started or time.monotonic())
         figures: dict[str, float] = {}
         for role, usage in sorted(self.usage.items()):
             figures[f"{role}_cpu_s"] = round(usage.cpu_s, 1)

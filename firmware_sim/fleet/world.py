@@ -31,6 +31,7 @@ from firmware_sim.fleet.partition import Relay
 from firmware_sim.fleet.releases import QUICK, sign_scenario_release
 from firmware_sim.fleet.scenario import BROKER_FAULTS, Scenario, device_name
 from firmware_sim.fleet.site import MONITOR_USER, GatewayProcess, SiteBroker, gateway_tables
+from firmware_sim.fleet.usage import UsageSampler
 from gateway.releases.model_inspect import ReleaseOptions
 from gateway.releases.repository import Repository
 from protocol.topics import default_prefix
@@ -95,6 +96,7 @@ class World:
         self.mcu_image_name = f"{self.fleet.name}-mcu"
         self.image_signer: ImageSigner | None = None
         self._supervisor: asyncio.Task | None = None
+        self.usage = UsageSampler(self._site_pids)
         self.fleet_window: list[float] = []  # monotonic: first agent started, agents stopped
         self._stack = contextlib.AsyncExitStack()
 
@@ -139,6 +141,8 @@ class World:
         self.gateway = GatewayProcess(self.workdir / "gateway", tables, clock)
         self._stack.callback(self.gateway.stop)
         await self.gateway.start()
+        sampler = asyncio.create_task(self.usage.run(), name="usage")
+        self._stack.callback(sampler.cancel)
         await self.import_releases()
         self.old_timestamp = await self.relay.fetch(TIMESTAMP)
         template = self.workdir / "template"
@@ -161,6 +165,9 @@ class World:
             await self._add_device(index, template, root)
         self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
         self._stack.callback(self._supervisor.cancel)
+
+    def _site_pids(self) -> dict[str, int | None]:
+        return {"gateway": self.gateway.pid if self.gateway else None, "broker": self.broker.pid}
 
     def _provision(self, template: Path, root: Path) -> None:
         """What a factory does once per device: install the first signed model."""
