@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -378,6 +379,35 @@ def test_runtime_output_is_kept_off_stderr(capfd):
     assert [x["event"] for x in logged] == ["runtime_output"]
     assert "WARNING: a line the C++ core writes past Python" in logged[0]["lines"]
     assert logged[0]["source"] == "litert"
+
+
+def test_runtime_output_caught_by_two_threads_at_once_leaves_stderr_as_it_was(capfd):
+    """Many agents in one process load models side by side: the second catch must not save
+    the first one's sink as stderr and put it back last."""
+    before = os.fstat(2)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with runtime_output_logged("one"):
+            first_in.set()
+            second_in.wait(0.5)  # with one catch at a time, the second is not in yet
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait()
+        with runtime_output_logged("two"):
+            second_in.set()
+            first_out.wait(0.5)  # the first ends its catch before the second does
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    sys.stderr.write("still here\n")
+    assert capfd.readouterr().err == "still here\n"
 
 
 def test_a_cli_error_after_the_model_loads_is_one_line(tmp_path):
