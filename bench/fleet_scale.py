@@ -32,6 +32,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from edgefleet import logs
 from firmware_sim.fleet.runner import Runner
 from firmware_sim.fleet.scenario import parse
 
@@ -81,6 +82,7 @@ def rollout_seconds(report: dict) -> float | None:
 
 def sweep_row(devices: int, rate: float, workdir: Path) -> dict:
     report = simulate(SWEEP, devices, rate, workdir)
+    stages = (report["rollout_timeline"] or {}).get("stages", [])
     return {
         "devices": devices,
         "startup_s": report["startup_s"],
@@ -94,6 +96,7 @@ def sweep_row(devices: int, rate: float, workdir: Path) -> dict:
         "gateway_cpu_percent": report.get("gateway_cpu_percent"),
         "gateway_rss_mb_peak": report.get("gateway_rss_mb_peak"),
         "broker_cpu_percent": report.get("broker_cpu_percent"),
+        "stage_spans_s": [s["span_s"] for s in stages],
         "passed": report["passed"],
         "violations": report["violations"][:3],
     }
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--rollout-rate", type=float, default=5.0, help="inferences/s per agent")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
+    logs.configure("warning")
     result: dict = {"rate_hz_per_device": args.rate}
     with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
         rows = []
