@@ -263,7 +263,8 @@ def render(report: dict, plots: dict[str, str]) -> str:
             results = {k: v for k, v in results.items() if k != "verdicts"}
         for name, rows in tables(results):
             lines += ([f"### {name}", ""] if name else []) + [markdown_table(rows), ""]
-        lines += [f"({part['seconds']} s)", ""]
+        when = part.get("date", "an earlier run")
+        lines += [f"({part['seconds']} s, measured {when})", ""]
         if title in plots:
             lines += [f"![{title}]({plots[title]})", ""]
     return "\n".join(lines)
@@ -282,14 +283,19 @@ def measure(only: list[str] | None, timeout: float) -> dict:
             part = run(script, extra, TIMEOUTS_S.get(title, timeout))
         except subprocess.TimeoutExpired:
             part = {"error": [f"timed out after {timeout:g} s"]}
-        report["parts"][title] = part
+        report["parts"][title] = part | {"date": datetime.now(UTC).isoformat(timespec="seconds")}
     return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE)
-    parser.add_argument("--only", nargs="*", help="run only these parts (e.g. Deltas Serial)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="run only these parts (e.g. Deltas Serial); the others keep their figures from "
+        "the report.json already in --out",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per part")
     parser.add_argument(
         "--render",
@@ -302,7 +308,15 @@ def main() -> None:
         report = json.loads(args.render.read_text())
     else:
         report = measure(args.only, args.timeout)
-        (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        earlier = args.out / "report.json"
+        if args.only and earlier.exists():  # the parts not run keep their last figures
+            kept = json.loads(earlier.read_text())["parts"]
+            report["parts"] = {
+                title: report["parts"].get(title) or kept[title]
+                for title, _, _ in BENCHES
+                if title in report["parts"] or title in kept
+            }
+        earlier.write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "REPORT.md").write_text(render(report, draw_plots(report, args.out)))
     print(f"wrote {args.out / 'REPORT.md'} and {args.out / 'report.json'}")
 
