@@ -208,9 +208,9 @@ def plot_fleet(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("devices (light mode, through a broker restart and a cloud outage)")
     ax.set_ylabel("staged rollout to all (s)", color="tab:orange")
     site = ax.twinx()
-    cpu = [r["gateway_cpu_percent"] or 0 for r in rows]
+    cpu = [r.get("gateway_cpu_percent") or 0 for r in rows]
     site.plot(sizes, cpu, "s--", color="tab:blue", label="gateway CPU (% of a core)")
-    rss = [r["gateway_rss_mb_peak"] or 0 for r in rows]
+    rss = [r.get("gateway_rss_mb_peak") or 0 for r in rows]
     site.plot(sizes, rss, "^:", color="tab:green", label="gateway peak RSS (MB)")
     site.set_ylabel("gateway CPU % / RSS MB")
     site.legend(loc="upper left", fontsize=8)
@@ -263,7 +263,7 @@ def render(report: dict, plots: dict[str, str]) -> str:
             results = {k: v for k, v in results.items() if k != "verdicts"}
         for name, rows in tables(results):
             lines += ([f"### {name}", ""] if name else []) + [markdown_table(rows), ""]
-        when = part.get("date", "an earlier run")
+        when = part.get("date", "in an earlier run")
         lines += [f"({part['seconds']} s, measured {when})", ""]
         if title in plots:
             lines += [f"![{title}]({plots[title]})", ""]
