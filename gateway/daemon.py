@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack
 
 import structlog
 
+from edgefleet.open_files import raise_open_files_limit
 from edgefleet.sdnotify import Notifier, watchdog
 from gateway import admin_token
 from gateway.admin import AdminServer, core_routes, status_source
@@ -79,6 +80,7 @@ async def run(config: GatewayConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopper.event.set)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    log.info("open_files_limit", limit=raise_open_files_limit())
     token = admin_token.ensure(config.admin.token_file)  # a weak token stops the start here
     viewer = admin_token.ensure(config.admin.viewer_token_file, "viewer token")
     notifier = Notifier()

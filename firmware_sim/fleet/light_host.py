@@ -38,6 +38,7 @@ from agent.updater.faults import DEVICE_FAULTS, DeviceFaults, Interrupted
 from agent.updater.runners import in_thread
 from edgefleet import logs
 from edgefleet.errors import UserError
+from edgefleet.open_files import raise_open_files_limit
 from protocol.topics import DEVICE_ID_PATTERN
 
 MAX_LINE_BYTES = 16 * 1024
@@ -253,4 +254,5 @@ async def main() -> int:
 
 if __name__ == "__main__":
     logs.configure("info", lean=True, fmt="json")
+    raise_open_files_limit()  # each device holds a socket and its spools' files
     sys.exit(asyncio.run(main()))
