@@ -59,23 +59,50 @@ def read_spool(path: Path) -> SpoolCounts:
     return SpoolCounts(int(meta.get("produced", 0)), int(meta.get("dropped", 0)), left)
 
 
-class SimDevice:
-    """One agent process and its files under ``home``."""
+class DeviceFiles:
+    """What every simulated device has under ``home``, however it runs: its agent.toml, its
+    state folder (spools, update state), its power-cut file and its drift shift file."""
 
-    def __init__(self, name: str, home: Path, tables: dict, clock: ClockFile | None = None) -> None:
-        self.name, self.home, self.clock = name, home, clock
+    def __init__(self, name: str, home: Path, tables: dict) -> None:
+        self.name, self.home = name, home
         self.state_dir = home / "state"
         self.config_path = home / "agent.toml"
         self.cut_file = home / "power-cut"
         self.config_path.write_text(tomlconfig.dumps(tables))
-        self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.expected_exit = False
 
-    def start(self) -> None:
+    def _starting(self) -> None:
         self.starts += 1
         self.expected_exit = False
         self.cut_file.unlink(missing_ok=True)
+
+    def arm_power_cut(self, state: str) -> None:
+        """Cut power (from inside the agent's update work) right after it saved ``state``."""
+        self.cut_file.write_text(f"state.{state}.renamed")
+
+    def spool(self) -> SpoolCounts:
+        return read_spool(self.state_dir / "spool.db")
+
+    def samples(self) -> SpoolCounts:
+        """The sample spool's counters: captured, dropped by its cap, still waiting."""
+        return read_spool(self.state_dir / "samples.db")
+
+    def shift_inputs(self, shift: float) -> None:
+        """Move this device's input bands (the agent re-reads the file when it changes)."""
+        atomic_write_bytes(shift_file(self.home), f"{shift}\n".encode())
+
+
+class SimDevice(DeviceFiles):
+    """One agent process and its files under ``home``."""
+
+    def __init__(self, name: str, home: Path, tables: dict, clock: ClockFile | None = None) -> None:
+        super().__init__(name, home, tables)
+        self.clock = clock
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._starting()
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", CUT_FILE_ENV: str(self.cut_file)}
         env.pop("EDGEFLEET_FAULT_HOOK", None)
         if self.clock is not None:
@@ -103,10 +130,6 @@ class SimDevice:
         if self.running:
             self.proc.terminate()
 
-    def arm_power_cut(self, state: str) -> None:
-        """Cut power (from inside the agent) right after it saved ``state``."""
-        self.cut_file.write_text(f"state.{state}.renamed")
-
     def power_cut(self) -> None:
         self.expected_exit = True
         if self.running:
@@ -126,39 +149,20 @@ class SimDevice:
             self.power_cut()
             return None
 
-    def spool(self) -> SpoolCounts:
-        return read_spool(self.state_dir / "spool.db")
 
-    def samples(self) -> SpoolCounts:
-        """The sample spool's counters: captured, dropped by its cap, still waiting."""
-        return read_spool(self.state_dir / "samples.db")
-
-    def shift_inputs(self, shift: float) -> None:
-        """Move this device's input bands (the agent re-reads the file when it changes)."""
-        atomic_write_bytes(shift_file(self.home), f"{shift}\n".encode())
-
-
-class LightDevice:
+class LightDevice(DeviceFiles):
     """One agent among many in a light host process, with its files under ``home``: the same
     life as ``SimDevice`` (start, power cut, stop), carried out by the host."""
 
     def __init__(self, name: str, home: Path, tables: dict, hosts: LightHosts, index: int) -> None:
-        self.name, self.home = name, home
-        self.state_dir = home / "state"
-        self.config_path = home / "agent.toml"
-        self.cut_file = home / "power-cut"
-        self.config_path.write_text(tomlconfig.dumps(tables))
+        super().__init__(name, home, tables)
         self._hosts, self._index = hosts, index
         self._host: HostProcess | None = None
         self._running = False
         self._exit: int | None = None
-        self.starts = 0
-        self.expected_exit = False
 
     def start(self) -> None:
-        self.starts += 1
-        self.expected_exit = False
-        self.cut_file.unlink(missing_ok=True)
+        self._starting()
         self._host = self._hosts.host(self._index)
         self._exit, self._running = None, True
         self._host.start(self.name, self.config_path, self.cut_file)
@@ -179,10 +183,6 @@ class LightDevice:
         self.expected_exit = True
         if self.running:
             self._host.send("stop", self.name)
-
-    def arm_power_cut(self, state: str) -> None:
-        """Cut power (from inside the agent's update work) right after it saved ``state``."""
-        self.cut_file.write_text(f"state.{state}.renamed")
 
     def power_cut(self) -> None:
         self.expected_exit = True
@@ -207,15 +207,6 @@ class LightDevice:
             return False
         self._exit, self._running = code, False
         return True
-
-    def spool(self) -> SpoolCounts:
-        return read_spool(self.state_dir / "spool.db")
-
-    def samples(self) -> SpoolCounts:
-        return read_spool(self.state_dir / "samples.db")
-
-    def shift_inputs(self, shift: float) -> None:
-        atomic_write_bytes(shift_file(self.home), f"{shift}\n".encode())
 
 
 def agent_tables(
