@@ -2,8 +2,14 @@
 
 The gateway stores and forwards each record as the bytes the device sent (hashes downstream are
 over those bytes), so it needs the span of every record in the batch, not a re-serialized copy.
+
+Batches as ``protocol.telemetry.encode_batch`` writes them (compact ASCII JSON, what agents
+send) take the fast path: msgspec's decoder checks the whole payload and hands over each record
+as its exact bytes (``msgspec.Raw``), then decodes each record to the dict ``json`` would give.
+Anything else, and anything that path does not accept, goes to the scanner:
 ``json.JSONDecoder.raw_decode`` parses one value and says where it ended, so one pass over the
-payload gives both the parsed record and its span.
+payload gives both the parsed record and its span, and a refusal names what is wrong. Both paths
+accept the same batches and give the same records; the fast one costs about half.
 
 Validation ``identity`` checks the envelope and each record's id (device, boot, seq) and kind:
 enough to route, deduplicate and account for records, and about five times cheaper than
@@ -17,7 +23,16 @@ import json
 import re
 from typing import Any
 
-from protocol.telemetry import BODIES, BOOT_PATTERN, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Record
+import msgspec
+
+from protocol.telemetry import (
+    BODIES,
+    BOOT_PATTERN,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_RECORDS,
+    Record,
+    batch_head,
+)
 from protocol.topics import (
     DEVICE_ID_PATTERN,
     MAX_INT,
@@ -31,6 +46,19 @@ _WS = re.compile(r"[ \t\n\r]*")
 # number on the hot path); what the gateway reads of a record is range-checked below, and
 # ``full`` validation bounds every number.
 _DECODER = json.JSONDecoder(parse_constant=reject_constant)
+# A record with more brackets than this goes to the scanner, whose nesting limit then decides.
+_COMPACT_MAX_BRACKETS = 256
+
+
+class _Compact(msgspec.Struct):
+    schema: int
+    device: str
+    records: list[msgspec.Raw]
+
+
+_COMPACT = msgspec.json.Decoder(_Compact)
+_RECORD = msgspec.json.Decoder()
+_NOT_COMPACT = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 
 def _require(condition: bool, message: str, reason: str = "invalid") -> None:
@@ -122,6 +150,71 @@ def split_records(
     record ``kinds`` given (those of the topic it came on), or ``ProtocolError``."""
     size = len(payload)
     _require(size <= MAX_BATCH_BYTES, f"batch of {size} bytes is too big", "size")
+    split = _split_compact(payload, kinds)
+    if split is None:
+        return _split_scanned(payload, full, kinds)
+    if full:
+        for data, _ in split[1]:
+            Record.from_json(data)
+    return split
+
+
+def _identity_ok(data: Any, device: str, kinds: tuple[str, ...]) -> bool:
+    """The identity check in one expression; ``_identity_error`` explains a failure."""
+    return (
+        type(data) is dict
+        and data.get("dev") == device
+        and type(boot := data.get("boot")) is str
+        and BOOT_PATTERN.fullmatch(boot) is not None
+        and type(seq := data.get("seq")) is int
+        and 0 <= seq < MAX_INT
+        and type(ts := data.get("ts_ms")) is int
+        and 0 <= ts < MAX_INT
+        and type(kind := data.get("kind")) is str
+        and kind in kinds
+    )
+
+
+def _split_compact(
+    payload: bytes, kinds: tuple[str, ...]
+) -> tuple[str, list[tuple[dict[str, Any], bytes]]] | None:
+    """A batch exactly as ``encode_batch`` writes it, every record passing the identity check;
+    None for anything else (the scanner then decides)."""
+    if not payload.isascii() or b"\n" in payload or b"\r" in payload:
+        return None
+    try:
+        batch = _COMPACT.decode(payload)
+    except _NOT_COMPACT:
+        return None
+    device, raws = batch.device, batch.records
+    if not 0 < len(raws) <= MAX_BATCH_RECORDS or DEVICE_ID_PATTERN.fullmatch(device) is None:
+        return None
+    # The head and the length pin the layout: the three keys once each, no spacing.
+    head = batch_head(device)
+    size = len(head) + sum(map(len, raws)) + len(raws) + 1
+    if len(payload) != size or not payload.startswith(head):
+        return None
+    out = []
+    decode = _RECORD.decode
+    for raw in raws:
+        text = bytes(raw)
+        if text.count(b"{") + text.count(b"[") > _COMPACT_MAX_BRACKETS:
+            return None
+        try:
+            data = decode(text)
+        except _NOT_COMPACT:
+            return None
+        if not _identity_ok(data, device, kinds):
+            return None
+        out.append((data, text))
+    return device, out
+
+
+def _split_scanned(
+    payload: bytes, full: bool, kinds: tuple[str, ...]
+) -> tuple[str, list[tuple[dict[str, Any], bytes]]]:
+    """Any batch the contract allows (spacing, key order), or ``ProtocolError`` naming what is
+    wrong."""
     try:
         text = payload.decode()
     except UnicodeDecodeError as exc:
@@ -143,21 +236,8 @@ def split_records(
     _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, "bad batch device")
     _require(fields.get("records") is records and records, "bad record list")
     out = []
-    boot_ok, limit = BOOT_PATTERN.fullmatch, MAX_INT
     for data, text in records:
-        # one expression on the hot path; _identity_error explains a failure
-        if not (
-            type(data) is dict
-            and data.get("dev") == device
-            and type(boot := data.get("boot")) is str
-            and boot_ok(boot)
-            and type(seq := data.get("seq")) is int
-            and 0 <= seq < limit
-            and type(ts := data.get("ts_ms")) is int
-            and 0 <= ts < limit
-            and type(kind := data.get("kind")) is str
-            and kind in kinds
-        ):
+        if not _identity_ok(data, device, kinds):
             raise _identity_error(data, device, kinds)
         _require("\n" not in text and "\r" not in text, "record spans several lines")
         if full:

@@ -3,6 +3,7 @@ upload timing and backoff, configuration checks."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from edgefleet.errors import UserError
 from gateway import config
 from gateway.devices.inventory import apply_event, apply_status, touch
 from gateway.telemetry.ingest import Malformed, Telemetry, classify, subscriptions
-from gateway.telemetry.records import split_batch
+from gateway.telemetry.records import split_batch, split_records
 from gateway.telemetry.spool import batch_due
 from gateway.telemetry.uplink import retry_delay
 from protocol.telemetry import decode_batch, encode_batch
@@ -40,6 +41,65 @@ def test_split_keeps_bytes_of_records_with_spacing_and_any_key_order():
     record = b'{ "dev" : "d", "boot":"0123456789abcdef","seq":1,"ts_ms":2,"kind":"inference" }'
     payload = b' {"records" : [ ' + record + b' ] , "device":"d", "schema":1 } '
     assert split_batch(payload) == ("d", [record])
+
+
+# JSON values for a record's other fields, and number spellings json and msgspec might read
+# differently.
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12, alphabet=st.sampled_from('ab"\\},{[]:\u00e9\ud800\U0001f600 \t\n')),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+NUMBER_SPELLINGS = [b"1e400", b"-1e400", b"1E+2", b"-0", b"0.1e-400", b"5e-324", b"-0.0", b"1" * 30]
+IDENTITY = {"dev": "d", "boot": "0123456789abcdef", "seq": 1, "ts_ms": 2, "kind": "inference"}
+
+
+@st.composite
+def record_bytes(draw) -> bytes:
+    """A compact record, now and then with a field that breaks the identity check, a repeated
+    key, or a number spelled oddly."""
+    data = dict(IDENTITY) | {"x": draw(JSON_VALUES)}
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(IDENTITY)))
+        data[key] = draw(st.sampled_from([None, True, -1, 2**63, "e", "inference", "zz", 1.5]))
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    if draw(st.booleans()):
+        field = draw(st.sampled_from([b'"n":' + n for n in NUMBER_SPELLINGS] + [b'"dev":"e"']))
+        raw = raw[:-1] + b"," + field + b"}"
+    return raw
+
+
+def outcome(payload: bytes, full: bool):
+    try:
+        return split_records(payload, full)
+    except ProtocolError as exc:
+        return exc.reason
+
+
+# What may follow the records in a batch's object: nothing, another key, a repeated one.
+ENVELOPE_TAILS = [b"", b',"x":1', b',"device":"e"', b',"records":[{}]', b',"schema":2']
+
+
+@given(
+    st.lists(record_bytes(), min_size=1, max_size=5), st.sampled_from(ENVELOPE_TAILS), st.booleans()
+)
+def test_compact_and_spaced_batches_split_alike(records, tail, full):
+    """The batch as agents write it (the fast path) and the same records with spacing between
+    them (the scanner) are accepted or refused alike, with the same records."""
+    compact = encode_batch("d", records)[:-1] + tail + b"}"
+    spaced = (
+        b'{"schema": 1, "device": "d", "records": [ ' + b" , ".join(records) + b" ]" + tail + b"}"
+    )
+    found = outcome(compact, full)
+    assert found == outcome(spaced, full)
+    if not isinstance(found, str):
+        assert found == ("d", [(json.loads(raw), raw) for raw in records])
 
 
 @pytest.mark.parametrize(
