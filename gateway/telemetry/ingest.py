@@ -46,7 +46,7 @@ from gateway.mqtt_client import paho_client
 from gateway.store import Store, add_counter, transaction
 from gateway.telemetry.curation_stage import CurationStage
 from gateway.telemetry.dead_letters import DeadLetters, Letter, message_letter
-from gateway.telemetry.records import split_records
+from gateway.telemetry.records import split_batch, split_records
 from gateway.telemetry.spool import SpoolRow, UplinkSpool
 from protocol.telemetry import TOPIC_BODIES
 from protocol.topics import Event, ProtocolError, Status, parse_device_topic
@@ -68,8 +68,9 @@ class Telemetry:
     """The records of one device message on its ``telemetry`` or ``samples`` topic."""
 
     device: str
-    records: list[tuple[dict, bytes]]  # parsed, and the bytes the device sent
+    records: list[bytes]  # as the device sent them
     stream: str = "telemetry"
+    parsed: list[dict] | None = None  # the same records decoded, when asked for
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,11 @@ def subscriptions(config: MqttConfig) -> list[str]:
 
 
 def classify(
-    topic: str, payload: bytes, prefix: str, full: bool
+    topic: str, payload: bytes, prefix: str, full: bool, parse: bool = False
 ) -> Telemetry | Status | Event | Malformed | None:
     """One message -> what it says, ``Malformed`` with the reason, or None (a cleared retained
-    status)."""
+    status). Telemetry comes with its records decoded (``parsed``) for samples or when
+    ``parse`` asks for them; otherwise only what routing and accounting need is read."""
     try:
         topic_prefix, device, kind = parse_device_topic(topic)
     except ProtocolError as exc:
@@ -104,9 +106,13 @@ def classify(
     if kind == "status" and not payload:
         return None
     try:
-        if kind in TOPIC_BODIES:
+        if kind in TOPIC_BODIES and (parse or kind == "samples"):
             batch_device, records = split_records(payload, full, TOPIC_BODIES[kind])
-            message = Telemetry(batch_device, records, kind)
+            raws, parsed = [raw for _, raw in records], [data for data, _ in records]
+            message = Telemetry(batch_device, raws, kind, parsed)
+        elif kind in TOPIC_BODIES:
+            batch_device, raws = split_batch(payload, full, TOPIC_BODIES[kind])
+            message = Telemetry(batch_device, raws, kind)
         elif kind == "status":
             message = Status.decode(payload)
         else:
@@ -232,10 +238,11 @@ class Ingest:
 
         def write() -> int:
             now, full = time.time(), self.ingest.validation == "full"
+            parse = self.curation is not None
             dropped = 0
             letters: list[Letter] = []
             for item in group:
-                message = classify(item.topic, item.payload, self.config.prefix, full)
+                message = classify(item.topic, item.payload, self.config.prefix, full, parse)
                 if message is None:
                     continue
                 if not isinstance(message, Malformed):
@@ -301,15 +308,15 @@ class Ingest:
     def _spool_sync(self, conn, message: Telemetry, result: GroupResult) -> int:
         """Curate the message's records, count them, and spool what is kept; returns the
         records the spool cap dropped."""
-        kept = [raw for _, raw in message.records]
-        size = sum(len(raw) for raw in kept)
+        kept = message.records
+        size = sum(map(len, kept))
         add_counter(conn, DEVICE_BYTES, size)
         if self.samples is not None and message.stream == "samples":
-            campaigns = Counter(data.get("campaign") for data, _ in message.records)
+            campaigns = Counter(data.get("campaign") for data in message.parsed)
             self.samples.count_sync(conn, message.device, campaigns)
         if self.curation is not None:
-            curation = self.curation
-            curated = curation.apply_sync(conn, message.device, message.stream, message.records)
+            records = list(zip(message.parsed, message.records, strict=True))
+            curated = self.curation.apply_sync(conn, message.device, message.stream, records)
             kept = curated.kept
             result.curated.update({(message.stream, r): n for r, n in curated.dropped.items()})
         result.bytes_in[message.stream] += size
