@@ -48,8 +48,8 @@ _WS = re.compile(r"[ \t\n\r]*")
 # number on the hot path); what the gateway reads of a record is range-checked below, and
 # ``full`` validation bounds every number.
 _DECODER = json.JSONDecoder(parse_constant=reject_constant)
-# A record with more brackets than this goes to the scanner, whose nesting limit then decides.
-_COMPACT_MAX_BRACKETS = 256
+# A record that may nest deeper than this goes to the scanner, whose nesting limit then decides.
+_COMPACT_MAX_NESTING = 256
 
 
 class _Compact(msgspec.Struct):
@@ -227,8 +227,10 @@ def _compact(payload: bytes) -> tuple[str, int, list[bytes]] | None:
     size = len(head) + sum(map(len, raws)) + len(raws) + 1
     if len(payload) != size or not payload.startswith(head):
         return None
-    for raw in raws:
-        if raw.count(b"{") + raw.count(b"[") > _COMPACT_MAX_BRACKETS:
+    for raw in raws:  # nesting needs two bytes a level: short records are never too deep
+        if len(raw) > 2 * _COMPACT_MAX_NESTING and raw.count(b"{") + raw.count(b"[") > (
+            _COMPACT_MAX_NESTING
+        ):
             return None
     return device, len(head), raws
 

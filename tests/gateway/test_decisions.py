@@ -115,6 +115,17 @@ def test_compact_and_spaced_batches_split_alike(records, tail, full):
         )
 
 
+@pytest.mark.parametrize("depth", [100, 300, 5000])
+def test_deeply_nested_records_are_judged_alike_compact_or_spaced(depth):
+    record = json.dumps(IDENTITY).replace(" ", "").encode()[:-1]
+    record += b',"x":' + b"[" * depth + b"]" * depth + b"}"
+    compact = encode_batch("d", [record])
+    spaced = b'{"schema": 1, "device": "d", "records": [ ' + record + b" ] }"
+    for split in (split_batch, split_records):
+        assert outcome(split, compact, False) == outcome(split, spaced, False)
+    assert outcome(split_batch, compact, False) == (("d", [record]) if depth < 1000 else "nesting")
+
+
 @pytest.mark.parametrize(
     "payload",
     [
