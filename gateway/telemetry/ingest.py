@@ -144,6 +144,7 @@ class GroupResult:
     curated: Counter = field(default_factory=Counter)  # (stream, rule) -> records it dropped
     bytes_in: Counter = field(default_factory=Counter)  # stream -> record bytes received
     changed: dict[str, Device] = field(default_factory=dict)
+    unsaved: set[str] = field(default_factory=set)  # devices changed only by telemetry so far
     kinds: dict[str, int] = field(default_factory=dict)
     malformed: list[tuple[str, Malformed]] = field(default_factory=list)  # topic, why
     device_messages: list[Status | Event] = field(default_factory=list)
@@ -260,6 +261,8 @@ class Ingest:
                             message.kind, message.reason, message.detail, item.topic, item.payload
                         )
                     )
+            if result.unsaved:
+                Inventory.save_sync(conn, [result.changed[d] for d in result.unsaved])
             if letters:
                 self.dead_letters.add_sync(conn, letters)
             return dropped
@@ -281,11 +284,12 @@ class Ingest:
             if isinstance(message, Telemetry):
                 dropped = self._spool_sync(conn, message, result)
                 device = touch(row, message.device, len(message.records), now)
-            elif isinstance(message, Status):
-                device = apply_status(row, message, now)
             else:
-                device = apply_event(row, message, now)
-            Inventory.save_sync(conn, [device])
+                if isinstance(message, Status):
+                    device = apply_status(row, message, now)
+                else:
+                    device = apply_event(row, message, now)
+                Inventory.save_sync(conn, [device])
         except sqlite3.OperationalError:
             raise  # the database itself: nothing of the group may be acknowledged
         except Exception as exc:  # noqa: BLE001 - one device's message never stops the rest
@@ -301,8 +305,10 @@ class Ingest:
         changed[message.device] = device
         if isinstance(message, Telemetry):
             result.records += len(message.records)
+            result.unsaved.add(message.device)  # saved once, at the end of the group
         else:
             result.device_messages.append(message)
+            result.unsaved.discard(message.device)
         return dropped
 
     def _spool_sync(self, conn, message: Telemetry, result: GroupResult) -> int:
