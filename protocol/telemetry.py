@@ -545,16 +545,21 @@ def _number(value: float, digits: int) -> str:
     return float.__repr__(value)
 
 
+def batch_head(device: str) -> bytes:
+    """What ``encode_batch`` writes before the first record."""
+    return _BATCH_HEAD % (SCHEMA_VERSION, device.encode())
+
+
 def batch_overhead(device: str) -> int:
     """Bytes a batch adds around its records, less one comma per record after the first."""
-    return len(_BATCH_HEAD % (SCHEMA_VERSION, device.encode())) + 2
+    return len(batch_head(device)) + 2
 
 
 def encode_batch(device: str, records: Sequence[bytes]) -> bytes:
     """Splice already-encoded records (``Record.encode``) into one batch message."""
     _require(DEVICE_ID_PATTERN.fullmatch(device) is not None, f"bad device id {device!r}")
     _require(0 < len(records) <= MAX_BATCH_RECORDS, "a batch holds 1..MAX_BATCH_RECORDS records")
-    payload = b"".join((_BATCH_HEAD % (SCHEMA_VERSION, device.encode()), b",".join(records), b"]}"))
+    payload = b"".join((batch_head(device), b",".join(records), b"]}"))
     _require(len(payload) <= MAX_BATCH_BYTES, f"batch of {len(payload)} bytes is too big")
     return payload
 

@@ -46,7 +46,7 @@ from gateway.mqtt_client import paho_client
 from gateway.store import Store, add_counter, transaction
 from gateway.telemetry.curation_stage import CurationStage
 from gateway.telemetry.dead_letters import DeadLetters, Letter, message_letter
-from gateway.telemetry.records import split_records
+from gateway.telemetry.records import split_batch, split_records
 from gateway.telemetry.spool import SpoolRow, UplinkSpool
 from protocol.telemetry import TOPIC_BODIES
 from protocol.topics import Event, ProtocolError, Status, parse_device_topic
@@ -68,8 +68,9 @@ class Telemetry:
     """The records of one device message on its ``telemetry`` or ``samples`` topic."""
 
     device: str
-    records: list[tuple[dict, bytes]]  # parsed, and the bytes the device sent
+    records: list[bytes]  # as the device sent them
     stream: str = "telemetry"
+    parsed: list[dict] | None = None  # the same records decoded, when asked for
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,11 @@ def subscriptions(config: MqttConfig) -> list[str]:
 
 
 def classify(
-    topic: str, payload: bytes, prefix: str, full: bool
+    topic: str, payload: bytes, prefix: str, full: bool, parse: bool = False
 ) -> Telemetry | Status | Event | Malformed | None:
     """One message -> what it says, ``Malformed`` with the reason, or None (a cleared retained
-    status)."""
+    status). Telemetry comes with its records decoded (``parsed``) for samples or when
+    ``parse`` asks for them; otherwise only what routing and accounting need is read."""
     try:
         topic_prefix, device, kind = parse_device_topic(topic)
     except ProtocolError as exc:
@@ -104,9 +106,13 @@ def classify(
     if kind == "status" and not payload:
         return None
     try:
-        if kind in TOPIC_BODIES:
+        if kind in TOPIC_BODIES and (parse or kind == "samples"):
             batch_device, records = split_records(payload, full, TOPIC_BODIES[kind])
-            message = Telemetry(batch_device, records, kind)
+            raws, parsed = [raw for _, raw in records], [data for data, _ in records]
+            message = Telemetry(batch_device, raws, kind, parsed)
+        elif kind in TOPIC_BODIES:
+            batch_device, raws = split_batch(payload, full, TOPIC_BODIES[kind])
+            message = Telemetry(batch_device, raws, kind)
         elif kind == "status":
             message = Status.decode(payload)
         else:
@@ -138,6 +144,7 @@ class GroupResult:
     curated: Counter = field(default_factory=Counter)  # (stream, rule) -> records it dropped
     bytes_in: Counter = field(default_factory=Counter)  # stream -> record bytes received
     changed: dict[str, Device] = field(default_factory=dict)
+    unsaved: set[str] = field(default_factory=set)  # devices changed only by telemetry so far
     kinds: dict[str, int] = field(default_factory=dict)
     malformed: list[tuple[str, Malformed]] = field(default_factory=list)  # topic, why
     device_messages: list[Status | Event] = field(default_factory=list)
@@ -232,10 +239,11 @@ class Ingest:
 
         def write() -> int:
             now, full = time.time(), self.ingest.validation == "full"
+            parse = self.curation is not None
             dropped = 0
             letters: list[Letter] = []
             for item in group:
-                message = classify(item.topic, item.payload, self.config.prefix, full)
+                message = classify(item.topic, item.payload, self.config.prefix, full, parse)
                 if message is None:
                     continue
                 if not isinstance(message, Malformed):
@@ -253,6 +261,8 @@ class Ingest:
                             message.kind, message.reason, message.detail, item.topic, item.payload
                         )
                     )
+            if result.unsaved:
+                Inventory.save_sync(conn, [result.changed[d] for d in result.unsaved])
             if letters:
                 self.dead_letters.add_sync(conn, letters)
             return dropped
@@ -274,11 +284,12 @@ class Ingest:
             if isinstance(message, Telemetry):
                 dropped = self._spool_sync(conn, message, result)
                 device = touch(row, message.device, len(message.records), now)
-            elif isinstance(message, Status):
-                device = apply_status(row, message, now)
             else:
-                device = apply_event(row, message, now)
-            Inventory.save_sync(conn, [device])
+                if isinstance(message, Status):
+                    device = apply_status(row, message, now)
+                else:
+                    device = apply_event(row, message, now)
+                Inventory.save_sync(conn, [device])
         except sqlite3.OperationalError:
             raise  # the database itself: nothing of the group may be acknowledged
         except Exception as exc:  # noqa: BLE001 - one device's message never stops the rest
@@ -294,22 +305,24 @@ class Ingest:
         changed[message.device] = device
         if isinstance(message, Telemetry):
             result.records += len(message.records)
+            result.unsaved.add(message.device)  # saved once, at the end of the group
         else:
             result.device_messages.append(message)
+            result.unsaved.discard(message.device)
         return dropped
 
     def _spool_sync(self, conn, message: Telemetry, result: GroupResult) -> int:
         """Curate the message's records, count them, and spool what is kept; returns the
         records the spool cap dropped."""
-        kept = [raw for _, raw in message.records]
-        size = sum(len(raw) for raw in kept)
+        kept = message.records
+        size = sum(map(len, kept))
         add_counter(conn, DEVICE_BYTES, size)
         if self.samples is not None and message.stream == "samples":
-            campaigns = Counter(data.get("campaign") for data, _ in message.records)
+            campaigns = Counter(data.get("campaign") for data in message.parsed)
             self.samples.count_sync(conn, message.device, campaigns)
         if self.curation is not None:
-            curation = self.curation
-            curated = curation.apply_sync(conn, message.device, message.stream, message.records)
+            records = list(zip(message.parsed, message.records, strict=True))
+            curated = self.curation.apply_sync(conn, message.device, message.stream, records)
             kept = curated.kept
             result.curated.update({(message.stream, r): n for r, n in curated.dropped.items()})
         result.bytes_in[message.stream] += size

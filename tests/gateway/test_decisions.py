@@ -3,6 +3,7 @@ upload timing and backoff, configuration checks."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from edgefleet.errors import UserError
 from gateway import config
 from gateway.devices.inventory import apply_event, apply_status, touch
 from gateway.telemetry.ingest import Malformed, Telemetry, classify, subscriptions
-from gateway.telemetry.records import split_batch
+from gateway.telemetry.records import split_batch, split_records
 from gateway.telemetry.spool import batch_due
 from gateway.telemetry.uplink import retry_delay
 from protocol.telemetry import decode_batch, encode_batch
@@ -40,6 +41,89 @@ def test_split_keeps_bytes_of_records_with_spacing_and_any_key_order():
     record = b'{ "dev" : "d", "boot":"0123456789abcdef","seq":1,"ts_ms":2,"kind":"inference" }'
     payload = b' {"records" : [ ' + record + b' ] , "device":"d", "schema":1 } '
     assert split_batch(payload) == ("d", [record])
+
+
+# JSON values for a record's other fields, and number spellings json and msgspec might read
+# differently.
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12, alphabet=st.sampled_from('ab"\\},{[]:\u00e9\ud800\U0001f600 \t\n')),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+NUMBER_SPELLINGS = [b"1e400", b"-1e400", b"1E+2", b"-0", b"0.1e-400", b"5e-324", b"-0.0", b"1" * 30]
+NOT_JSON = [b"01", b"1.", b".5", b"+1", b"1e", b'"\\x"', b"tru", b"[1 2]", b'{"a" 1}', b"NaN"]
+IDENTITY = {"dev": "d", "boot": "0123456789abcdef", "seq": 1, "ts_ms": 2, "kind": "inference"}
+
+
+@st.composite
+def record_bytes(draw) -> bytes:
+    """A compact record, now and then with a field that breaks the identity check, a repeated
+    key, or a number spelled oddly."""
+    data = dict(IDENTITY) | {"x": draw(JSON_VALUES)}
+    if draw(st.integers(0, 3)) == 0:
+        key = draw(st.sampled_from(sorted(IDENTITY)))
+        data[key] = draw(st.sampled_from([None, True, -1, 2**63, "e", "inference", "zz", 1.5]))
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    if draw(st.integers(0, 3)) == 0:
+        odd = NUMBER_SPELLINGS + NOT_JSON
+        field = draw(st.sampled_from([b'"n":' + n for n in odd] + [b'"dev":"e"']))
+        raw = raw[:-1] + b"," + field + b"}"
+    return raw
+
+
+def outcome(split, payload: bytes, full: bool):
+    try:
+        return split(payload, full)
+    except ProtocolError as exc:
+        return exc.reason
+
+
+# What may follow the records in a batch's object: nothing, another key, a repeated one.
+ENVELOPE_TAILS = [b"", b',"x":1', b',"device":"e"', b',"records":[{}]', b',"schema":2']
+
+
+@given(
+    st.lists(record_bytes(), min_size=1, max_size=5), st.sampled_from(ENVELOPE_TAILS), st.booleans()
+)
+def test_compact_and_spaced_batches_split_alike(records, tail, full):
+    """The batch as agents write it (the fast paths) and the same records with spacing between
+    them (the scanner) are accepted or refused alike, with the same records, whether the
+    records are decoded (split_records) or not (split_batch)."""
+    compact = encode_batch("d", records)[:-1] + tail + b"}"
+    spaced = (
+        b'{"schema": 1, "device": "d", "records": [ ' + b" , ".join(records) + b" ]" + tail + b"}"
+    )
+    found = outcome(split_records, compact, full)
+    assert found == outcome(split_records, spaced, full)
+    if isinstance(found, str):
+        assert outcome(split_batch, compact, full) == outcome(split_batch, spaced, full) == found
+    else:
+        assert found == ("d", [(json.loads(raw), raw) for raw in records])
+        assert (
+            outcome(split_batch, compact, full)
+            == outcome(split_batch, spaced, full)
+            == (
+                "d",
+                records,
+            )
+        )
+
+
+@pytest.mark.parametrize("depth", [100, 300, 5000])
+def test_deeply_nested_records_are_judged_alike_compact_or_spaced(depth):
+    record = json.dumps(IDENTITY).replace(" ", "").encode()[:-1]
+    record += b',"x":' + b"[" * depth + b"]" * depth + b"}"
+    compact = encode_batch("d", [record])
+    spaced = b'{"schema": 1, "device": "d", "records": [ ' + record + b" ] }"
+    for split in (split_batch, split_records):
+        assert outcome(split, compact, False) == outcome(split, spaced, False)
+    assert outcome(split_batch, compact, False) == (("d", [record]) if depth < 1000 else "nesting")
 
 
 @pytest.mark.parametrize(

@@ -292,3 +292,24 @@ def test_a_message_that_cannot_be_stored_is_rolled_back_alone(conn, monkeypatch)
     assert (why.kind, why.reason) == ("status", "store") and "OverflowError" in why.detail
     stored = conn.execute("SELECT total(n) FROM records").fetchone()[0]
     assert stored == ingest.spool.stats.records
+
+
+def test_a_group_leaves_each_devices_last_state_on_disk(conn):
+    """Telemetry, a status and more telemetry of one device in one group, a bad batch between
+    them: the device's row on disk counts the valid records and holds the status."""
+    ingest = ingest_for(conn, "identity")
+    topic = device_topic(PREFIX, DEVICE, "telemetry")
+    before = ingest.inventory.devices.get(DEVICE)
+    counted = before.records if before else 0
+    group = [
+        Inbound(0, 1, 1, topic, VALID["telemetry"]),
+        Inbound(0, 2, 1, device_topic(PREFIX, DEVICE, "status"), VALID["status"]),
+        Inbound(0, 3, 1, topic, b'{"schema":1}'),
+        Inbound(0, 4, 1, topic, VALID["telemetry"]),
+    ]
+    result = ingest._persist_sync(conn, group)
+    ingest.inventory.replace(result.changed.values())
+    (data,) = conn.execute("SELECT data FROM devices WHERE device = ?", (DEVICE,)).fetchone()
+    on_disk = json.loads(data)
+    assert on_disk["records"] == counted + 4 and on_disk["state"] == "online"
+    assert on_disk == json.loads(json.dumps(ingest.inventory.devices[DEVICE].to_json()))
