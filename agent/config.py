@@ -409,7 +409,7 @@ def _update(table: tomlconfig.Table) -> UpdateSettings:
         max_worker_crashes=table.value("max_worker_crashes", int, 3, 1, 100),
         max_model_bytes=table.value("max_model_bytes", int, DEFAULT_MAX_MODEL_BYTES, 1024, 2**31),
         allowed_models=_model_names(table),
-        probation=_probation(table.table("probation")),
+        probation=probation_limits(table.table("probation")),
     )
     table.done()
     return config
@@ -424,7 +424,9 @@ def _model_names(table: tomlconfig.Table) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _probation(table: tomlconfig.Table) -> ProbationLimits:
+def probation_limits(table: tomlconfig.Table) -> ProbationLimits:
+    """``[update.probation]``; the fleet simulator checks a scenario's ``[fleet.probation]``
+    with it too."""
     d = ProbationLimits()
     config = ProbationLimits(
         min_samples=table.value("min_samples", int, d.min_samples, 1, 10_000_000),

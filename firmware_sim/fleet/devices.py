@@ -222,6 +222,7 @@ def agent_tables(
     seed: int,
     source: str = "noise",
     capture: bool = False,
+    probation: dict | None = None,
 ) -> dict:
     """An agent.toml for a simulated device; with ``source = "bands"`` its inputs move when
     the simulator writes a shift into ``home/shift`` (a drift fault)."""
@@ -244,7 +245,7 @@ def agent_tables(
             "drain_s": 20.0,
         },
         "drift": {"window": 200},
-        "update": {"trusted_root": trusted_root, "probation": PROBATION},
+        "update": {"trusted_root": trusted_root, "probation": probation or PROBATION},
     }
     if source == "bands":
         tables["source"]["shift_file"] = shift_file(home)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.config import probation_limits
 from edgefleet import tomlconfig
 from edgefleet.errors import UserError
 from edgefleet.models import model_path
+from firmware_sim.fleet.devices import PROBATION
 
 GATES = ("pass", "fail-gate", "fail-probation")
 FAULTS = (
@@ -111,6 +113,8 @@ class Fleet:
     source: str = "noise"  # "bands": inputs with a class each (edgefleet.models.bands)
     capture: bool = False  # [capture] enabled on every device
     mode: str = "process"  # or "light": many agents per host process
+    # Every agent's [update.probation]: the simulator's defaults with the scenario's keys over.
+    probation: dict = field(default_factory=lambda: dict(PROBATION))
 
 
 @dataclass(frozen=True)
@@ -358,6 +362,7 @@ def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
         source=table.choice("source", SOURCES, "noise"),
         capture=table.value("capture", bool, False),
         mode=table.choice("mode", MODES, "process"),
+        probation=_probation(table.table("probation")),
     )
     if fleet.mcus > fleet.devices:
         table.fail("mcus", "must not exceed devices (each MCU hangs off one agent)")
@@ -365,6 +370,16 @@ def _fleet(table: tomlconfig.Table, base: Path) -> Fleet:
         table.fail("mcus", f"an attached MCU's serial line {NO_LIGHT}")
     table.done()
     return fleet
+
+
+def _probation(table: tomlconfig.Table) -> dict:
+    """The devices' probation: the simulator's defaults, each key the scenario gives over
+    them, checked as an agent checks its ``[update.probation]``."""
+    if not isinstance(table.data, dict):
+        raise UserError(f"{table.label}: key {table.path}: must be a table of probation limits")
+    merged = PROBATION | table.data
+    probation_limits(tomlconfig.Table(table.label, table.path, merged, table.base))
+    return merged
 
 
 def _step(table: tomlconfig.Table, base: Path, index: int, fleet: Fleet) -> Step:

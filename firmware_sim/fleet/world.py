@@ -179,8 +179,8 @@ class World:
     async def _add_device(self, index: int, template: Path, root: Path) -> None:
         name = device_name(index)
         home = self.workdir / "devices" / name
-        if self.fleet.provision == "update":
-            shutil.copytree(template, home / "state")
+        if self.fleet.provision == "update":  # off the loop: the site's cloud answers on it
+            await asyncio.to_thread(shutil.copytree, template, home / "state")
         else:  # the README's way: agent.toml names the model file; no update installed it
             (home / "state").mkdir(parents=True)
         url = self.broker.url
@@ -207,6 +207,7 @@ class World:
             seed=self.scenario.seed * 100_003 + index,
             source=self.fleet.source,
             capture=self.fleet.capture,
+            probation=self.fleet.probation,
         )
         tables["mqtt"] |= self.broker.device_login(name)
         if self.fleet.provision == "config":  # what the model is, as the README's agent.toml says

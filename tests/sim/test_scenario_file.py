@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from edgefleet.errors import UserError
 from firmware_sim.fleet.commands import DEMO
+from firmware_sim.fleet.devices import PROBATION
 from firmware_sim.fleet.scenario import Expectation, load, parse, parse_duration
 
 GOOD = """
@@ -66,6 +67,17 @@ def test_a_good_scenario_reads_with_paths_relative_to_its_file(tmp_path, models)
     assert release.model == tmp_path / "m" / "new.tflite" and release.gate == "fail-probation"
     assert (wait.until, wait.timeout_s) == ("rollout:paused", 60.0)
     assert scenario.partitionable() == {"dev001"}
+    assert scenario.fleet.probation == PROBATION  # the simulator's own unless the scenario says
+
+
+def test_the_fleet_probation_overrides_the_simulators_key_by_key(tmp_path):
+    text = GOOD.format(model="fixture:kws_f32_v2_head").replace(
+        'model = "fixture:kws_f32_v1"\n',
+        'model = "fixture:kws_f32_v1"\n\n[fleet.probation]\nmin_samples = 10\nwindow_s = 1\n',
+        1,
+    )
+    scenario = load(write(tmp_path, text))
+    assert scenario.fleet.probation == PROBATION | {"min_samples": 10, "window_s": 1}
 
 
 BAD = [
@@ -82,6 +94,12 @@ BAD = [
     ("[[step]]\nat = 1\ndo = \"rollout\"\nversion = 2\nstages = [50, 10]", "must rise"),
     ("[[step]]\nat = 1\ndo = \"fault\"\nkind = \"partition\"\ndevices = [\"x\"]\nfor = 1",
      "step[0].devices"),
+    ('[fleet]\ndevices = 2\nmodel = "fixture:kws_f32_v1"\n[fleet.probation]\nmin_samples = 0',
+     "fleet.probation.min_samples: must be >= 1"),
+    ('[fleet]\ndevices = 2\nmodel = "fixture:kws_f32_v1"\n[fleet.probation]\npatience = 3',
+     "fleet.probation.patience: unknown key"),
+    ('[fleet]\ndevices = 2\nmodel = "fixture:kws_f32_v1"\nprobation = 3',
+     "fleet.probation: must be a table"),
     ("[expect]\nhappiness = 1", "expect.happiness: not a report key"),
     ("[expect]\nbricked = \"few\"", "expect.bricked: must be a value, a comparison"),
     ("[expect]\nbricked = \"all\"", '"all" only applies to'),
