@@ -30,7 +30,7 @@ BENCHES = [
     ("Serial", "serial_throughput.py", []),
     ("Updates", "update_rollout.py", ["--runs", "3"]),
     ("Update worker", "update_worker.py", []),
-    ("Fleet", "fleet_scale.py", ["--sizes", "100,250,500,1000"]),
+    ("Fleet", "fleet_scale.py", ["--sizes", "100,500,1000"]),
     ("Data loop", "data_loop.py", ["--devices", "10", "--drifting", "3", "--seconds", "100"]),
     ("Capture cost", "capture_cost.py", ["--rounds", "10", "--seconds", "2"]),
 ]
