@@ -113,6 +113,7 @@ def rollout_row(devices: int, rate: float, workdir: Path) -> dict:
         "rollout_s": rollout_seconds(report),
         "gateway_total_s": timeline.get("total_s"),
         "passed": report["passed"],
+        "violations": report["violations"][:3],
         "stages": timeline.get("stages", []),
     }
 
