@@ -80,9 +80,9 @@ async def run(config: GatewayConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopper.event.set)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    log.info("open_files_limit", limit=raise_open_files_limit())
     token = admin_token.ensure(config.admin.token_file)  # a weak token stops the start here
     viewer = admin_token.ensure(config.admin.viewer_token_file, "viewer token")
+    open_files = raise_open_files_limit()
     notifier = Notifier()
     async with AsyncExitStack() as stack:
         stack.callback(notifier.close)
@@ -177,6 +177,7 @@ async def run(config: GatewayConfig) -> int:
             site=config.site,
             spool_records=spool.stats.records,
             devices=len(inventory.devices),
+            open_files=open_files,
         )
 
         def status() -> str:

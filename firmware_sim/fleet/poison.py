@@ -78,6 +78,29 @@ def malformed(device: str) -> list[Message]:
     ]
 
 
+def _until_acknowledged(
+    client: mqtt.Client,
+    connected: threading.Event,
+    prefix: str,
+    device: str,
+    message: Message,
+    timeout: float,
+) -> bool:
+    """Publish ``message`` again after each lost connection, until the broker acknowledges it;
+    False if it never did (``timeout`` without a connection)."""
+    while connected.wait(timeout):
+        info = client.publish(
+            device_topic(prefix, device, message.kind), message.payload, 1, message.retain
+        )
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):  # not connected (any more): sent again
+            continue
+        if info.is_published():
+            return True
+    return False
+
+
 def oversize(device: str) -> Message:
     """Over the broker's ``max_packet_size``: the broker disconnects the sender."""
     padding = "x" * (MAX_PACKET_BYTES + 1024)
@@ -95,32 +118,43 @@ def publish(
     timeout: float = 10.0,
 ) -> PoisonResult:  # fmt: skip
     """Log in as ``device``, publish ``rounds`` of ``malformed`` at QoS 1 (each waited for),
-    then the oversize message; blocking, so run it in a thread."""
+    then the oversize message; blocking, so run it in a thread.
+
+    The device's own agent, taken over, logs in again and takes the session back; the client
+    then reconnects and sends again what the broker had not acknowledged, until ``timeout``
+    passes without a connection."""
     parts = urlsplit(broker_url)
     result = PoisonResult()
     connected, disconnected = threading.Event(), threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
     client.username_pw_set(*login)
-    client.on_connect = lambda c, u, f, rc, p=None: rc == 0 and connected.set()
-    client.on_disconnect = lambda c, u, f, rc, p=None: disconnected.set()
+
+    def on_connect(client, userdata, flags, reason_code, properties=None) -> None:
+        if reason_code == 0:
+            disconnected.clear()
+            connected.set()
+
+    def on_disconnect(client, userdata, flags, reason_code, properties=None) -> None:
+        connected.clear()
+        disconnected.set()
+
+    client.on_connect, client.on_disconnect = on_connect, on_disconnect
+    client.reconnect_delay_set(0.1, 1.0)
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = 0
     client.connect(parts.hostname, parts.port or 1883, keepalive=10, clean_start=True,
                    properties=properties)  # fmt: skip
     client.loop_start()
     try:
+        if not connected.wait(timeout):
+            raise TimeoutError(f"{device}: the broker did not accept the login")
         for _ in range(rounds):
-            if not connected.wait(timeout):
-                raise TimeoutError(f"{device}: the broker did not accept the login")
             for message in malformed(device):
-                info = client.publish(
-                    device_topic(prefix, device, message.kind), message.payload, 1, message.retain
+                result.published += _until_acknowledged(
+                    client, connected, prefix, device, message, timeout
                 )
-                try:
-                    info.wait_for_publish(timeout)
-                except (RuntimeError, ValueError):  # not connected (any more): not published
-                    continue
-                result.published += info.is_published()
+        if not connected.wait(timeout):
+            raise TimeoutError(f"{device}: the broker did not accept the login")
         disconnected.clear()
         big = oversize(device)
         client.publish(device_topic(prefix, device, big.kind), big.payload, 1)
