@@ -36,6 +36,7 @@ from pathlib import Path
 from edgefleet import logs
 from firmware_sim.fleet.runner import Runner
 from firmware_sim.fleet.scenario import parse
+from firmware_sim.fleet.timeline import rollout_wall_s
 
 RELEASE = {"at": "1s", "do": "release", "model": "fixture:kws_f32_v2_head", "version": 2}
 SWEEP = {
@@ -75,21 +76,13 @@ def simulate(template: dict, devices: int, rate: float, workdir: Path) -> dict:
     return asyncio.run(Runner(scenario, workdir / f"{template['name']}-{devices}").run())
 
 
-def rollout_seconds(report: dict) -> float | None:
-    """From the rollout step to the end of the wait for its completion."""
-    steps = {s["do"].split()[0]: s for s in report["steps"]}
-    if "rollout" not in steps or "wait" not in steps:
-        return None
-    return round(steps["wait"]["at_s"] - steps["rollout"]["at_s"], 1)
-
-
 def sweep_row(devices: int, rate: float, workdir: Path) -> dict:
     report = simulate(SWEEP, devices, rate, workdir)
     stages = (report["rollout_timeline"] or {}).get("stages", [])
     return {
         "devices": devices,
         "startup_s": report["startup_s"],
-        "rollout_s": rollout_seconds(report),
+        "rollout_s": rollout_wall_s(report["steps"]),
         "rollout_state": report["rollout_state"],
         "records_per_s": report["telemetry_per_s"],
         "sent": report["telemetry_sent"],
@@ -110,7 +103,7 @@ def rollout_row(devices: int, rate: float, workdir: Path) -> dict:
     timeline = report["rollout_timeline"] or {}
     return {
         "agents": devices,
-        "rollout_s": rollout_seconds(report),
+        "rollout_s": rollout_wall_s(report["steps"]),
         "gateway_total_s": timeline.get("total_s"),
         "passed": report["passed"],
         "violations": report["violations"][:3],

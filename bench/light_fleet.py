@@ -27,16 +27,12 @@ from pathlib import Path
 from edgefleet import logs, tomlconfig
 from firmware_sim.fleet.runner import Runner
 from firmware_sim.fleet.scenario import parse
+from firmware_sim.fleet.timeline import rollout_wall_s
+from firmware_sim.fleet.usage import stat_cpu_seconds, stat_fields
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "firmware_sim.fleet.light_host"
-TICK_S = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_s(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK_S
 
 
 def hosts() -> dict[int, tuple[int, float, int, float]]:
@@ -49,10 +45,10 @@ def hosts() -> dict[int, tuple[int, float, int, float]]:
         try:
             if HOST not in (entry / "cmdline").read_text():
                 continue
-            threads = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[17])
+            fields = stat_fields(str(entry / "stat"))
             rss = int((entry / "statm").read_text().split()[1]) * PAGE
-            main = cpu_s(entry / "task" / entry.name / "stat")
-            found[int(entry.name)] = (rss, cpu_s(entry / "stat"), threads, main)
+            main = stat_cpu_seconds(stat_fields(str(entry / "task" / entry.name / "stat")))
+            found[int(entry.name)] = (rss, stat_cpu_seconds(fields), int(fields[17]), main)
         except (OSError, IndexError, ValueError):
             continue
     return found
@@ -104,15 +100,12 @@ def main() -> None:
     up = begun + report["startup_s"]
     first_step = min((s["at_s"] for s in report["steps"]), default=0.0)
     steady = [(t, h) for t, h in sampler.samples if up + 5 < t < up + first_step]
-    # a step's at_s is when it ended: a rollout's start, a wait's end
-    rollouts = [s["at_s"] for s in report["steps"] if s["do"].startswith("rollout")]
-    waits = [s["at_s"] for s in report["steps"] if s["do"].startswith("wait")]
     peak = max(sum(v[0] for v in h.values()) for _, h in sampler.samples)
     result = {
         "devices": devices,
         "rate_hz": scenario.fleet.rate_hz,
         "startup_s": report["startup_s"],
-        "rollout_s": round(waits[-1] - rollouts[0], 1) if rollouts and waits else None,
+        "rollout_s": rollout_wall_s(report["steps"]),
         "passed": report["passed"],
         "violations": report["violations"],
         "on_target": report["devices_on_target"],

@@ -45,13 +45,12 @@ async def in_thread(args: Sequence[str], on_line: OnLine, limit_s: float) -> tup
     stop = threading.Event()
     errors = io.StringIO()
 
+    def emit(line: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(on_line, line)
+
     def work() -> int | None:
         STOP_AT_HOOK.set(stop)  # in the thread's own copy of the caller's context
         try:
-
-            def emit(line: dict[str, Any]) -> None:
-                loop.call_soon_threadsafe(on_line, line)
-
             return worker.main(list(args), emit, errors)
         except Interrupted:
             return None

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.updater.faults import CUT_FILE_ENV
+from agent.updater.faults import CUT_FILE_ENV, HOOK_ENV
 from edgefleet import tomlconfig
 from edgefleet.fsio import atomic_write_bytes
 from edgefleet.processes import start_edgefleet
@@ -72,6 +72,11 @@ class DeviceFiles:
         self.starts = 0
         self.expected_exit = False
 
+    @property
+    def log_path(self) -> Path:
+        """Where this device's agent logs."""
+        return self.home / "agent.log"
+
     def _starting(self) -> None:
         self.starts += 1
         self.expected_exit = False
@@ -104,12 +109,12 @@ class SimDevice(DeviceFiles):
     def start(self) -> None:
         self._starting()
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", CUT_FILE_ENV: str(self.cut_file)}
-        env.pop("EDGEFLEET_FAULT_HOOK", None)
+        env.pop(HOOK_ENV, None)
         if self.clock is not None:
             env = self.clock.env(env)
         self.proc = start_edgefleet(
             ["agent", "run", "--config", str(self.config_path)],
-            self.home / "agent.log",
+            self.log_path,
             env=env,
             own_group=True,
             nice=DEVICE_NICE,
@@ -161,6 +166,11 @@ class LightDevice(DeviceFiles):
         self._running = False
         self._exit: int | None = None
 
+    @property
+    def log_path(self) -> Path:
+        """Its host's log (each line names the device)."""
+        return self._hosts.host_log(self._index)
+
     def start(self) -> None:
         self._starting()
         self._host = self._hosts.host(self._index)
@@ -207,6 +217,9 @@ class LightDevice(DeviceFiles):
             return False
         self._exit, self._running = code, False
         return True
+
+
+SimulatedDevice = SimDevice | LightDevice
 
 
 def agent_tables(

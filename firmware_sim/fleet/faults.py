@@ -11,7 +11,7 @@ import random
 import structlog
 
 from firmware_sim.fleet import impersonation, poison
-from firmware_sim.fleet.devices import LightDevice, SimDevice
+from firmware_sim.fleet.devices import SimulatedDevice
 from firmware_sim.fleet.mitm import TIMESTAMP, expired_timestamp
 from firmware_sim.fleet.scenario import Fault
 from firmware_sim.fleet.site import WITNESS_USER
@@ -38,9 +38,7 @@ async def _after(delay: float, action) -> None:
     await action()
 
 
-def _chosen(
-    world: World, fault: Fault, rng: random.Random, among=None
-) -> list[SimDevice | LightDevice]:
+def _chosen(world: World, fault: Fault, rng: random.Random, among=None) -> list[SimulatedDevice]:
     if isinstance(fault.devices, tuple):
         return [d for d in world.devices if d.name in fault.devices]
     candidates = [d for d in world.devices if among is None or d.name in among]
@@ -138,7 +136,7 @@ async def gateway_restart(world: World, fault: Fault, rng: random.Random):
 async def poison_fault(world: World, fault: Fault, rng: random.Random):
     """Each chosen device's credentials publish ``count`` rounds of malformed messages."""
 
-    async def one(device: SimDevice | LightDevice) -> None:
+    async def one(device: SimulatedDevice) -> None:
         login = world.broker.login(device.name)
         result = await asyncio.to_thread(
             poison.publish, world.broker.url, world.prefix, device.name, login, fault.count

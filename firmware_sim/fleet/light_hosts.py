@@ -41,7 +41,6 @@ class HostProcess:
             stdout=subprocess.PIPE,
             nice=nice,
         )
-        self.errors: list[str] = []
         self._exits: dict[str, int] = {}
         self._running: set[str] = set()
         self._changed = threading.Condition()
@@ -84,7 +83,6 @@ class HostProcess:
             except ValueError:
                 continue
             if "error" in data:
-                self.errors.append(str(data["error"]))
                 log.warning("light_host_refused", error=data["error"])
             elif "device" in data:
                 with self._changed:
@@ -118,12 +116,15 @@ class LightHosts:
         self.workdir, self.count, self.nice = workdir, max(count, 1), nice
         self.hosts: dict[int, HostProcess] = {}
 
+    def host_log(self, index: int) -> Path:
+        return self.workdir / f"host{index % self.count}.log"
+
     def host(self, index: int) -> HostProcess:
         slot = index % self.count
         host = self.hosts.get(slot)
         if host is None or not host.alive:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            host = HostProcess(self.workdir / f"host{slot}.log", self.nice)
+            host = HostProcess(self.host_log(index), self.nice)
             self.hosts[slot] = host
         return host
 

@@ -78,6 +78,11 @@ def malformed(device: str) -> list[Message]:
     ]
 
 
+def _logged_in(connected: threading.Event, device: str, timeout: float) -> None:
+    if not connected.wait(timeout):
+        raise TimeoutError(f"{device}: the broker did not accept the login")
+
+
 def _until_acknowledged(
     client: mqtt.Client,
     connected: threading.Event,
@@ -146,15 +151,13 @@ def publish(
                    properties=properties)  # fmt: skip
     client.loop_start()
     try:
-        if not connected.wait(timeout):
-            raise TimeoutError(f"{device}: the broker did not accept the login")
+        _logged_in(connected, device, timeout)
         for _ in range(rounds):
             for message in malformed(device):
                 result.published += _until_acknowledged(
                     client, connected, prefix, device, message, timeout
                 )
-        if not connected.wait(timeout):
-            raise TimeoutError(f"{device}: the broker did not accept the login")
+        _logged_in(connected, device, timeout)
         disconnected.clear()
         big = oversize(device)
         client.publish(device_topic(prefix, device, big.kind), big.payload, 1)

@@ -95,3 +95,12 @@ def rollout_timeline(view: dict, events: Iterable[Event]) -> dict:
     ends = [p["committed_at"] for p in view["progress"] if p["committed_at"]]
     total = round(max(ends) - view["created_at"], 2) if ends else None
     return {"rollout": view["id"], "total_s": total, "stages": stages}
+
+
+def rollout_wall_s(steps: list[dict]) -> float | None:
+    """A scenario's rollout as its timeline saw it: from the first rollout step (a step's
+    ``at_s`` is when it ended: the rollout started, its deltas signed) to the end of the last
+    wait; None without either."""
+    rollouts = [s["at_s"] for s in steps if s["do"].startswith("rollout")]
+    waits = [s["at_s"] for s in steps if s["do"].startswith("wait")]
+    return round(waits[-1] - rollouts[0], 1) if rollouts and waits else None

@@ -17,14 +17,24 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 1.0
 
 
+def stat_fields(path: str) -> list[bytes]:
+    """The fields of a ``/proc/<pid>/stat`` (or ``task/<tid>/stat``) after the command name,
+    the first being the state: ``fields[11]`` and ``[12]`` are utime and stime, ``[17]`` the
+    thread count. ``OSError`` when the process is gone."""
+    with open(path, "rb") as stat:
+        return stat.read().rsplit(b")", 1)[1].split()
+
+
+def stat_cpu_seconds(fields: list[bytes]) -> float:
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU of ``pid`` so far, or None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
+        return stat_cpu_seconds(stat_fields(f"/proc/{pid}/stat"))
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def peak_rss_bytes(pid: int) -> int | None:

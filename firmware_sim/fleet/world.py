@@ -21,7 +21,13 @@ from edgefleet.errors import UserError
 from firmware_sim.broker import free_port
 from firmware_sim.fleet.clock import ClockError, SiteClocks
 from firmware_sim.fleet.cloud import Cloud
-from firmware_sim.fleet.devices import DEVICE_NICE, LightDevice, SimDevice, agent_tables
+from firmware_sim.fleet.devices import (
+    DEVICE_NICE,
+    LightDevice,
+    SimDevice,
+    SimulatedDevice,
+    agent_tables,
+)
 from firmware_sim.fleet.impersonation import Attempt
 from firmware_sim.fleet.light_hosts import LightHosts
 from firmware_sim.fleet.mcus import BAUD, ImageSigner, SimMcu, protocol_of
@@ -81,7 +87,7 @@ class World:
         self.cloud = Cloud(scenario.seed, workdir / "cloud" / "dataset")
         self.operator: Repository | None = None
         self.gateway: GatewayProcess | None = None
-        self.devices: list[SimDevice | LightDevice] = []
+        self.devices: list[SimulatedDevice] = []
         self.light: LightHosts | None = None
         if self.fleet.mode == "light":  # one host process per core
             self.light = LightHosts(workdir / "light", os.cpu_count() or 1, DEVICE_NICE)
@@ -275,12 +281,12 @@ class World:
                     continue
                 if not device.expected_exit and code != -9:
                     self.counters.crashes.append(
-                        f"{device.name} exited with code {code} (see {device.home / 'agent.log'})"
+                        f"{device.name} exited with code {code} (see {device.log_path})"
                     )
                 self.counters.agent_restarts += 1
                 device.start()
 
-    async def power_cut(self, device: SimDevice | LightDevice, off_s: float = 0.5) -> None:
+    async def power_cut(self, device: SimulatedDevice, off_s: float = 0.5) -> None:
         device.power_cut()
         await asyncio.sleep(off_s)
         if not device.running:

@@ -136,7 +136,7 @@ class RolloutStore:
         return self._rollouts.get(rollout_id)
 
     async def list(self) -> list[Rollout]:
-        return sorted(self._rollouts.values(), key=lambda r: r.created_at)
+        return list(self._rollouts.values())  # loaded oldest first, each new one added last
 
     async def active(self) -> list[Rollout]:
         active = (RolloutState.RUNNING, RolloutState.PAUSED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_sim.fleet.timeline import rollout_timeline
+from firmware_sim.fleet.timeline import rollout_timeline, rollout_wall_s
 from protocol.topics import Event
 
 KINDS = ("update_offered", "update_downloaded", "update_installed", "update_trial",
@@ -51,3 +51,14 @@ def test_a_stage_nobody_finished_has_no_span():
     stage = timeline["stages"][0]
     assert stage["committed"] == 0 and stage["span_s"] is None and stage["probation_s"] is None
     assert timeline["stages"][1]["devices"] == 0 and timeline["total_s"] is None
+
+
+def test_the_rollouts_wall_time_runs_from_its_step_to_the_last_wait():
+    steps = [
+        {"do": "release model v2", "at_s": 1.0},
+        {"do": "rollout v2", "at_s": 2.5},
+        {"do": "fault broker-restart", "at_s": 8.0},
+        {"do": "wait rollout:completed", "at_s": 40.25},
+    ]
+    assert rollout_wall_s(steps) == 37.8  # rounded to 0.1 s
+    assert rollout_wall_s(steps[:2]) is None
