@@ -73,7 +73,7 @@ def parse_command(raw: bytes) -> Command:
         raise ControlError(f"control line longer than {MAX_LINE_BYTES} bytes")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise ControlError("control line is not JSON") from None
     if not isinstance(data, dict):
         raise ControlError("control line is not a JSON object")

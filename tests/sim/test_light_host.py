@@ -54,6 +54,7 @@ def test_a_start_needs_its_paths():
         (b'{"op": "stop", "device": "../x"}', "stop: 'device' must be a device id"),
         (b"[1]", "not a JSON object"),
         (b"\xff\xfe", "not JSON"),
+        (b"[" * 5000, "not JSON"),  # deeper than the decoder recurses
         (b" " * (MAX_LINE_BYTES + 1), "longer than"),
     ):
         try:
