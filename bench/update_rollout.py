@@ -112,7 +112,7 @@ def counting_server(repo_dir: Path):
 def device_update(tuf_dir: Path, url: str, name: str, offer: Offer, work: Path) -> str:
     """What the updater fetches for ``offer``; returns the gate vectors' target path."""
     trust = TrustedRepository(tuf_dir, url)
-    gate_path = trust.target(offer.target).model_meta().gate.path
+    gate_path = trust.target(offer.target).model_meta().gate.fetched[0]
     with contextlib.suppress(TrustError):
         trust.target(delta_target_path(name, 1, 2))
     for path in (offer.fetch, gate_path):

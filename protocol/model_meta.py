@@ -13,6 +13,7 @@ optional entry such as ``evaluation`` keeps format 1 and old agents keep updatin
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import math
 import re
@@ -132,6 +133,23 @@ class GateRef:
     count: int
     atol: float
     min_top1_agreement: float = 1.0
+    # The same vectors in the compact encoding (``protocol.gate_vectors``), which agents that
+    # know it fetch instead; ``path`` stays for those that do not.
+    compact: CompactGateRef | None = None
+
+    @property
+    def fetched(self) -> tuple[str, str]:
+        """(path, sha256) of the encoding a device fetches: the compact one when it is signed,
+        since the device makes seeded inputs itself."""
+        if self.compact is not None:
+            return self.compact.path, self.compact.sha256
+        return self.path, self.sha256
+
+
+@dataclass(frozen=True)
+class CompactGateRef:
+    path: str
+    sha256: str
 
 
 def _whole(value: Any) -> int:
@@ -219,19 +237,22 @@ class ModelMeta:
     probation_max_psi: float | None = None
 
     def to_json(self) -> dict[str, Any]:
+        gate: dict[str, Any] = {
+            "path": self.gate.path,
+            "sha256": self.gate.sha256,
+            "count": self.gate.count,
+            "atol": decimal(self.gate.atol),
+            "min_top1_agreement": decimal(self.gate.min_top1_agreement),
+        }
+        if self.gate.compact is not None:
+            gate["compact"] = dataclasses.asdict(self.gate.compact)
         data = {
             "format": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
-            "gate": {
-                "path": self.gate.path,
-                "sha256": self.gate.sha256,
-                "count": self.gate.count,
-                "atol": decimal(self.gate.atol),
-                "min_top1_agreement": decimal(self.gate.min_top1_agreement),
-            },
+            "gate": gate,
             "latency_budget_ms": decimal(self.latency_budget_ms),
             "drift": self.drift.to_json(),
             "hardware": {"arena_bytes": self.arena_bytes, "tags": list(self.hardware_tags)},
@@ -274,6 +295,11 @@ class ModelMeta:
                     count=int(gate["count"]),
                     atol=float(gate["atol"]),
                     min_top1_agreement=float(gate.get("min_top1_agreement", 1.0)),
+                    compact=(
+                        CompactGateRef(str(gate["compact"]["path"]), str(gate["compact"]["sha256"]))
+                        if "compact" in gate
+                        else None
+                    ),
                 ),
                 latency_budget_ms=float(data["latency_budget_ms"]),
                 drift=DriftReference.from_json(data["drift"]),
@@ -305,6 +331,8 @@ class ModelMeta:
             "latency budget must be positive",
         )
         _require(re.fullmatch(r"[0-9a-f]{64}", meta.gate.sha256) is not None, "bad gate sha256")
+        if meta.gate.compact is not None:
+            _check_compact_gate(meta, meta.gate.compact)
         if meta.evaluation is not None:
             _check_evaluation(meta, meta.evaluation)
         agreement, psi = meta.probation_min_agreement, meta.probation_max_psi
@@ -340,6 +368,17 @@ def _check_evaluation(meta: ModelMeta, ref: EvalRef) -> None:
         values <= MAX_EVAL_VALUES,
         f"an evaluation set of {values} input values exceeds {MAX_EVAL_VALUES}",
     )
+
+
+def _check_compact_gate(meta: ModelMeta, ref: CompactGateRef) -> None:
+    want = gate_compact_path(meta.name, meta.version)
+    _require(ref.path == want, f"compact gate path {ref.path!r} is not {want!r}")
+    _require(re.fullmatch(r"[0-9a-f]{64}", ref.sha256) is not None, "bad compact gate sha256")
+
+
+def gate_compact_path(name: str, version: int) -> str:
+    """The target path of a model version's compact gate vectors."""
+    return f"{name}/{version}.gate2.json"
 
 
 def eval_path(name: str, version: int) -> str:

@@ -9,7 +9,6 @@ it imports python-tuf and the inference runtime.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,8 +30,10 @@ from agent.updater.store import Changes, Offer, Saved
 from agent.updater.verified import check, fetch_verified, signed_target, trust_failure
 from agent.updater.versions import VersionsError
 from protocol.delta import DeltaError, Expected, apply_delta, delta_target_path
-from protocol.model_meta import EvalRef, EvalSet, GateVectors, MetadataError, ModelMeta
+from protocol.gate_vectors import read_gate_vectors
+from protocol.model_meta import EvalRef, EvalSet, MetadataError, ModelMeta
 
+GATE_FILE = "gate.json"  # the verified gate vectors (either encoding), in the work folder
 EVAL_FILE = "eval.npz"  # the verified evaluation set, in the work folder
 MODEL_PATH = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(?P<version>[0-9]+)\.tflite")
 
@@ -192,11 +193,11 @@ class Cycle:
                 fallback = f"delta refused ({exc}); fetched the full model"
                 data = self._fetch_verified(offer, offer.target)
         meta = self._meta(target)
-        gate_file = self.device.layout.work / "gate.json"
-        gate = self._fetch_verified(offer, meta.gate.path)
-        if self._signed(offer, meta.gate.path).sha256 != meta.gate.sha256:
+        gate_path, gate_sha256 = meta.gate.fetched
+        gate = self._fetch_verified(offer, gate_path)
+        if self._signed(offer, gate_path).sha256 != gate_sha256:
             raise Refused("gate vectors are not the ones the model metadata names")
-        write_atomic(gate_file, gate, "vectors")
+        write_atomic(self.device.layout.work / GATE_FILE, gate, "vectors")
         if meta.evaluation is not None:
             evaluation = self._fetch_evaluation(offer, meta.evaluation)
             write_atomic(self.device.layout.work / EVAL_FILE, evaluation, "evaluation")
@@ -257,9 +258,7 @@ class Cycle:
             raise Refused(f"slot {candidate.slot} does not hold the verified candidate")
         meta = self._meta(self._signed(offer, offer.target))
         try:
-            vectors = GateVectors.from_json(
-                json.loads((self.device.layout.work / "gate.json").read_bytes())
-            )
+            vectors = read_gate_vectors((self.device.layout.work / GATE_FILE).read_bytes(), meta)
         except (OSError, ValueError, MetadataError) as exc:
             raise Refused(f"gate vectors unusable: {exc}") from None
         labelled = self._evaluation(meta)

@@ -10,8 +10,6 @@ the real gate or the real probation on the devices must catch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -19,7 +17,7 @@ import numpy as np
 
 from gateway.releases.model_inspect import ReleaseOptions, build_model_meta
 from gateway.releases.repository import Release, Repository
-from protocol.model_meta import GateVectors
+from protocol.gate_vectors import signed_gate_ref
 
 QUICK = ReleaseOptions(samples=16, gate_samples=4)
 
@@ -41,15 +39,11 @@ def sign_model(
     (signature, reference outputs) instead; ``edit_outputs``: change the reference outputs
     before they are hashed and signed."""
     inspected = build_model_meta(described or data, name, version, options)
-    meta, gate_bytes = inspected.meta, inspected.gate_bytes
-    eval_bytes = inspected.eval_bytes
+    meta, gate = inspected.meta, inspected.gate
     if edit_outputs is not None:
-        vectors = GateVectors.from_json(json.loads(gate_bytes))
-        vectors = GateVectors(vectors.inputs, tuple(edit_outputs(o) for o in vectors.outputs))
-        gate_bytes = json.dumps(vectors.to_json()).encode()
-        digest = hashlib.sha256(gate_bytes).hexdigest()
-        meta = replace(meta, gate=replace(meta.gate, sha256=digest))
-    return repo.add_release(meta, data, gate_bytes, eval_bytes=eval_bytes)
+        gate = gate.with_outputs(tuple(edit_outputs(o) for o in gate.vectors.outputs))
+        meta = replace(meta, gate=signed_gate_ref(meta.gate, gate))
+    return repo.add_release(meta, data, gate, eval_bytes=inspected.eval_bytes)
 
 
 def reversed_outputs(outputs: np.ndarray) -> np.ndarray:

@@ -343,7 +343,7 @@ def _release_add(args) -> int:
     model = read_model(args.model)
     inspected = build_model_meta(model, args.name, args.version, options, args.model)
     release = repo.add_release(
-        inspected.meta, model, inspected.gate_bytes, lifetime, inspected.eval_bytes
+        inspected.meta, model, inspected.gate, lifetime, inspected.eval_bytes
     )
     for warning in inspected.warnings:
         log.warning("release_warning", release=release.path, detail=warning)

@@ -8,8 +8,6 @@ measures the model's accuracy on it against the operator's minimum (``evaluation
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import statistics
 import time
@@ -22,7 +20,16 @@ from edgefleet.runtime_output import runtime_output_logged
 from gateway.releases import evaluation
 from gateway.releases.errors import ReleaseError, check_range
 from protocol.drift import DriftReference
-from protocol.model_meta import NAME_PATTERN, GateRef, GateVectors, ModelMeta, TensorSpec
+from protocol.gate_vectors import SignedGate, seeded_inputs, signed_gate_ref
+from protocol.model_meta import (
+    NAME_PATTERN,
+    CompactGateRef,
+    GateRef,
+    GateVectors,
+    ModelMeta,
+    TensorSpec,
+    gate_compact_path,
+)
 from protocol.topics import MAX_HARDWARE_TAGS
 
 TFLITE_IDENTIFIER = b"TFL3"
@@ -87,7 +94,7 @@ class ReleaseOptions:
 @dataclass(frozen=True)
 class InspectedModel:
     meta: ModelMeta
-    gate_bytes: bytes
+    gate: SignedGate
     warnings: tuple[str, ...] = ()  # signable, but the operator should know
     eval_bytes: bytes | None = None  # the evaluation set target, when the meta names one
 
@@ -198,12 +205,8 @@ def build_model_meta(
     outputs_raw, latencies = _invoke(interpreter, raw_inputs)
     float_outputs = [spec.dequantize(o) for spec, o in zip(outputs, outputs_raw, strict=True)]
 
-    gate_count = min(options.gate_samples, count)
-    gate = GateVectors(
-        tuple(batch[:gate_count] for batch in raw_inputs),
-        tuple(batch[:gate_count] for batch in outputs_raw),
-    )
-    gate_bytes = json.dumps(gate.to_json(), separators=(",", ":")).encode()
+    gate = _gate_vectors(interpreter, inputs, raw_inputs, options)
+    gate_count = len(gate.vectors.outputs[0])
     median_ms = statistics.median(latencies[1:] or latencies)
     atol = options.atol
     if atol is None:  # one quantization step, or a float tolerance for kernel differences
@@ -216,12 +219,16 @@ def build_model_meta(
         version=version,
         inputs=tuple(inputs),
         outputs=tuple(outputs),
-        gate=GateRef(
-            path=f"{name}/{version}.gate.json",
-            sha256=hashlib.sha256(gate_bytes).hexdigest(),
-            count=gate_count,
-            atol=float(atol),
-            min_top1_agreement=0.9,
+        gate=signed_gate_ref(
+            GateRef(
+                path=f"{name}/{version}.gate.json",
+                sha256="",
+                count=gate_count,
+                atol=float(atol),
+                min_top1_agreement=0.9,
+                compact=CompactGateRef(gate_compact_path(name, version), ""),
+            ),
+            gate,
         ),
         latency_budget_ms=float(budget),
         drift=DriftReference.build(float_inputs[0], float_outputs[0]),
@@ -237,4 +244,18 @@ def build_model_meta(
             f"the drift reference comes from {count} inputs: fewer than {MIN_DRIFT_SAMPLES} "
             "are noisy enough to raise false drift alarms",
         )
-    return InspectedModel(meta, gate_bytes, warnings, eval_bytes)
+    return InspectedModel(meta, gate, warnings, eval_bytes)
+
+
+def _gate_vectors(interpreter, specs, raw_inputs, options: ReleaseOptions) -> SignedGate:
+    """The operator's first reference inputs, or inputs generated from the seed (which a device
+    makes again from the seed alone), and the model's outputs on them."""
+    count = min(options.gate_samples, len(raw_inputs[0]))
+    if options.reference_inputs is not None:
+        inputs = tuple(batch[:count] for batch in raw_inputs)
+        seed = None
+    else:
+        inputs = seeded_inputs(tuple(specs), options.seed, count)
+        seed = options.seed
+    outputs, _ = _invoke(interpreter, list(inputs))
+    return SignedGate(GateVectors(inputs, tuple(outputs)), seed)

@@ -43,6 +43,7 @@ from edgefleet.fsio import atomic_write_bytes
 from gateway.releases import keystore
 from gateway.releases.errors import ReleaseError, check_range
 from gateway.releases.keystore import KeyDirs
+from protocol.gate_vectors import SignedGate
 from protocol.mcu_image import KIND as MCU_IMAGE
 from protocol.mcu_image import McuImageError, McuImageMeta, inspect_image
 from protocol.mcu_image import target_path as image_path
@@ -274,14 +275,15 @@ class Repository:
         self,
         meta: ModelMeta,
         model: bytes,
-        gate_bytes: bytes,
+        gate: SignedGate,
         targets_lifetime: timedelta | None = None,
         eval_bytes: bytes | None = None,
     ) -> Release:
-        """Sign a new model version (and its gate vectors, and the evaluation set its metadata
-        names) as targets and publish it."""
+        """Sign a new model version (and its gate vectors in both encodings, and the evaluation
+        set its metadata names) as targets and publish it."""
         self.check_new_version(meta.name, meta.version, "model")
         _check_eval_bytes(meta, eval_bytes)
+        gate_files = _gate_files(meta, gate)
         targets_signer = keystore.load(self.keys.path("targets"))
         self._check_signer(targets_signer, "targets")
         online = self.online_signers()
@@ -289,10 +291,12 @@ class Repository:
         model_path = f"{meta.name}/{meta.version}.tflite"
         model_target = TargetFile.from_data(model_path, model, ["sha256"])
         model_target.unrecognized_fields["custom"] = meta.to_json()
-        gate_target = TargetFile.from_data(meta.gate.path, gate_bytes, ["sha256"])
-        gate_target.unrecognized_fields["custom"] = {"gate_for": model_path}
-        self._store_target(gate_target, gate_bytes)
         targets = self.targets
+        for path, data in gate_files.items():
+            gate_target = TargetFile.from_data(path, data, ["sha256"])
+            gate_target.unrecognized_fields["custom"] = {"gate_for": model_path}
+            self._store_target(gate_target, data)
+            targets.signed.targets[path] = gate_target
         if meta.evaluation is not None and eval_bytes is not None:
             eval_target = TargetFile.from_data(meta.evaluation.path, eval_bytes, ["sha256"])
             eval_target.unrecognized_fields["custom"] = {"eval_for": model_path}
@@ -301,7 +305,6 @@ class Repository:
         self._store_target(model_target, model)
 
         targets.signed.targets[model_path] = model_target
-        targets.signed.targets[meta.gate.path] = gate_target
         self._publish(targets, [targets_signer], online, targets_lifetime)
         return next(r for r in self.releases() if r.path == model_path)
 
@@ -621,6 +624,18 @@ def _check_eval_bytes(meta: ModelMeta, data: bytes | None) -> None:
         raise ReleaseError(f"{meta.name}/{meta.version}: evaluation set and metadata do not match")
     if (len(data), hashlib.sha256(data).hexdigest()) != (ref.length, ref.sha256):
         raise ReleaseError(f"{ref.path}: not the evaluation set the model metadata names")
+
+
+def _gate_files(meta: ModelMeta, gate: SignedGate) -> dict[str, bytes]:
+    """The gate vectors' targets by path: each encoding the metadata names, checked against
+    the hash it signs."""
+    named = [(meta.gate.path, meta.gate.sha256, gate.full_bytes())]
+    if meta.gate.compact is not None:
+        named.append((meta.gate.compact.path, meta.gate.compact.sha256, gate.compact_bytes()))
+    for path, sha256, data in named:
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ReleaseError(f"{path}: not the gate vectors the model metadata names")
+    return {path: data for path, _, data in named}
 
 
 def _check_servable(path: str, target: TargetFile, source: Path) -> None:

@@ -10,4 +10,4 @@ from gateway.releases.repository import Repository
 def sign(repo: Repository, model: str, name: str, version: int):
     data = read_model(model_path(model))
     inspected = build_model_meta(data, name, version, ReleaseOptions(samples=8, gate_samples=4))
-    return repo.add_release(inspected.meta, data, inspected.gate_bytes)
+    return repo.add_release(inspected.meta, data, inspected.gate)

@@ -50,7 +50,7 @@ def release(
     if options.eval_set is not None:
         inspected = build_model_meta(data, "kws", version, options)
         return repo.add_release(
-            inspected.meta, data, inspected.gate_bytes, eval_bytes=inspected.eval_bytes
+            inspected.meta, data, inspected.gate, eval_bytes=inspected.eval_bytes
         )
     return sign_model(repo, data, "kws", version, options, signed_as, edit_outputs)
 

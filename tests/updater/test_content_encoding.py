@@ -35,10 +35,12 @@ def get(url: str, **headers: str):
 
 
 def gate_target(world, tmp_path: Path) -> tuple[str, int, str]:
-    """(path, length, sha256) of kws v2's gate vectors, as the signed metadata has them."""
+    """(path, length, sha256) of the gate vectors a device fetches for kws v2 (the compact
+    encoding), as the signed metadata has them."""
     trust = TrustedRepository(tmp_path / "probe-tuf", world.url, world.root)
     meta = trust.target("kws/2.tflite").model_meta()
-    gate = trust.target(meta.gate.path)
+    assert meta.gate.compact is not None
+    gate = trust.target(meta.gate.compact.path)
     return gate.path, gate.length, gate.sha256
 
 

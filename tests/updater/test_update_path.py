@@ -5,6 +5,7 @@ targets key never signed, a corrupt delta, a tampered model)."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import bsdiff4
 import pytest
@@ -16,12 +17,13 @@ from agent.updater.errors import Transient
 from agent.updater.slots import SlotRecord
 from agent.updater.states import BEFORE_SWITCH, State
 from agent.updater.store import Offer
+from gateway.releases.model_inspect import build_model_meta
 from gateway.serving.deltas import DeltaService
 from protocol.delta import Algorithm, make_delta
 from tests.support.hostile_deltas import container
 from tests.support.http_repo import RepositoryServer as SubvertibleServer
 from tests.updater.conftest import open_world
-from tests.updater.support import assert_consistent, final, model, worker
+from tests.updater.support import FAST, assert_consistent, final, model, worker
 
 DELTA = "kws/deltas/1-2.efdl"
 
@@ -189,6 +191,29 @@ def test_an_update_from_a_local_copy_of_the_repository(world, tmp_path):
     saved = update(state_dir, str(world.repo.dir), world.root, "kws/2.tflite")
     assert saved.state == State.TRIAL
     assert assert_consistent(state_dir, {world.v1, world.v2})[0] == world.v2
+
+
+def test_the_device_fetches_the_compact_gate_vectors(world, tmp_path):
+    """Seeded inputs are made on the device: of the gate vectors it fetches only the compact
+    file (the outputs), never the full one older agents read."""
+    state_dir = world.device(tmp_path)
+    with SubvertibleServer(world.repo.dir) as server:
+        assert update(state_dir, server.url, world.root, "kws/2.tflite").state == State.TRIAL
+    fetched = [path for path in server.requests if ".gate" in path]
+    assert len(fetched) == 1 and fetched[0].endswith(".2.gate2.json"), server.requests
+
+
+def test_a_release_naming_only_the_full_gate_vectors_still_updates(fresh, tmp_path):
+    """Metadata signed before the compact encoding existed names one gate file: the device
+    fetches and checks that one."""
+    inspected = build_model_meta(model("kws_f32_v2_full"), "kws", 3, FAST)
+    meta = replace(inspected.meta, gate=replace(inspected.meta.gate, compact=None))
+    fresh.repo.add_release(meta, model("kws_f32_v2_full"), inspected.gate)
+    state_dir = fresh.device(tmp_path)
+    with SubvertibleServer(fresh.repo.dir) as server:
+        assert update(state_dir, server.url, fresh.root, "kws/3.tflite").state == State.TRIAL
+    fetched = [path for path in server.requests if ".gate" in path]
+    assert len(fetched) == 1 and fetched[0].endswith(".3.gate.json"), server.requests
 
 
 def test_another_offer_during_an_update_is_busy(world, tmp_path):

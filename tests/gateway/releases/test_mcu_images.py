@@ -52,7 +52,8 @@ def test_add_image_signs_it_for_an_mcu_and_import_carries_it(repo, image, tmp_pa
     ]
     result = import_release(repo.dir, tmp_path / "served", repo.keys.online)
     served = Repository(tmp_path / "served", gateway_keys(tmp_path / "served", repo.keys.online))
-    assert result.new_targets == 3 and [i.path for i in served.images()] == ["sensor/2.bin"]
+    # kws 1 (the model and its gate vectors in two encodings) and the image
+    assert result.new_targets == 4 and [i.path for i in served.images()] == ["sensor/2.bin"]
 
 
 def test_refusals_are_one_line_and_leave_the_repository(repo, image, tmp_path, capsys):

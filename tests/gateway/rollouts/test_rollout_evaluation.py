@@ -38,7 +38,7 @@ def sign_evaluated(repo: Repository, model: str, version: int, shift: float, bel
     options = replace(QUICK, eval_set=path, min_accuracy=0.9, sign_below_minimum=below)
     data = read_model(model_path(model))
     inspected = build_model_meta(data, "kws", version, options)
-    return repo.add_release(inspected.meta, data, inspected.gate_bytes, None, inspected.eval_bytes)
+    return repo.add_release(inspected.meta, data, inspected.gate, None, inspected.eval_bytes)
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def operator(tmp_path):
     """v1 (no evaluation), v2 signed below its minimum, v3 above it."""
     repo = Repository.init(tmp_path / "operator")
     inspected = build_model_meta(read_model(model_path("kws_f32_v1")), "kws", 1, QUICK)
-    repo.add_release(inspected.meta, read_model(model_path("kws_f32_v1")), inspected.gate_bytes)
+    repo.add_release(inspected.meta, read_model(model_path("kws_f32_v1")), inspected.gate)
     sign_evaluated(repo, "kws_f32_v2_head", 2, -1.5, below=True)
     sign_evaluated(repo, "kws_f32_v2_full", 3, 0.0, below=False)
     return repo
