@@ -40,6 +40,21 @@ void sha256_final(sha256_ctx *ctx, uint8_t out[32]);
 void sha256(const uint8_t *data, size_t len, uint8_t out[32]);
 uint32_t crc32(const uint8_t *data, size_t len);
 
+/* sha512.c */
+typedef struct {
+    uint64_t state[8];
+    uint64_t length;
+    uint8_t block[128];
+    uint32_t used;
+} sha512_ctx;
+void sha512_init(sha512_ctx *ctx);
+void sha512_update(sha512_ctx *ctx, const uint8_t *data, size_t len);
+void sha512_final(sha512_ctx *ctx, uint8_t out[64]);
+
+/* ed25519.c: 1 if ``signature`` is ``public_key``'s signature of ``message``, else 0. */
+int ed25519_verify(const uint8_t signature[64], const uint8_t public_key[32],
+                   const uint8_t *message, size_t len);
+
 /* boot.c: MCUboot-style trailers, swap, image check. */
 enum swap_type { SWAP_NONE = 0, SWAP_TEST = 1, SWAP_REVERT = 2 };
 
