@@ -15,6 +15,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 FIRMWARE_DIR = Path(__file__).resolve().parent / "qemu"
@@ -40,12 +41,19 @@ def missing_tools() -> str | None:
     return None
 
 
-def build_firmware() -> Path:
-    """``make`` the firmware into ``qemu/build/``; returns the ELF path."""
+def build_firmware(trusted_key: Path | str = "") -> Path:
+    """``make`` the firmware into ``qemu/build/`` trusting ``trusted_key`` (a PEM file or 64
+    hex digits; none: no image is trusted); returns the ELF path."""
     build = FIRMWARE_DIR / "build"
-    result = subprocess.run(
-        ["make", "-C", str(FIRMWARE_DIR), f"BUILD={build}"], capture_output=True, text=True
-    )
+    command = [
+        "make",
+        "-C",
+        str(FIRMWARE_DIR),
+        f"BUILD={build}",
+        f"TRUSTED_KEY={trusted_key}",
+        f"PYTHON={sys.executable}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise QemuError(f"firmware build failed:\n{result.stdout}{result.stderr}")
     return build / "fw.elf"

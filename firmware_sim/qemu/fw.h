@@ -55,7 +55,7 @@ void sha512_final(sha512_ctx *ctx, uint8_t out[64]);
 int ed25519_verify(const uint8_t signature[64], const uint8_t public_key[32],
                    const uint8_t *message, size_t len);
 
-/* boot.c: MCUboot-style trailers, swap, image check. */
+/* boot.c: MCUboot-style trailers, swap, image check (hash and Ed25519 signature). */
 enum swap_type { SWAP_NONE = 0, SWAP_TEST = 1, SWAP_REVERT = 2 };
 
 struct trailers {
@@ -79,6 +79,7 @@ uint32_t trailer_offset(int slot);
 uint32_t slot_sector(int slot, uint32_t index);
 void read_trailers(struct trailers *t);
 int on_trial(const struct trailers *t);
+enum image_check { IMAGE_MALFORMED = 0, IMAGE_VALID = 1, IMAGE_UNTRUSTED = 2 };
 int check_image(int slot, struct image_info *info);
 int boot(void);
 int request_swap(int kind);

@@ -1,7 +1,7 @@
 /* The application: boots through the bootloader, then speaks the edgefleet serial protocol.
  *
- * Frames are COBS(type | seq | payload | CRC32) 0x00, as in protocol/serial. This target has no
- * model runtime and checks image hashes but not signatures: HELLO says so in its features.
+ * Frames are COBS(type | seq | payload | CRC32) 0x00, as in protocol/serial. This target checks
+ * image hashes and Ed25519 signatures but has no model runtime: HELLO says so in its features.
  */
 #include "fw.h"
 
@@ -10,6 +10,7 @@
 #define WINDOW 8u
 #define MAX_FRAME (4096u + 64u)
 #define FEATURE_RESUME 0x1u
+#define FEATURE_SIGNATURE 0x2u
 #define ARENA_SIZE (64u * 1024u)
 #define MODEL_UNSUPPORTED 4
 
@@ -21,7 +22,7 @@ enum msg {
 
 enum err {
     E_UNSUPPORTED_VERSION = 1, E_BAD_REQUEST = 2, E_BAD_STATE = 3, E_TOO_LARGE = 4,
-    E_HASH_MISMATCH = 5, E_IMAGE_INVALID = 6, E_NO_IMAGE = 8, E_BUSY = 9, E_FLASH = 10,
+    E_HASH_MISMATCH = 5, E_IMAGE_INVALID = 6, E_SIGNATURE = 7, E_NO_IMAGE = 8, E_BUSY = 9, E_FLASH = 10,
     E_UNSUPPORTED = 12
 };
 
@@ -123,7 +124,7 @@ static uint32_t slot_info(int slot, uint8_t flags, uint8_t *out) {
     out[1] = flags;
     if (flash_is_erased(slot_base(slot), 32))
         return 46;
-    if (!check_image(slot, &info)) {
+    if (check_image(slot, &info) != IMAGE_VALID) {
         out[0] = 2;
         return 46;
     }
@@ -151,7 +152,7 @@ static void on_hello(uint32_t seq, const uint8_t *p, uint32_t len) {
     reply[0] = PROTOCOL_VERSION;
     wr16(reply + 1, chunk);
     reply[3] = (uint8_t)(window ? window : 1);
-    wr32(reply + 4, FEATURE_RESUME & rd32(p + 5));
+    wr32(reply + 4, (FEATURE_RESUME | FEATURE_SIGNATURE) & rd32(p + 5));
     memcpy(reply + 8, DEVICE, sizeof(DEVICE) - 1);
     send(HELLO_REPLY, seq, reply, 8 + sizeof(DEVICE) - 1);
 }
@@ -253,7 +254,10 @@ static void on_finish(uint32_t seq) {
     sha256(flash_mem() + slot_base(SECONDARY), up_size, digest);
     if (!same(digest, up_sha, 32))
         return send_error(seq, E_HASH_MISMATCH, "uploaded bytes do not match the hash");
-    if (!check_image(SECONDARY, &info))
+    int verdict = check_image(SECONDARY, &info);
+    if (verdict == IMAGE_UNTRUSTED)
+        return send_error(seq, E_SIGNATURE, "no trusted Ed25519 key signed this image");
+    if (verdict != IMAGE_VALID)
         return send_error(seq, E_IMAGE_INVALID, "not a valid MCUboot image");
     send_ok(seq);
 }
@@ -262,7 +266,10 @@ static void on_test(uint32_t seq) {
     struct image_info info;
     if (trial())
         return send_error(seq, E_BUSY, "running image is on trial: confirm or revert first");
-    if (!check_image(SECONDARY, &info))
+    int verdict = check_image(SECONDARY, &info);
+    if (verdict == IMAGE_UNTRUSTED)
+        return send_error(seq, E_SIGNATURE, "no trusted Ed25519 key signed this image");
+    if (verdict != IMAGE_VALID)
         return send_error(seq, E_NO_IMAGE, "secondary slot holds no valid image");
     if (request_swap(SWAP_TEST))
         return send_error(seq, E_FLASH, "flash write failed");
@@ -286,7 +293,7 @@ static void on_revert(uint32_t seq) {
     if (read_upload_record(&size, sha))
         return send_error(seq, E_NO_IMAGE,
                           "secondary slot holds a new upload, not the previous image");
-    if (!check_image(SECONDARY, &info))
+    if (check_image(SECONDARY, &info) != IMAGE_VALID)
         return send_error(seq, E_NO_IMAGE, "no previous image to revert to");
     if (request_swap(SWAP_REVERT))
         return send_error(seq, E_FLASH, "flash write failed");
@@ -338,7 +345,7 @@ int main(void) {
     uart_init();
     if (flash_open() == 0 && boot() == 0) {
         struct image_info info;
-        booted_valid = check_image(PRIMARY, &info);
+        booted_valid = check_image(PRIMARY, &info) == IMAGE_VALID;
     }
     for (;;) {
         int c = uart_getc();
