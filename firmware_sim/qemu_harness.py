@@ -1,5 +1,7 @@
 """Build the Cortex-M firmware and run it in QEMU (mps2-an385) behind a TCP socket.
 
+The build trusts the Ed25519 key(s) given to ``build_firmware``: only images they signed boot.
+
 The firmware keeps its flash in ``mcu-flash.bin`` in the QEMU working directory through
 semihosting, so ``power_cycle`` (kill QEMU, start it again) is a real power cut. The UART is a
 socket chardev rather than a pty: QEMU drops pty output while no client is attached. QEMU
