@@ -89,4 +89,18 @@ int write_upload_record(uint32_t size, const uint8_t sha[32]);
 int uploaded_flag(uint32_t index);
 int set_uploaded_flag(uint32_t index);
 
+/* upload.c: the image upload into the secondary slot, resumable after a power cut. */
+enum upload_result { UPLOAD_TAKEN = 0, UPLOAD_IGNORED = 1, UPLOAD_FLASH_ERROR = -1 };
+int upload_begin(uint32_t size, const uint8_t sha[32], int restart);
+int upload_accept(uint32_t offset, const uint8_t *data, uint32_t n);
+int upload_active(void);
+uint32_t upload_size(void);
+uint32_t upload_received(void);
+const uint8_t *upload_sha(void);
+void upload_end(void);
+
+/* mem.c: what gcc may call for struct copies and clears in a freestanding build. */
+void *memset(void *dst, int value, size_t len);
+void *memcpy(void *dst, const void *src, size_t len);
+
 #endif

@@ -37,25 +37,6 @@ static uint8_t wire[300];
 
 static uint32_t chunk_size;
 static int booted_valid;
-static uint32_t up_size, up_received, up_buf_len;
-static int up_active;
-static uint8_t up_sha[32];
-static uint8_t up_buf[SECTOR_SIZE + MAX_CHUNK];
-
-void *memset(void *dst, int value, size_t len) {
-    uint8_t *d = dst;
-    while (len--)
-        *d++ = (uint8_t)value;
-    return dst;
-}
-
-void *memcpy(void *dst, const void *src, size_t len) {
-    uint8_t *d = dst;
-    const uint8_t *s = src;
-    while (len--)
-        *d++ = *s++;
-    return dst;
-}
 
 static uint32_t rd32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -173,13 +154,6 @@ static void on_info(uint32_t seq) {
     send(INFO_REPLY, seq, reply, 111);
 }
 
-static uint32_t held(uint32_t size) {
-    uint32_t count = 0;
-    while (count * SECTOR_SIZE < size && uploaded_flag(count))
-        count++;
-    return count * SECTOR_SIZE < size ? count * SECTOR_SIZE : size;
-}
-
 static void on_begin(uint32_t seq, const uint8_t *p, uint32_t len) {
     if (len != 37)
         return send_error(seq, E_BAD_REQUEST, "BEGIN payload");
@@ -190,69 +164,36 @@ static void on_begin(uint32_t seq, const uint8_t *p, uint32_t len) {
         return send_error(seq, E_TOO_LARGE, "image larger than the slot");
     if (size == 0)
         return send_error(seq, E_BAD_REQUEST, "empty image");
-    uint32_t old_size;
-    uint8_t old_sha[32];
-    int keep = !(p[36] & 1) && read_upload_record(&old_size, old_sha) && old_size == size &&
-               same(old_sha, p + 4, 32);
-    if (!keep && (flash_erase(slot_sector(SECONDARY, IMAGE_SECTORS)) ||
-                  write_upload_record(size, p + 4)))
+    if (upload_begin(size, p + 4, p[36] & 1))
         return send_error(seq, E_FLASH, "flash write failed");
-    up_active = 1;
-    up_size = size;
-    memcpy(up_sha, p + 4, 32);
-    up_received = held(size);
-    up_buf_len = 0;
-    wr32(reply, up_received);
-    sha256(flash_mem() + slot_base(SECONDARY), up_received, reply + 4);
+    wr32(reply, upload_received());
+    sha256(flash_mem() + slot_base(SECONDARY), upload_received(), reply + 4);
     send(BEGIN_REPLY, seq, reply, 36);
-}
-
-static int flush_sector(void) {
-    uint32_t n = up_buf_len < SECTOR_SIZE ? up_buf_len : SECTOR_SIZE;
-    uint32_t index = (up_received - up_buf_len) / SECTOR_SIZE;
-    uint32_t padded = (n + WRITE_ALIGN - 1) / WRITE_ALIGN * WRITE_ALIGN;
-    static uint8_t out[SECTOR_SIZE];
-    for (uint32_t i = 0; i < padded; i++)
-        out[i] = i < n ? up_buf[i] : 0xFF;
-    uint32_t sector = slot_sector(SECONDARY, index);
-    if (flash_erase(sector) || flash_write(sector * SECTOR_SIZE, out, padded) ||
-        set_uploaded_flag(index))
-        return -1;
-    for (uint32_t i = n; i < up_buf_len; i++)
-        up_buf[i - n] = up_buf[i];
-    up_buf_len -= n;
-    return 0;
 }
 
 static void on_data(uint32_t seq, const uint8_t *p, uint32_t len) {
     if (len < 5)
         return send_error(seq, E_BAD_REQUEST, "DATA payload");
-    if (!up_active)
+    if (!upload_active())
         return send_error(seq, E_BAD_STATE, "DATA before BEGIN");
     uint32_t offset = rd32(p), n = len - 4;
     if (n > chunk_size)
         return send_error(seq, E_BAD_REQUEST, "chunk larger than negotiated");
-    if (offset == up_received) {
-        if (offset + n > up_size)
-            return send_error(seq, E_BAD_REQUEST, "DATA past the announced size");
-        memcpy(up_buf + up_buf_len, p + 4, n);
-        up_buf_len += n;
-        up_received += n;
-        while (up_buf_len >= SECTOR_SIZE || (up_buf_len && up_received == up_size))
-            if (flush_sector())
-                return send_error(seq, E_FLASH, "flash write failed");
-    }
-    wr32(reply, up_received);
+    if (offset == upload_received() && offset + n > upload_size())
+        return send_error(seq, E_BAD_REQUEST, "DATA past the announced size");
+    if (upload_accept(offset, p + 4, n) == UPLOAD_FLASH_ERROR)
+        return send_error(seq, E_FLASH, "flash write failed");
+    wr32(reply, upload_received());
     send(ACK, seq, reply, 4);
 }
 
 static void on_finish(uint32_t seq) {
     struct image_info info;
     uint8_t digest[32];
-    if (!up_active || up_received != up_size)
+    if (!upload_active() || upload_received() != upload_size())
         return send_error(seq, E_BAD_STATE, "upload not complete");
-    sha256(flash_mem() + slot_base(SECONDARY), up_size, digest);
-    if (!same(digest, up_sha, 32))
+    sha256(flash_mem() + slot_base(SECONDARY), upload_size(), digest);
+    if (!same(digest, upload_sha(), 32))
         return send_error(seq, E_HASH_MISMATCH, "uploaded bytes do not match the hash");
     int verdict = check_image(SECONDARY, &info);
     if (verdict == IMAGE_UNTRUSTED)
