@@ -43,9 +43,10 @@ def missing_tools() -> str | None:
     return None
 
 
-def build_firmware(trusted_key: Path | str = "") -> Path:
+def build_firmware(trusted_key: Path | str = "", protocol: str = "edgefleet") -> Path:
     """``make`` the firmware into ``qemu/build/`` trusting ``trusted_key`` (a PEM file or 64
-    hex digits; none: no image is trusted); returns the ELF path."""
+    hex digits; none: no image is trusted); returns the ELF path. ``protocol``: ``edgefleet``
+    (``fw.elf``, protocol/serial) or ``smp`` (``fw-smp.elf``, an SMP server)."""
     build = FIRMWARE_DIR / "build"
     command = [
         "make",
@@ -54,11 +55,12 @@ def build_firmware(trusted_key: Path | str = "") -> Path:
         f"BUILD={build}",
         f"TRUSTED_KEY={trusted_key}",
         f"PYTHON={sys.executable}",
+        f"PROTOCOL={protocol}",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise QemuError(f"firmware build failed:\n{result.stdout}{result.stderr}")
-    return build / "fw.elf"
+    return build / ("fw-smp.elf" if protocol == "smp" else "fw.elf")
 
 
 def _free_port() -> int:

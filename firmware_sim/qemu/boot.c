@@ -189,14 +189,16 @@ int check_image(int slot, struct image_info *info) {
     }
     if (!hash_ok && !pure)
         return IMAGE_MALFORMED;
-    if (!(pure ? signed_by_trusted(d, off + 4, end, d, covered)
-               : signed_by_trusted(d, off + 4, end, digest, 32)))
-        return IMAGE_UNTRUSTED;
     for (int i = 0; i < 8; i++)
         info->version[i] = d[20 + i];
+    for (int i = 0; i < 32; i++)
+        info->hash[i] = digest[i];
     info->header_size = hdr;
     info->image_size = size;
     info->total_size = end;
+    if (!(pure ? signed_by_trusted(d, off + 4, end, d, covered)
+               : signed_by_trusted(d, off + 4, end, digest, 32)))
+        return IMAGE_UNTRUSTED;
     info->valid = 1;
     return IMAGE_VALID;
 }

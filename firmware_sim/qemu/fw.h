@@ -72,6 +72,7 @@ struct image_info {
     uint32_t header_size;
     uint32_t image_size;
     uint32_t total_size;
+    uint8_t hash[32]; /* SHA-256 of the covered bytes: the SHA-256 TLV's value */
 };
 
 uint32_t slot_base(int slot);
@@ -79,6 +80,7 @@ uint32_t trailer_offset(int slot);
 uint32_t slot_sector(int slot, uint32_t index);
 void read_trailers(struct trailers *t);
 int on_trial(const struct trailers *t);
+/* IMAGE_UNTRUSTED: well formed, hash right (version, sizes, hash filled), no trusted signature. */
 enum image_check { IMAGE_MALFORMED = 0, IMAGE_VALID = 1, IMAGE_UNTRUSTED = 2 };
 int check_image(int slot, struct image_info *info);
 int boot(void);
