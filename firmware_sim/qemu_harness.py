@@ -1,5 +1,7 @@
 """Build the Cortex-M firmware and run it in QEMU (mps2-an385) behind a TCP socket.
 
+The build trusts the Ed25519 key(s) given to ``build_firmware``: only images they signed boot.
+
 The firmware keeps its flash in ``mcu-flash.bin`` in the QEMU working directory through
 semihosting, so ``power_cycle`` (kill QEMU, start it again) is a real power cut. The UART is a
 socket chardev rather than a pty: QEMU drops pty output while no client is attached. QEMU
@@ -15,6 +17,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 FIRMWARE_DIR = Path(__file__).resolve().parent / "qemu"
@@ -40,15 +43,24 @@ def missing_tools() -> str | None:
     return None
 
 
-def build_firmware() -> Path:
-    """``make`` the firmware into ``qemu/build/``; returns the ELF path."""
+def build_firmware(trusted_key: Path | str = "", protocol: str = "edgefleet") -> Path:
+    """``make`` the firmware into ``qemu/build/`` trusting ``trusted_key`` (a PEM file or 64
+    hex digits; none: no image is trusted); returns the ELF path. ``protocol``: ``edgefleet``
+    (``fw.elf``, protocol/serial) or ``smp`` (``fw-smp.elf``, an SMP server)."""
     build = FIRMWARE_DIR / "build"
-    result = subprocess.run(
-        ["make", "-C", str(FIRMWARE_DIR), f"BUILD={build}"], capture_output=True, text=True
-    )
+    command = [
+        "make",
+        "-C",
+        str(FIRMWARE_DIR),
+        f"BUILD={build}",
+        f"TRUSTED_KEY={trusted_key}",
+        f"PYTHON={sys.executable}",
+        f"PROTOCOL={protocol}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise QemuError(f"firmware build failed:\n{result.stdout}{result.stderr}")
-    return build / "fw.elf"
+    return build / ("fw-smp.elf" if protocol == "smp" else "fw.elf")
 
 
 def _free_port() -> int:

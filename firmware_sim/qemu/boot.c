@@ -6,6 +6,11 @@
  * a flag counts as set once any byte of it is written, because it is written after its work.
  */
 #include "fw.h"
+#include "trusted_keys.h"
+
+/* DER SubjectPublicKeyInfo of an Ed25519 key, up to the 32 key bytes (RFC 8410). */
+static const uint8_t SPKI_PREFIX[12] = {0x30, 0x2a, 0x30, 0x05, 0x06, 0x03,
+                                        0x2b, 0x65, 0x70, 0x03, 0x21, 0x00};
 
 #define OFF_SWAP_HEADER 0u
 #define OFF_COPY_DONE 32u
@@ -19,7 +24,11 @@
 #define IMAGE_MAGIC 0x96f3b83du
 #define TLV_INFO_MAGIC 0x6907u
 #define TLV_PROT_INFO_MAGIC 0x6908u
+#define TLV_KEYHASH 0x01u
+#define TLV_PUBKEY 0x02u
 #define TLV_SHA256 0x10u
+#define TLV_ED25519 0x24u
+#define TLV_SIG_PURE 0x25u
 
 static const uint8_t BOOT_MAGIC[16] = {0x77, 0xc2, 0x95, 0xf3, 0x60, 0xd2, 0xef, 0x7f,
                                        0x35, 0x52, 0x50, 0x0f, 0x2c, 0xb6, 0x79, 0x80};
@@ -87,52 +96,111 @@ int on_trial(const struct trailers *t) {
     return t->swap_type == SWAP_TEST && t->copy_done && !t->image_ok;
 }
 
-/* Parse an imgtool image in ``slot`` and check its SHA-256 TLV. 1 if valid. */
+static int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
+/* KEYHASH as imgtool writes it: SHA-256 of the key's DER SubjectPublicKeyInfo. */
+static void key_hash(const uint8_t key[32], uint8_t out[32]) {
+    sha256_ctx ctx;
+    sha256_init(&ctx);
+    sha256_update(&ctx, SPKI_PREFIX, sizeof(SPKI_PREFIX));
+    sha256_update(&ctx, key, 32);
+    sha256_final(&ctx, out);
+}
+
+/* As firmware_sim/mcuboot_image.py: every trusted key is a candidate until a KEYHASH (or
+ * PUBKEY) TLV names one; an ED25519 TLV then counts if a candidate's signature checks out. */
+#if TRUSTED_KEY_COUNT == 0
+static int signed_by_trusted(const uint8_t *d, uint32_t start, uint32_t end, const uint8_t *msg,
+                             uint32_t msg_len) {
+    (void)d, (void)start, (void)end, (void)msg, (void)msg_len, (void)key_hash;
+    return 0; /* built without TRUSTED_KEY: no image is trusted */
+}
+#else
+static int signed_by_trusted(const uint8_t *d, uint32_t start, uint32_t end, const uint8_t *msg,
+                             uint32_t msg_len) {
+    uint32_t candidates = (1u << TRUSTED_KEY_COUNT) - 1u;
+    for (uint32_t cur = start; cur < end;) {
+        uint32_t kind = d[cur], len = rd16(d + cur + 2);
+        const uint8_t *value = d + cur + 4;
+        cur += 4 + len;
+        for (int k = 0; k < TRUSTED_KEY_COUNT; k++) {
+            uint8_t id[32];
+            if (kind == TLV_KEYHASH) {
+                key_hash(TRUSTED_KEYS[k], id);
+                if (len != 32 || !same(id, value, 32))
+                    candidates &= ~(1u << k);
+            } else if (kind == TLV_PUBKEY) {
+                if (len != sizeof(SPKI_PREFIX) + 32 ||
+                    !same(value, SPKI_PREFIX, sizeof(SPKI_PREFIX)) ||
+                    !same(value + sizeof(SPKI_PREFIX), TRUSTED_KEYS[k], 32))
+                    candidates &= ~(1u << k);
+            } else if (kind == TLV_ED25519 && len == 64 && candidates >> k & 1 &&
+                       ed25519_verify(value, TRUSTED_KEYS[k], msg, msg_len)) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+#endif
+
+/* Parse an imgtool image in ``slot``: its SHA-256 TLV must match and (MCUboot's rule) a trusted
+ * key must have signed the digest, or with SIG_PURE the covered bytes themselves. */
 int check_image(int slot, struct image_info *info) {
     const uint8_t *d = flash_mem() + slot_base(slot);
     info->valid = 0;
     if (rd32(d) != IMAGE_MAGIC)
-        return 0;
+        return IMAGE_MALFORMED;
     uint32_t hdr = rd16(d + 8), prot = rd16(d + 10), size = rd32(d + 12);
     if (hdr < 32 || size > SLOT_CAPACITY || hdr + size + prot + 4 > SLOT_CAPACITY)
-        return 0;
+        return IMAGE_MALFORMED;
     uint32_t off = hdr + size;
     if (prot && (rd16(d + off) != TLV_PROT_INFO_MAGIC || rd16(d + off + 2) != prot))
-        return 0;
+        return IMAGE_MALFORMED;
     off += prot;
     uint32_t covered = off;
     if (rd16(d + off) != TLV_INFO_MAGIC)
-        return 0;
+        return IMAGE_MALFORMED;
     uint32_t end = off + rd16(d + off + 2);
     if (end > SLOT_CAPACITY || end < off + 4)
-        return 0;
-    int hash_ok = 0;
+        return IMAGE_MALFORMED;
+    int hash_ok = 0, pure = 0;
+    uint8_t digest[32];
+    sha256(d, covered, digest);
     for (uint32_t cur = off + 4; cur < end;) {
         if (cur + 4 > end)
-            return 0;
+            return IMAGE_MALFORMED;
         uint32_t kind = d[cur], len = rd16(d + cur + 2);
         cur += 4;
         if (cur + len > end)
-            return 0;
-        if (kind == TLV_SHA256 && len == 32) {
-            uint8_t digest[32];
-            sha256(d, covered, digest);
-            for (int i = 0; i < 32; i++)
-                if (digest[i] != d[cur + i])
-                    return 0;
+            return IMAGE_MALFORMED;
+        if (kind == TLV_SHA256) {
+            if (len != 32 || !same(digest, d + cur, 32))
+                return IMAGE_MALFORMED;
             hash_ok = 1;
         }
+        pure |= kind == TLV_SIG_PURE;
         cur += len;
     }
-    if (!hash_ok)
-        return 0;
+    if (!hash_ok && !pure)
+        return IMAGE_MALFORMED;
     for (int i = 0; i < 8; i++)
         info->version[i] = d[20 + i];
+    for (int i = 0; i < 32; i++)
+        info->hash[i] = digest[i];
     info->header_size = hdr;
     info->image_size = size;
     info->total_size = end;
+    if (!(pure ? signed_by_trusted(d, off + 4, end, d, covered)
+               : signed_by_trusted(d, off + 4, end, digest, 32)))
+        return IMAGE_UNTRUSTED;
     info->valid = 1;
-    return 1;
+    return IMAGE_VALID;
 }
 
 static int copy_sector(uint32_t source, uint32_t target) {
@@ -167,12 +235,13 @@ static int run_swap(int kind, uint32_t sectors) {
 
 static int start_swap(int kind) {
     struct image_info incoming, current;
-    if (!check_image(SECONDARY, &incoming)) {
+    if (check_image(SECONDARY, &incoming) != IMAGE_VALID) {
         if (flash_erase(trailer_sector(SECONDARY)))
             return -1;
         return kind == SWAP_REVERT ? set_flag(trailer_offset(PRIMARY) + OFF_IMAGE_OK) : 0;
     }
-    uint32_t extent = check_image(PRIMARY, &current) ? current.total_size : SLOT_CAPACITY;
+    uint32_t extent =
+        check_image(PRIMARY, &current) == IMAGE_VALID ? current.total_size : SLOT_CAPACITY;
     if (incoming.total_size > extent)
         extent = incoming.total_size;
     uint32_t sectors = (extent + SECTOR_SIZE - 1) / SECTOR_SIZE;

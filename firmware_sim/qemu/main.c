@@ -1,7 +1,7 @@
 /* The application: boots through the bootloader, then speaks the edgefleet serial protocol.
  *
- * Frames are COBS(type | seq | payload | CRC32) 0x00, as in protocol/serial. This target has no
- * model runtime and checks image hashes but not signatures: HELLO says so in its features.
+ * Frames are COBS(type | seq | payload | CRC32) 0x00, as in protocol/serial. This target checks
+ * image hashes and Ed25519 signatures but has no model runtime: HELLO says so in its features.
  */
 #include "fw.h"
 
@@ -10,6 +10,7 @@
 #define WINDOW 8u
 #define MAX_FRAME (4096u + 64u)
 #define FEATURE_RESUME 0x1u
+#define FEATURE_SIGNATURE 0x2u
 #define ARENA_SIZE (64u * 1024u)
 #define MODEL_UNSUPPORTED 4
 
@@ -21,7 +22,7 @@ enum msg {
 
 enum err {
     E_UNSUPPORTED_VERSION = 1, E_BAD_REQUEST = 2, E_BAD_STATE = 3, E_TOO_LARGE = 4,
-    E_HASH_MISMATCH = 5, E_IMAGE_INVALID = 6, E_NO_IMAGE = 8, E_BUSY = 9, E_FLASH = 10,
+    E_HASH_MISMATCH = 5, E_IMAGE_INVALID = 6, E_SIGNATURE = 7, E_NO_IMAGE = 8, E_BUSY = 9, E_FLASH = 10,
     E_UNSUPPORTED = 12
 };
 
@@ -36,25 +37,6 @@ static uint8_t wire[300];
 
 static uint32_t chunk_size;
 static int booted_valid;
-static uint32_t up_size, up_received, up_buf_len;
-static int up_active;
-static uint8_t up_sha[32];
-static uint8_t up_buf[SECTOR_SIZE + MAX_CHUNK];
-
-void *memset(void *dst, int value, size_t len) {
-    uint8_t *d = dst;
-    while (len--)
-        *d++ = (uint8_t)value;
-    return dst;
-}
-
-void *memcpy(void *dst, const void *src, size_t len) {
-    uint8_t *d = dst;
-    const uint8_t *s = src;
-    while (len--)
-        *d++ = *s++;
-    return dst;
-}
 
 static uint32_t rd32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -123,7 +105,7 @@ static uint32_t slot_info(int slot, uint8_t flags, uint8_t *out) {
     out[1] = flags;
     if (flash_is_erased(slot_base(slot), 32))
         return 46;
-    if (!check_image(slot, &info)) {
+    if (check_image(slot, &info) != IMAGE_VALID) {
         out[0] = 2;
         return 46;
     }
@@ -151,7 +133,7 @@ static void on_hello(uint32_t seq, const uint8_t *p, uint32_t len) {
     reply[0] = PROTOCOL_VERSION;
     wr16(reply + 1, chunk);
     reply[3] = (uint8_t)(window ? window : 1);
-    wr32(reply + 4, FEATURE_RESUME & rd32(p + 5));
+    wr32(reply + 4, (FEATURE_RESUME | FEATURE_SIGNATURE) & rd32(p + 5));
     memcpy(reply + 8, DEVICE, sizeof(DEVICE) - 1);
     send(HELLO_REPLY, seq, reply, 8 + sizeof(DEVICE) - 1);
 }
@@ -172,13 +154,6 @@ static void on_info(uint32_t seq) {
     send(INFO_REPLY, seq, reply, 111);
 }
 
-static uint32_t held(uint32_t size) {
-    uint32_t count = 0;
-    while (count * SECTOR_SIZE < size && uploaded_flag(count))
-        count++;
-    return count * SECTOR_SIZE < size ? count * SECTOR_SIZE : size;
-}
-
 static void on_begin(uint32_t seq, const uint8_t *p, uint32_t len) {
     if (len != 37)
         return send_error(seq, E_BAD_REQUEST, "BEGIN payload");
@@ -189,71 +164,41 @@ static void on_begin(uint32_t seq, const uint8_t *p, uint32_t len) {
         return send_error(seq, E_TOO_LARGE, "image larger than the slot");
     if (size == 0)
         return send_error(seq, E_BAD_REQUEST, "empty image");
-    uint32_t old_size;
-    uint8_t old_sha[32];
-    int keep = !(p[36] & 1) && read_upload_record(&old_size, old_sha) && old_size == size &&
-               same(old_sha, p + 4, 32);
-    if (!keep && (flash_erase(slot_sector(SECONDARY, IMAGE_SECTORS)) ||
-                  write_upload_record(size, p + 4)))
+    if (upload_begin(size, p + 4, p[36] & 1))
         return send_error(seq, E_FLASH, "flash write failed");
-    up_active = 1;
-    up_size = size;
-    memcpy(up_sha, p + 4, 32);
-    up_received = held(size);
-    up_buf_len = 0;
-    wr32(reply, up_received);
-    sha256(flash_mem() + slot_base(SECONDARY), up_received, reply + 4);
+    wr32(reply, upload_received());
+    sha256(flash_mem() + slot_base(SECONDARY), upload_received(), reply + 4);
     send(BEGIN_REPLY, seq, reply, 36);
-}
-
-static int flush_sector(void) {
-    uint32_t n = up_buf_len < SECTOR_SIZE ? up_buf_len : SECTOR_SIZE;
-    uint32_t index = (up_received - up_buf_len) / SECTOR_SIZE;
-    uint32_t padded = (n + WRITE_ALIGN - 1) / WRITE_ALIGN * WRITE_ALIGN;
-    static uint8_t out[SECTOR_SIZE];
-    for (uint32_t i = 0; i < padded; i++)
-        out[i] = i < n ? up_buf[i] : 0xFF;
-    uint32_t sector = slot_sector(SECONDARY, index);
-    if (flash_erase(sector) || flash_write(sector * SECTOR_SIZE, out, padded) ||
-        set_uploaded_flag(index))
-        return -1;
-    for (uint32_t i = n; i < up_buf_len; i++)
-        up_buf[i - n] = up_buf[i];
-    up_buf_len -= n;
-    return 0;
 }
 
 static void on_data(uint32_t seq, const uint8_t *p, uint32_t len) {
     if (len < 5)
         return send_error(seq, E_BAD_REQUEST, "DATA payload");
-    if (!up_active)
+    if (!upload_active())
         return send_error(seq, E_BAD_STATE, "DATA before BEGIN");
     uint32_t offset = rd32(p), n = len - 4;
     if (n > chunk_size)
         return send_error(seq, E_BAD_REQUEST, "chunk larger than negotiated");
-    if (offset == up_received) {
-        if (offset + n > up_size)
-            return send_error(seq, E_BAD_REQUEST, "DATA past the announced size");
-        memcpy(up_buf + up_buf_len, p + 4, n);
-        up_buf_len += n;
-        up_received += n;
-        while (up_buf_len >= SECTOR_SIZE || (up_buf_len && up_received == up_size))
-            if (flush_sector())
-                return send_error(seq, E_FLASH, "flash write failed");
-    }
-    wr32(reply, up_received);
+    if (offset == upload_received() && offset + n > upload_size())
+        return send_error(seq, E_BAD_REQUEST, "DATA past the announced size");
+    if (upload_accept(offset, p + 4, n) == UPLOAD_FLASH_ERROR)
+        return send_error(seq, E_FLASH, "flash write failed");
+    wr32(reply, upload_received());
     send(ACK, seq, reply, 4);
 }
 
 static void on_finish(uint32_t seq) {
     struct image_info info;
     uint8_t digest[32];
-    if (!up_active || up_received != up_size)
+    if (!upload_active() || upload_received() != upload_size())
         return send_error(seq, E_BAD_STATE, "upload not complete");
-    sha256(flash_mem() + slot_base(SECONDARY), up_size, digest);
-    if (!same(digest, up_sha, 32))
+    sha256(flash_mem() + slot_base(SECONDARY), upload_size(), digest);
+    if (!same(digest, upload_sha(), 32))
         return send_error(seq, E_HASH_MISMATCH, "uploaded bytes do not match the hash");
-    if (!check_image(SECONDARY, &info))
+    int verdict = check_image(SECONDARY, &info);
+    if (verdict == IMAGE_UNTRUSTED)
+        return send_error(seq, E_SIGNATURE, "no trusted Ed25519 key signed this image");
+    if (verdict != IMAGE_VALID)
         return send_error(seq, E_IMAGE_INVALID, "not a valid MCUboot image");
     send_ok(seq);
 }
@@ -262,7 +207,10 @@ static void on_test(uint32_t seq) {
     struct image_info info;
     if (trial())
         return send_error(seq, E_BUSY, "running image is on trial: confirm or revert first");
-    if (!check_image(SECONDARY, &info))
+    int verdict = check_image(SECONDARY, &info);
+    if (verdict == IMAGE_UNTRUSTED)
+        return send_error(seq, E_SIGNATURE, "no trusted Ed25519 key signed this image");
+    if (verdict != IMAGE_VALID)
         return send_error(seq, E_NO_IMAGE, "secondary slot holds no valid image");
     if (request_swap(SWAP_TEST))
         return send_error(seq, E_FLASH, "flash write failed");
@@ -286,7 +234,7 @@ static void on_revert(uint32_t seq) {
     if (read_upload_record(&size, sha))
         return send_error(seq, E_NO_IMAGE,
                           "secondary slot holds a new upload, not the previous image");
-    if (!check_image(SECONDARY, &info))
+    if (check_image(SECONDARY, &info) != IMAGE_VALID)
         return send_error(seq, E_NO_IMAGE, "no previous image to revert to");
     if (request_swap(SWAP_REVERT))
         return send_error(seq, E_FLASH, "flash write failed");
@@ -338,7 +286,7 @@ int main(void) {
     uart_init();
     if (flash_open() == 0 && boot() == 0) {
         struct image_info info;
-        booted_valid = check_image(PRIMARY, &info);
+        booted_valid = check_image(PRIMARY, &info) == IMAGE_VALID;
     }
     for (;;) {
         int c = uart_getc();

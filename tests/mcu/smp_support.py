@@ -4,9 +4,15 @@ with ``smp.packet``, answered by ``SmpMcu.receive`` with no pty and no pacing.""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import selectors
+import socket
 import subprocess
 import sys
+import threading
+import time
+import tty
 from pathlib import Path
 
 from smp import header as smphdr
@@ -162,3 +168,58 @@ def read_states(port: str) -> dict[int, dict]:
         }
         for slot, version, digest, pending, confirmed, active in STATE.findall(done.stdout)
     }
+
+
+def _connect(host: str, port: int, timeout: float = 10.0) -> socket.socket:
+    """Connect once QEMU listens (it starts listening a moment after it starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=1)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class PtyRelay:
+    """A pty whose other end is QEMU's UART socket, for clients that open serial devices only
+    (smpclient): bytes are copied both ways by a thread until ``close``. QEMU's own ``-serial
+    pty`` drops output while no client holds the pty, so the harness keeps a socket."""
+
+    def __init__(self, tcp_port: str) -> None:
+        host, port = tcp_port.removeprefix("socket://").rsplit(":", 1)
+        self._sock = _connect(host, int(port))
+        self._sock.setblocking(False)
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.port = os.ttyname(self._slave)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._sock, selectors.EVENT_READ)
+            sel.register(self._master, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.1):
+                    try:
+                        if key.fileobj is self._sock:
+                            data = self._sock.recv(4096)
+                            if not data:
+                                return
+                            os.write(self._master, data)
+                        else:
+                            self._sock.sendall(os.read(self._master, 4096))
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+        os.close(self._master)
+        os.close(self._slave)

@@ -22,11 +22,8 @@ pytestmark = pytest.mark.qemu
 
 
 @pytest.fixture(scope="module")
-def firmware():
-    reason = qemu_harness.missing_tools()
-    if reason:
-        pytest.skip(f"QEMU target unavailable: {reason}")
-    return qemu_harness.build_firmware()
+def firmware(qemu_firmware):
+    return qemu_firmware
 
 
 def session(qemu, run, timeout: float = 0.5):

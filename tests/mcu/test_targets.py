@@ -14,8 +14,9 @@ from agent.mcu.client import LinkConfig, McuClient
 from agent.mcu.errors import Refusal
 from agent.mcu.flasher import flash_image
 from agent.mcu.transport import open_transport
-from firmware_sim import qemu_harness
-from firmware_sim.layout import Layout
+from firmware_sim import bootloader, qemu_harness
+from firmware_sim.flash import Flash
+from firmware_sim.layout import Layout, Slot
 from firmware_sim.mcu import SimulatedMcu
 from firmware_sim.uart import UartServer
 from protocol.serial import messages as msg
@@ -52,14 +53,6 @@ class QemuTarget:
 
     def close(self) -> None:
         self._qemu.stop()
-
-
-@pytest.fixture(scope="session")
-def qemu_firmware():
-    reason = qemu_harness.missing_tools()
-    if reason:
-        pytest.skip(f"QEMU target unavailable: {reason}")
-    return qemu_harness.build_firmware()
 
 
 @pytest.fixture(params=["sim", pytest.param("qemu", marks=pytest.mark.qemu)])
@@ -155,3 +148,52 @@ def test_hash_mismatch_is_refused(target, connect, images):
     with pytest.raises(Refusal) as err:
         client.finish()
     assert err.value.code == ErrorCode.HASH_MISMATCH
+
+
+def tampered_signature(image: bytes) -> bytes:
+    """``image`` with one bit of its Ed25519 signature (the last TLV imgtool writes) flipped."""
+    out = bytearray(image)
+    out[-10] ^= 0x01
+    return bytes(out)
+
+
+@pytest.mark.parametrize("kind", ["foreign", "tampered"])
+def test_image_not_signed_by_a_trusted_key_is_refused(target, connect, images, kind):
+    image = images.foreign if kind == "foreign" else tampered_signature(images.v2)
+    client = connect()
+    assert client.hello().features & msg.Feature.SIGNATURE
+    client.begin(image)
+    client.send_data(image, 0)
+    with pytest.raises(Refusal) as err:
+        client.finish()
+    assert err.value.code == ErrorCode.SIGNATURE
+    with pytest.raises(Refusal) as err:
+        client.test()
+    assert err.value.code == ErrorCode.SIGNATURE
+    target.power_cycle()
+    assert primary(connect()).sha256 == hashlib.sha256(images.v1).digest()
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("kind", ["foreign", "tampered"])
+def test_bootloader_never_swaps_in_an_untrusted_image(qemu_firmware, images, tmp_path, kind):
+    """The swap request is written straight into the flash file, past the application's
+    checks: the bootloader itself must refuse the image and drop the request."""
+    image = images.foreign if kind == "foreign" else tampered_signature(images.v2)
+    qemu = qemu_harness.QemuMcu(qemu_firmware, tmp_path)
+    qemu.program(images.v1)
+    flash = Flash.open_file(qemu.flash_file, QEMU_LAYOUT.geometry)
+    flash.write(QEMU_LAYOUT.base(Slot.SECONDARY), image + b"\xff" * (-len(image) % 8))
+    bootloader.request_test(flash, QEMU_LAYOUT)
+    del flash
+    with qemu:
+        transport = open_transport(qemu.port, 115200)
+        try:
+            client = McuClient(transport, LinkConfig(timeout=1.0))
+            slot = primary(client)
+            request = client.info().secondary.flags & SlotFlag.PENDING_TEST
+        finally:
+            transport.close()
+    assert slot.sha256 == hashlib.sha256(images.v1).digest()
+    assert slot.flags & SlotFlag.CONFIRMED
+    assert not request
