@@ -63,6 +63,7 @@ from agent.updater.download import DownloadLimits
 from agent.updater.verified import fetch_verified
 from edgefleet.models import model_pairs, model_path
 from firmware_sim.broker import BrokerConfig, Mosquitto, free_port
+from gateway.releases.model_inspect import ReleaseOptions, build_model_meta
 from gateway.releases.repository import Repository
 from gateway.serving.deltas import DeltaService, Offer
 from gateway.serving.server import make_app
@@ -75,6 +76,11 @@ from tests.gateway.support import Gateway, gateway_config, wait_for
 from tests.updater.conftest import provision
 
 STAGES = "1,10,50,100"
+# Earlier releases of the same name before the measured update (each a distinct fine-tune of
+# this model): the targets metadata lists every signed version, so what a device fetches grows
+# with each one.
+GROWTH_RELEASES = 9
+HISTORY_MODEL = "kws_f32_v2_full"
 APPLY_RUNS = 5
 
 
@@ -109,31 +115,42 @@ def counting_server(repo_dir: Path):
         loop.close()
 
 
-def device_update(tuf_dir: Path, url: str, name: str, offer: Offer, work: Path) -> str:
+def device_update(
+    tuf_dir: Path, url: str, name: str, offer: Offer, work: Path, old_version: int
+) -> str:
     """What the updater fetches for ``offer``; returns the gate vectors' target path."""
     trust = TrustedRepository(tuf_dir, url)
     gate_path = trust.target(offer.target).model_meta().gate.fetched[0]
     with contextlib.suppress(TrustError):
-        trust.target(delta_target_path(name, 1, 2))
+        trust.target(delta_target_path(name, old_version, old_version + 1))
     for path in (offer.fetch, gate_path):
         fetch_verified(trust, url, trust.target(path), work, DownloadLimits())
     return gate_path
 
 
-def wire_row(pair: dict, work: Path) -> dict:
+def wire_row(pair: dict, work: Path, history: int = 0) -> dict:
+    """One update from the pair's old model to its new one, after ``history`` earlier
+    releases of the same model name (other fine-tunes), whose entries the targets metadata
+    still lists."""
     name = "kws"
     repo = Repository.init(work / "repo")
-    sign(repo, pair["old"], name, 1)
+    earlier = model_path(HISTORY_MODEL).read_bytes()
+    for version in range(1, history + 1):
+        data = fine_tuned(earlier, seed=version)
+        inspected = build_model_meta(data, name, version, ReleaseOptions(samples=8, gate_samples=4))
+        repo.add_release(inspected.meta, data, inspected.gate)
+    old_version, new_version = history + 1, history + 2
+    sign(repo, pair["old"], name, old_version)
     new = model_path(pair["new"]).read_bytes()
     with counting_server(repo.dir) as (url, sizes):
         tuf_dir = work / "tuf"
         TrustedRepository(tuf_dir, url, repo.metadata_dir / "1.root.json").target(
-            f"{name}/1.tflite"
+            f"{name}/{old_version}.tflite"
         )
-        sign(repo, pair["new"], name, 2)
-        offer = DeltaService(repo).offer(name, 2, from_version=1)
+        sign(repo, pair["new"], name, new_version)
+        offer = DeltaService(repo).offer(name, new_version, from_version=old_version)
         sizes.clear()
-        gate_path = device_update(tuf_dir, url, name, offer, work)
+        gate_path = device_update(tuf_dir, url, name, offer, work, old_version)
     metadata = sum(size for path, size in sizes.items() if path.startswith("/metadata/"))
     fetched = sum(size for path, size in sizes.items() if path.endswith(Path(offer.fetch).name))
     gate = sum(size for path, size in sizes.items() if path.endswith(Path(gate_path).name))
@@ -143,6 +160,7 @@ def wire_row(pair: dict, work: Path) -> dict:
     budget = 3 * offer.length + 3 * 1024
     return {
         "pair": pair["name"],
+        "releases_before": history,
         "fetch": offer.kind,
         "full_bytes": len(new),
         "gzip_bytes": gz,
@@ -160,10 +178,12 @@ def wire_row(pair: dict, work: Path) -> dict:
 
 def measure_wire(work: Path) -> list[dict]:
     rows = []
-    for pair in model_pairs():
-        pair_dir = work / f"wire-{pair['name']}"
+    runs = [(pair, 0) for pair in model_pairs()]
+    runs.append((model_pairs()[0], GROWTH_RELEASES))
+    for pair, history in runs:
+        pair_dir = work / f"wire-{pair['name']}-{history}"
         pair_dir.mkdir()
-        rows.append(wire_row(pair, pair_dir))
+        rows.append(wire_row(pair, pair_dir, history))
     return rows
 
 

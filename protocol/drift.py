@@ -49,13 +49,22 @@ class Histogram:
 
 
 def make_edges(values: npt.ArrayLike, bins: int = DEFAULT_BINS) -> tuple[float, ...]:
-    """Equal-width edges spanning the reference values (widened when they are all equal)."""
+    """Equal-width edges spanning the reference values (widened when they are all equal),
+    each rounded to a hundredth of a bin's width's leading digit: the signed metadata carries
+    them as decimals, and ``-0.2059`` signs in a third of the bytes of ``-0.2059478681838634``
+    while no edge moves by more than half a percent of its bin."""
     lo, hi = float(np.min(values)), float(np.max(values))
     if not math.isfinite(lo) or not math.isfinite(hi):
         raise ValueError("reference values must be finite")
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    return tuple(float(e) for e in np.linspace(lo, hi, bins + 1))
+    if hi - lo < 1e-9 * max(1.0, abs(lo)):
+        pad = 0.5 * max(1.0, abs(lo) * 1e-6)
+        lo, hi = lo - pad, hi + pad
+    edges = tuple(float(e) for e in np.linspace(lo, hi, bins + 1))
+    width = (hi - lo) / bins
+    if not math.isfinite(width):
+        return edges
+    digits = 2 - math.floor(math.log10(width))
+    return tuple(round(e, digits) for e in edges)
 
 
 def bin_counts(values: npt.ArrayLike, edges: Sequence[float]) -> npt.NDArray[np.intp]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from edgefleet.models import model_path
 from gateway.releases.model_inspect import ReleaseOptions, build_model_meta, read_model
-from protocol.drift import DriftReference, bin_counts, feature_summary, psi
+from protocol.drift import DriftReference, Histogram, bin_counts, feature_summary, make_edges, psi
 from protocol.model_meta import GateVectors, MetadataError, ModelMeta, TensorSpec
 
 
@@ -110,6 +111,25 @@ def test_histograms_count_every_value_and_psi_of_itself_is_zero(values):
     counts = bin_counts(values, reference.inputs[0].edges)
     assert counts.sum() == len(values)
     assert psi(reference.inputs[0].counts, counts) == pytest.approx(0.0, abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64, st.integers(1, 50), elements=st.floats(-1e300, 1e300, allow_subnormal=False)
+    ),
+    st.integers(1, 20),
+)
+def test_signed_edges_are_short_increasing_and_span_the_values(values, bins):
+    edges = make_edges(values, bins)
+    assert len(edges) == bins + 1
+    assert all(b > a for a, b in itertools.pairwise(edges))
+    width = (edges[-1] - edges[0]) / bins
+    assert edges[0] <= values.min() + width / 100 and edges[-1] >= values.max() - width / 100
+    assert Histogram.from_json(Histogram(edges, (0,) * bins).to_json()).edges == edges
+    spread = float(values.max()) - float(values.min())
+    if 1e-6 < spread < 1e6 and abs(values).max() < 1e6:
+        assert max(len(repr(e)) for e in edges) <= 14
 
 
 def test_psi_grows_with_a_shift():
