@@ -63,6 +63,7 @@ from agent.updater.download import DownloadLimits
 from agent.updater.verified import fetch_verified
 from edgefleet.models import model_pairs, model_path
 from firmware_sim.broker import BrokerConfig, Mosquitto, free_port
+from gateway.releases.commands import KEEP_VERSIONS
 from gateway.releases.model_inspect import ReleaseOptions, build_model_meta
 from gateway.releases.repository import Repository
 from gateway.serving.deltas import DeltaService, Offer
@@ -77,8 +78,8 @@ from tests.updater.conftest import provision
 
 STAGES = "1,10,50,100"
 # Earlier releases of the same name before the measured update (each a distinct fine-tune of
-# this model): the targets metadata lists every signed version, so what a device fetches grows
-# with each one.
+# this model), signed as `release add` signs them: the targets metadata keeps listing the
+# newest KEEP_VERSIONS, so what a device fetches stops growing.
 GROWTH_RELEASES = 9
 HISTORY_MODEL = "kws_f32_v2_full"
 APPLY_RUNS = 5
@@ -128,6 +129,12 @@ def device_update(
     return gate_path
 
 
+def release_as_operator(repo: Repository, data: bytes, name: str, version: int) -> None:
+    """Sign as `release add` does, pruning to its default number of listed versions."""
+    inspected = build_model_meta(data, name, version, ReleaseOptions(samples=8, gate_samples=4))
+    repo.add_release(inspected.meta, data, inspected.gate, keep_versions=KEEP_VERSIONS)
+
+
 def wire_row(pair: dict, work: Path, history: int = 0) -> dict:
     """One update from the pair's old model to its new one, after ``history`` earlier
     releases of the same model name (other fine-tunes), whose entries the targets metadata
@@ -136,18 +143,16 @@ def wire_row(pair: dict, work: Path, history: int = 0) -> dict:
     repo = Repository.init(work / "repo")
     earlier = model_path(HISTORY_MODEL).read_bytes()
     for version in range(1, history + 1):
-        data = fine_tuned(earlier, seed=version)
-        inspected = build_model_meta(data, name, version, ReleaseOptions(samples=8, gate_samples=4))
-        repo.add_release(inspected.meta, data, inspected.gate)
+        release_as_operator(repo, fine_tuned(earlier, seed=version), name, version)
     old_version, new_version = history + 1, history + 2
-    sign(repo, pair["old"], name, old_version)
+    release_as_operator(repo, model_path(pair["old"]).read_bytes(), name, old_version)
     new = model_path(pair["new"]).read_bytes()
     with counting_server(repo.dir) as (url, sizes):
         tuf_dir = work / "tuf"
         TrustedRepository(tuf_dir, url, repo.metadata_dir / "1.root.json").target(
             f"{name}/{old_version}.tflite"
         )
-        sign(repo, pair["new"], name, new_version)
+        release_as_operator(repo, new, name, new_version)
         offer = DeltaService(repo).offer(name, new_version, from_version=old_version)
         sizes.clear()
         gate_path = device_update(tuf_dir, url, name, offer, work, old_version)

@@ -248,7 +248,8 @@ class Cycle:
         offer, candidate = saved.require_offer(), saved.require_candidate()
         data = (self.device.layout.work / "candidate.tflite").read_bytes()
         self._check(offer, offer.target, data)
-        self.device.slots.install(candidate.slot, data)
+        custom = self._meta(self._signed(offer, offer.target)).to_json()
+        self.device.slots.install(candidate.slot, data, custom)
         return Step.INSTALLED, {}
 
     def gate(self, saved: Saved) -> Handled:

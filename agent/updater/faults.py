@@ -47,6 +47,7 @@ ATOMIC_FILES = (
     "vectors",  # the verified health-gate vectors in the work folder
     "evaluation",  # the verified evaluation set in the work folder
     "candidate",  # the verified candidate model in the work folder
+    "install.meta",  # what the targets key signed about the candidate, beside its slot
     "install",  # the candidate written into the inactive slot
     "pointer.switch",  # active pointer -> candidate, incumbent kept as previous
     "pointer.commit",  # active pointer -> candidate, previous dropped

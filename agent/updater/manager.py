@@ -205,11 +205,12 @@ class UpdateManager:
         return info if isinstance(info, dict) else None
 
     def signed_meta(self, target: str, sha256: str) -> dict[str, Any] | None:
-        """The ML metadata the targets key signed for ``target`` (drift reference, signature);
-        None when the verified metadata no longer names these bytes."""
+        """The ML metadata the targets key signed for ``target`` (drift reference, signature):
+        from the verified metadata, or, once newer releases have pruned it from there, as it
+        was kept beside the slot at install; None when neither names these bytes."""
         info = self._signed_target(target)
         if info is None or info.get("hashes", {}).get("sha256") != sha256:
-            return None
+            return self.device.slots.installed_meta(sha256)
         custom = info.get("custom")
         return custom if isinstance(custom, dict) else None
 

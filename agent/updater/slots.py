@@ -7,6 +7,7 @@ replaced atomically, so switching models is a single rename.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,8 +106,29 @@ class Slots:
         """Whether the slot's bytes are exactly the signed model the record names."""
         return sha256_file(self.path(record.slot)) == record.sha256
 
-    def install(self, slot: str, data: bytes) -> None:
+    def meta_path(self, slot: str) -> Path:
+        return self.dir / f"{slot}.meta.json"
+
+    def install(self, slot: str, data: bytes, custom: dict[str, Any] | None = None) -> None:
+        """Write ``data`` into ``slot``; with ``custom`` (the verified ML metadata of the
+        target) beside it, named by the model's hash, so the daemon still has it once newer
+        releases have pruned the target from the repository's metadata."""
+        if custom is not None:
+            record = {"sha256": hashlib.sha256(data).hexdigest(), "custom": custom}
+            write_atomic(self.meta_path(slot), json.dumps(record).encode(), "install.meta")
         write_atomic(self.path(slot), data, "install")
+
+    def installed_meta(self, sha256: str) -> dict[str, Any] | None:
+        """The metadata kept beside whichever slot was installed with the model ``sha256``."""
+        for slot in SLOT_NAMES:
+            try:
+                record = json.loads(self.meta_path(slot).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and record.get("sha256") == sha256:
+                custom = record.get("custom")
+                return custom if isinstance(custom, dict) else None
+        return None
 
     def point(self, pointer: Pointer, why: str) -> None:
         """Switch the active pointer (``why``: switch, commit or rollback, for the fault hooks)."""

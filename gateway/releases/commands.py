@@ -11,6 +11,8 @@ import structlog
 from edgefleet.commandline import add_json, add_table_options
 from edgefleet.tables import Column, print_table
 
+# Model versions of a name that `release add` keeps listed in the targets metadata.
+KEEP_VERSIONS = 5
 log = structlog.get_logger()
 
 
@@ -86,6 +88,16 @@ def register(subparsers) -> None:
         help="reference inputs the health gate replays on the device",
     )
     add.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    add.add_argument(
+        "--keep-versions",
+        type=int,
+        default=KEEP_VERSIONS,
+        metavar="N",
+        help="versions of NAME the metadata keeps listing, this one included (default "
+        f"{KEEP_VERSIONS}): older ones are pruned, except those signed as rollbacks, so what "
+        "every device fetches stops growing; a device still on a pruned version gets the "
+        "full model instead of a delta",
+    )
     add.add_argument(
         "--atol",
         type=float,
@@ -342,11 +354,15 @@ def _release_add(args) -> int:
     options.check()  # before the model is run
     model = read_model(args.model)
     inspected = build_model_meta(model, args.name, args.version, options, args.model)
+    listed = {r.path for r in repo.releases() if r.name == args.name}
     release = repo.add_release(
-        inspected.meta, model, inspected.gate, lifetime, inspected.eval_bytes
+        inspected.meta, model, inspected.gate, lifetime, inspected.eval_bytes, args.keep_versions
     )
     for warning in inspected.warnings:
         log.warning("release_warning", release=release.path, detail=warning)
+    pruned = sorted(listed - {r.path for r in repo.releases()})
+    if pruned:
+        log.info("release_pruned", release=release.path, pruned=pruned, kept=args.keep_versions)
     text = (
         f"signed {release.path}: {release.length} bytes, sha256 {release.sha256[:16]}, "
         f"latency budget {release.meta.latency_budget_ms:g} ms"

@@ -278,9 +278,13 @@ class Repository:
         gate: SignedGate,
         targets_lifetime: timedelta | None = None,
         eval_bytes: bytes | None = None,
+        keep_versions: int | None = None,
     ) -> Release:
         """Sign a new model version (and its gate vectors in both encodings, and the evaluation
-        set its metadata names) as targets and publish it."""
+        set its metadata names) as targets and publish it; with ``keep_versions``, versions of
+        the name older than the newest that many are pruned from the metadata."""
+        if keep_versions is not None:
+            check_range("--keep-versions", keep_versions, 1, MAX_VERSION)
         self.check_new_version(meta.name, meta.version, "model")
         _check_eval_bytes(meta, eval_bytes)
         gate_files = _gate_files(meta, gate)
@@ -305,6 +309,8 @@ class Repository:
         self._store_target(model_target, model)
 
         targets.signed.targets[model_path] = model_target
+        if keep_versions is not None:
+            _prune(targets.signed.targets, meta.name, keep_versions)
         self._publish(targets, [targets_signer], online, targets_lifetime)
         return next(r for r in self.releases() if r.path == model_path)
 
@@ -624,6 +630,25 @@ def _check_eval_bytes(meta: ModelMeta, data: bytes | None) -> None:
         raise ReleaseError(f"{meta.name}/{meta.version}: evaluation set and metadata do not match")
     if (len(data), hashlib.sha256(data).hexdigest()) != (ref.length, ref.sha256):
         raise ReleaseError(f"{ref.path}: not the evaluation set the model metadata names")
+
+
+def _prune(targets: dict[str, TargetFile], name: str, keep: int) -> None:
+    """Drop the versions of model ``name`` older than its newest ``keep`` from ``targets``,
+    with the gate vectors and evaluation sets signed for them, so the metadata every device
+    fetches stops growing with each release. A version signed as a rollback stays. The files
+    stay on disk; a device still running a dropped version gets full models, not deltas, and
+    keeps what was signed about it beside its slot."""
+    models = sorted(
+        (int(match["version"]), path)
+        for path in targets
+        if (match := _MODEL_PATH.fullmatch(path)) and match["name"] == name
+    )
+    older = [path for _, path in models[: max(0, len(models) - keep)]]
+    dropped = {path for path in older if not targets[path].custom.get("rollback")}
+    for path, target in list(targets.items()):
+        custom = target.custom if isinstance(target.custom, dict) else {}
+        if path in dropped or {custom.get("gate_for"), custom.get("eval_for")} & dropped:
+            del targets[path]
 
 
 def _gate_files(meta: ModelMeta, gate: SignedGate) -> dict[str, bytes]:

@@ -10,10 +10,12 @@ from dataclasses import replace
 import bsdiff4
 import pytest
 
+from agent.trust import TrustedRepository
 from agent.updater.cycle import Cycle, CycleConfig, downgrade_refusal
 from agent.updater.device import UpdaterDevice
 from agent.updater.download import DownloadError, DownloadLimits, fetch, target_url
 from agent.updater.errors import Transient
+from agent.updater.manager import UpdateConfig, UpdateManager
 from agent.updater.slots import SlotRecord
 from agent.updater.states import BEFORE_SWITCH, State
 from agent.updater.store import Offer
@@ -223,3 +225,24 @@ def test_another_offer_during_an_update_is_busy(world, tmp_path):
     assert killed.returncode == -9
     assert worker(state_dir, world.root, *run, "kws/3.tflite").returncode == 3
     assert final(worker(state_dir, world.root, *run, "kws/2.tflite"))["state"] == "TRIAL"
+
+
+def test_what_was_signed_about_a_model_outlives_its_pruning(fresh, tmp_path):
+    """Newer releases prune v2 from the targets metadata; the device still running it keeps
+    the metadata verified at install (its drift reference, its signature) beside the slot."""
+    state_dir = fresh.device(tmp_path)
+    assert update(state_dir, fresh.url, fresh.root, "kws/2.tflite").state == State.TRIAL
+    manager = UpdateManager(UpdateConfig(state_dir=state_dir, trusted_root=fresh.root))
+    slot = manager.device.slots.pointer().active
+    listed = manager.signed_meta(slot.target, slot.sha256)
+    for version in (3, 4):
+        inspected = build_model_meta(model("kws_f32_v2_full"), "kws", version, FAST)
+        fresh.repo.add_release(
+            inspected.meta, model("kws_f32_v2_full"), inspected.gate, keep_versions=1
+        )
+    assert [r.version for r in fresh.repo.releases()] == [4]
+    trust = TrustedRepository(manager.device.layout.tuf, fresh.url, fresh.root)
+    assert trust.target("kws/4.tflite")  # the device refreshed: v2 is no longer listed
+    assert manager._signed_target(slot.target) is None
+    assert listed is not None and manager.signed_meta(slot.target, slot.sha256) == listed
+    assert manager.signed_meta(slot.target, "0" * 64) is None

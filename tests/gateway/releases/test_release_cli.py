@@ -300,6 +300,41 @@ def test_rollback_release_marks_an_older_version(repo_dir, capsys):
     )
 
 
+def test_old_versions_are_pruned_but_rollbacks_stay(repo_dir):
+    """Each release lists only the newest --keep-versions of its name (and their gate vectors
+    and evaluation sets), so the targets metadata stops growing; a version signed as a
+    rollback stays listed, and the files stay on disk."""
+    models = ["kws_int8_v2_head", "kws_int8_v2_full", "kws_int8_v3_drift", "kws_int8_v1"]
+    for version, name in enumerate(models[:2], start=2):
+        assert add(repo_dir, model_path(name), str(version), "--keep-versions", "2") == 0
+    repo = Repository(repo_dir)
+    assert [r.version for r in repo.releases()] == [2, 3]
+    assert (
+        main(["release", "rollback", "--repo", str(repo_dir), "--name", "kws", "--version", "2"])
+        == 0
+    )
+    for version, name in enumerate(models[2:], start=4):
+        assert add(repo_dir, model_path(name), str(version), "--keep-versions", "2") == 0
+    repo = Repository(repo_dir)
+    assert [r.version for r in repo.releases()] == [2, 4, 5]
+    listed = set(repo.targets.signed.targets)
+    assert {p.split("/")[1].split(".")[0] for p in listed} == {"2", "4", "5"}
+    assert sorted(
+        p.name.split(".", 1)[1] for p in (repo_dir / "targets" / "kws").glob("*.tflite")
+    ) == [f"{v}.tflite" for v in range(1, 6)]
+
+
+@pytest.mark.parametrize("keep", ["0", "-1"])
+def test_keeping_no_version_is_refused(repo_dir, capsys, keep):
+    before = tree_digest(repo_dir)
+    refused(
+        capsys,
+        add(repo_dir, model_path("kws_int8_v2_head"), "2", "--keep-versions", keep),
+        "--keep-versions",
+    )
+    assert tree_digest(repo_dir) == before
+
+
 def test_keys_rotate_from_the_command_line(repo_dir, capsys):
     before = Repository(repo_dir).root.signed.version
     assert main(["keys", "rotate", "--repo", str(repo_dir), "--role", "targets"]) == 0
