@@ -44,7 +44,7 @@ def measure(runs: int) -> list[dict]:
                 "full_bytes": len(new),
                 "gzip_bytes": gz,
                 "bsdiff4_bytes": len(make_delta(old, new, [Algorithm.BSDIFF4])),
-                "xor_lzma_bytes": len(make_delta(old, new, [Algorithm.XOR_PLANES_LZMA])),
+                "xor_lzma_bytes": len(make_delta(old, new, [Algorithm.TENSOR_LZMA])),
                 "delta_bytes": len(delta),
                 "algorithm": read_header(delta).algorithm.name.lower(),
                 "delta_over_full": round(len(delta) / len(new), 4),

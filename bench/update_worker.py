@@ -103,7 +103,7 @@ def measure(size: int, bsdiff: bool, base: Path) -> list[dict]:
     sign_model(repo, v1, "kws", 1, FAST)
     sign_model(repo, v2, "kws", 2, FAST)
     root = repo.metadata_dir / "1.root.json"
-    ways = [("zlib", [Algorithm.FULL_ZLIB]), ("xor_lzma", [Algorithm.XOR_PLANES_LZMA])]
+    ways = [("zlib", [Algorithm.FULL_ZLIB]), ("xor_lzma", [Algorithm.TENSOR_LZMA])]
     if bsdiff:
         ways.append(("bsdiff4", [Algorithm.BSDIFF4]))
     rows = []
