@@ -208,11 +208,12 @@ class TrustedRepository:
             raise _wrap(exc, f"download of {path}") from None
         return VerifiedTarget(path, info.length, info.hashes["sha256"], dict(info.custom))
 
-    def check(self, path: str, data: bytes) -> VerifiedTarget:
-        """Check bytes obtained another way (a delta's result, a resumed download)."""
+    def check(self, path: str, data: bytes | bytearray) -> VerifiedTarget:
+        """Check bytes obtained another way (a delta's result, which is a bytearray: it is
+        rebuilt in place; a resumed download). python-tuf hashes ``bytes`` or reads a file."""
         info = self._info(path)
         try:
-            info.verify_length_and_hashes(data)
+            info.verify_length_and_hashes(data if isinstance(data, bytes) else bytes(data))
         except tuf_errors.LengthOrHashMismatchError as exc:
             raise _wrap(exc, path) from None
         return VerifiedTarget(path, info.length, info.hashes["sha256"], dict(info.custom))

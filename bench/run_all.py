@@ -153,13 +153,12 @@ def plot_deltas(rows: list[dict], path: Path) -> None:
 
     names = [r["pair"] for r in rows]
     series = [
-        ("full", "full_bytes"),
-        ("gzip", "gzip_bytes"),
-        ("bsdiff4", "bsdiff4_bytes"),
-        ("xor+lzma", "xor_lzma_bytes"),
+        ("model", "model_bytes"),
+        ("bsdiff4 (raw)", "bsdiff4_raw_bytes"),
+        ("container", "container_bytes"),
     ]
     fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.2
+    width = 0.27
     for i, (label, key) in enumerate(series):
         ax.bar(
             [x + i * width for x in range(len(names))],
@@ -167,7 +166,7 @@ def plot_deltas(rows: list[dict], path: Path) -> None:
             width,
             label=label,
         )
-    ax.set_xticks([x + 1.5 * width for x in range(len(names))], names)
+    ax.set_xticks([x + width for x in range(len(names))], names)
     ax.set_ylabel("KiB on the wire")
     ax.set_title("Model update size per version pair")
     ax.legend()

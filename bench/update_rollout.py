@@ -15,10 +15,9 @@
    total, and the total against the full model and against its gzip (level 9).
 2. Peak memory of ``apply_delta(old, delta)``: the ``tracemalloc`` peak over the call (the
    rebuilt model included; the inputs were allocated before), as a multiple of the model's
-   size, median of several runs. tracemalloc sees Python's allocator only, not the buffers zlib
-   and liblzma allocate inside C (their window and dictionary, at most the model's size for an
-   XOR delta). The same for ``vision_f32_v1`` against a synthetic fine-tune: every float32
-   weight tensor multiplied by ``1 + N(0, 1e-3)``.
+   size, median of several runs. tracemalloc sees liblzma's dictionary and state (CPython
+   allocates them on its heap), not zlib's window. The same for ``vision_f32_v1`` against a
+   synthetic fine-tune: every float32 weight tensor multiplied by ``1 + N(0, 1e-3)``.
 3. Rollout time: a real mosquitto, the real gateway daemon (``edgefleet gateway run`` with a
    ``[repository]`` and a ``[rollouts]`` section, ``tick_s`` 0.2) serving a release imported
    through ``edgefleet gateway import-release``, and ``--agents`` simulated devices (one paho

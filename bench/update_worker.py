@@ -6,8 +6,8 @@ The model is the bundled ``kws_f32_v1`` (and its ``v2_head`` fine-tune) padded w
 random bytes to ``--size-mib`` (default: the updater's ``max_model_bytes``, 64 MiB); LiteRT
 loads and gates it like any model. Both versions are signed into a real repository served over
 loopback HTTP; a device state folder is provisioned with v1 through the update cycle. Then, for
-each way v2 can travel (the model itself; a delta of the full model zlib-compressed; the XOR
-planes + LZMA delta; with ``--bsdiff`` a bsdiff4 delta, slow to make at this size), a copy of
+each way v2 can travel (the model itself; a delta of the full model zlib-compressed; the tensor
+delta (raw LZMA2); with ``--bsdiff`` a bsdiff4 delta, slow to make at this size), a copy of
 that folder takes the offer with the real update worker (``python -m agent.updater.worker``)
 in two runs:
 
@@ -103,7 +103,7 @@ def measure(size: int, bsdiff: bool, base: Path) -> list[dict]:
     sign_model(repo, v1, "kws", 1, FAST)
     sign_model(repo, v2, "kws", 2, FAST)
     root = repo.metadata_dir / "1.root.json"
-    ways = [("zlib", [Algorithm.FULL_ZLIB]), ("xor_lzma", [Algorithm.XOR_PLANES_LZMA])]
+    ways = [("zlib", [Algorithm.FULL_ZLIB]), ("tensor_lzma", [Algorithm.TENSOR_LZMA])]
     if bsdiff:
         ways.append(("bsdiff4", [Algorithm.BSDIFF4]))
     rows = []

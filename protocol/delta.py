@@ -1,24 +1,39 @@
 """The delta container: how a model update travels when the device already holds an older model.
 
-Layout (all integers big-endian)::
+Layout (format 2)::
 
-    magic "EFDL" | format u8 | algorithm u8 | source sha256 (32) | target sha256 (32)
-    | target length u64 | payload length u64 | payload | sha256 of everything before (32)
+    magic "EFDL" | format u8 (2) | algorithm u8 | source sha256[:8] | target sha256[:8]
+    | target length (LEB128 varint) | payload (the rest)
 
-Algorithms: the full model (zlib), a bsdiff4 patch, and a model-aware XOR of equal-length
-models split into byte planes and LZMA-compressed (a fine-tune rewrites weights in place; their
-sign and exponent bytes rarely change). ``make_delta`` ships whichever is smallest.
+Algorithms: the full model (zlib), a bsdiff4 patch, and ``TENSOR_LZMA`` for equal-length
+models: per-tensor differences guided by the source model's tflite layout (``tflite_layout``),
+float32 and int32 words as zigzag integer differences split into byte planes (a fine-tune
+changes low mantissa bytes, rarely sign and exponent), int8 bytes as differences mod 256, a
+requantized tensor optionally against the prediction its old and new scales make, all in one
+raw LZMA2 stream. ``make_delta`` ships whichever container is smallest.
 
-The trailing digest makes any corruption of the container itself a refusal before the payload
-reaches a decoder; the source hash refuses a delta applied to the wrong model; the target hash
-and length are checked on the result before it is returned. A delta is transport only: the
-device still checks the result against the offline-signed target.
+Why 8-byte hash prefixes and no container digest are enough. Whoever signs deltas (the
+gateway's online key) is trusted less than whoever signs models, so a device hands
+``apply_delta`` what it already trusts (``Expected``: the sha256 of the model it holds, the
+offline-signed target's sha256 and length) and:
 
-Whoever signs deltas (the gateway's online key) is trusted less than whoever signs models, so
-a device hands ``apply_delta`` what it already trusts (``Expected``: the model it holds and the
-offline-signed target's length and hash). The header must name exactly these before any byte
-is decoded, and every decoder stops at the signed length: a small payload that would inflate
-to gigabytes is refused having produced at most that many bytes.
+- the delta's own bytes were checked against the deltas role's signed hash and length before
+  they got here: a digest inside the container would repeat that check;
+- before any byte is decoded the header must name that length and the prefixes of both hashes,
+  so a delta made for another source model or to another target is refused first, in one line.
+  The prefixes guard against mistakes, not attacks: a forger of the header gains nothing, since
+- every decoder stops at the signed length (a small payload that would inflate to gigabytes is
+  refused having produced at most that many bytes), the rebuilt model is checked against the
+  full signed sha256 and length before it is returned, and the device checks it again against
+  the offline-signed target before installing it. A corrupt container fails one of these checks.
+
+Without ``Expected`` (tools checking deltas they made) the header's 64-bit prefix of the target
+hash is what the result is checked against.
+
+Format 1 (full hashes, 64-bit lengths, a trailing digest, an XOR codec) is refused with one
+line: a device applies only deltas its gateway makes, the gateway makes format 2 and rebuilds a
+delta it cached in format 1 (``gateway/serving/deltas.py``), and a refused delta costs a full
+download, never the update.
 """
 
 from __future__ import annotations
@@ -26,9 +41,8 @@ from __future__ import annotations
 import bz2
 import hashlib
 import lzma
-import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -37,10 +51,13 @@ import bsdiff4
 import bsdiff4.core
 import numpy as np
 
+from protocol import tflite_layout
+from protocol.tflite_layout import INT8, Region
+
 MAGIC = b"EFDL"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct(">4sBB32s32sQQ")
-_DIGEST_LEN = 32
+FORMAT_VERSION = 2
+HASH_PREFIX = 8  # bytes of each sha256 the header names (see the module docstring)
+_FIXED = len(MAGIC) + 2 + 2 * HASH_PREFIX  # then the varint length
 MAX_TARGET_LENGTH = 1 << 31  # a model larger than 2 GiB is not an edge model
 DELTA_SUFFIX = ".efdl"
 
@@ -54,13 +71,12 @@ def delta_target_path(name: str, from_version: int, to_version: int) -> str:
 class Algorithm(IntEnum):
     FULL_ZLIB = 0  # the whole target, zlib-compressed: no source needed
     BSDIFF4 = 1
-    XOR_PLANES_LZMA = 2  # equal-length models: XOR, split into 4 byte planes, then LZMA
+    # 2 was format 1's XOR of byte planes
+    TENSOR_LZMA = 3  # equal-length models: per-tensor differences, byte planes, raw LZMA2
 
 
 # The container is parsed in place: slices of it are memoryviews, not copies.
-Bytes = bytes | memoryview
-
-PLANES = 4  # float32 weights: a fine-tune changes mantissas, rarely sign and exponent bytes
+Bytes = bytes | bytearray | memoryview
 
 
 class DeltaError(ValueError):
@@ -70,9 +86,10 @@ class DeltaError(ValueError):
 @dataclass(frozen=True)
 class DeltaHeader:
     algorithm: Algorithm
-    source_sha256: bytes
-    target_sha256: bytes
+    source_sha256: bytes  # the first HASH_PREFIX bytes
+    target_sha256: bytes  # the first HASH_PREFIX bytes
     target_length: int
+    payload_offset: int
     payload_length: int
 
 
@@ -94,9 +111,12 @@ def check_header(header: DeltaHeader, expected: Expected) -> None:
             f"delta declares a target of {header.target_length} bytes, "
             f"the signed model has {expected.target_length}"
         )
-    if header.target_sha256 != expected.target_sha256:
+    if header.target_sha256 != expected.target_sha256[:HASH_PREFIX]:
         raise DeltaError("delta declares another target than the signed model (target sha256)")
-    if header.algorithm != Algorithm.FULL_ZLIB and header.source_sha256 != expected.source_sha256:
+    if (
+        header.algorithm != Algorithm.FULL_ZLIB
+        and header.source_sha256 != expected.source_sha256[:HASH_PREFIX]
+    ):
         raise DeltaError("delta was made for another source model (source sha256 mismatch)")
 
 
@@ -104,29 +124,42 @@ def _sha256(data: Bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: Bytes, at: int) -> tuple[int, int]:
+    """A minimal LEB128 value of at most 5 bytes (2^35 > MAX_TARGET_LENGTH), and where it ends."""
+    value = 0
+    for i in range(5):
+        if at + i >= len(data):
+            break
+        byte = data[at + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            if i and not byte:
+                raise DeltaError("delta target length is not minimally encoded")
+            return value, at + i + 1
+    raise DeltaError("delta target length is truncated or longer than 5 bytes")
+
+
 def _pack(algorithm: Algorithm, source: bytes, target: bytes, payload: bytes) -> bytes:
     source_hash = _sha256(source) if algorithm != Algorithm.FULL_ZLIB else bytes(32)
-    body = (
-        _HEADER.pack(
+    return b"".join(
+        (
             MAGIC,
-            FORMAT_VERSION,
-            algorithm,
-            source_hash,
-            _sha256(target),
-            len(target),
-            len(payload),
+            bytes((FORMAT_VERSION, algorithm)),
+            source_hash[:HASH_PREFIX],
+            _sha256(target)[:HASH_PREFIX],
+            _varint(len(target)),
+            payload,
         )
-        + payload
     )
-    return body + _sha256(body)
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)).tobytes()
-
-
-def _to_planes(data: bytes) -> bytes:
-    return b"".join(data[i::PLANES] for i in range(PLANES))
 
 
 def encode_payload(algorithm: Algorithm, old: bytes, new: bytes) -> bytes | None:
@@ -136,12 +169,9 @@ def encode_payload(algorithm: Algorithm, old: bytes, new: bytes) -> bytes | None
     if algorithm == Algorithm.BSDIFF4:
         patch: bytes = bsdiff4.diff(old, new)
         return patch
-    if len(old) != len(new):
+    if len(old) != len(new) or not new:
         return None
-    # A dictionary no larger than the data keeps small deltas fast to make.
-    dict_size = max(1 << 16, 1 << (len(new) - 1).bit_length())
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": min(dict_size, 1 << 26)}]
-    return lzma.compress(_to_planes(_xor(old, new)), format=lzma.FORMAT_XZ, filters=filters)
+    return _tensor_encode(old, new)
 
 
 def make_delta(old: bytes, new: bytes, algorithms: Iterable[Algorithm] = tuple(Algorithm)) -> bytes:
@@ -158,27 +188,30 @@ def make_delta(old: bytes, new: bytes, algorithms: Iterable[Algorithm] = tuple(A
     return _pack(algorithm, old, new, payload)
 
 
-def read_header(delta: bytes) -> DeltaHeader:
-    """Parse and integrity-check a container; raises ``DeltaError`` for anything malformed."""
-    if len(delta) < _HEADER.size + _DIGEST_LEN:
+def read_header(delta: Bytes) -> DeltaHeader:
+    """Parse a container's header; raises ``DeltaError`` for anything malformed."""
+    if len(delta) < _FIXED + 1:
         raise DeltaError(f"delta of {len(delta)} bytes is shorter than its header")
-    body, digest = memoryview(delta)[:-_DIGEST_LEN], delta[-_DIGEST_LEN:]  # no copy
-    if _sha256(body) != digest:
-        raise DeltaError("delta is corrupt (container digest mismatch)")
-    magic, version, algorithm, source, target, target_len, payload_len = _HEADER.unpack_from(body)
-    if magic != MAGIC:
+    if bytes(delta[:4]) != MAGIC:
         raise DeltaError("not an edgefleet delta (bad magic)")
+    version, algorithm = delta[4], delta[5]
     if version != FORMAT_VERSION:
-        raise DeltaError(f"unsupported delta format version {version}")
+        raise DeltaError(
+            f"delta format {version} is not accepted (format {FORMAT_VERSION} only): "
+            "ask the gateway to make it again"
+        )
     try:
         algo = Algorithm(algorithm)
     except ValueError:
         raise DeltaError(f"unknown delta algorithm {algorithm}") from None
-    if payload_len != len(body) - _HEADER.size:
-        raise DeltaError("delta payload length does not match its header")
+    source = bytes(delta[6 : 6 + HASH_PREFIX])
+    target = bytes(delta[6 + HASH_PREFIX : _FIXED])
+    if algo == Algorithm.FULL_ZLIB and any(source):
+        raise DeltaError("a full-model delta names a source model")
+    target_len, payload_at = _read_varint(delta, _FIXED)
     if target_len > MAX_TARGET_LENGTH:
         raise DeltaError(f"delta target length {target_len} is too large")
-    return DeltaHeader(algo, source, target, target_len, payload_len)
+    return DeltaHeader(algo, source, target, target_len, payload_at, len(delta) - payload_at)
 
 
 class _Decompressor(Protocol):
@@ -247,48 +280,218 @@ def _bsdiff4_patch(header: DeltaHeader, old: bytes, payload: Bytes) -> bytes:
         raise DeltaError(f"delta payload does not apply: {exc}") from exc
 
 
-def _patch(header: DeltaHeader, old: bytes, payload: Bytes) -> bytes:
-    if header.algorithm == Algorithm.BSDIFF4:
-        return _bsdiff4_patch(header, old, payload)
-    if len(old) != header.target_length:
-        raise DeltaError("an XOR delta needs a source as long as its target")
-    # liblzma allocates the dictionary the stream asks for: no more than the target needs.
-    decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=_lzma_memlimit(header.target_length))
-    planes = _bounded(decoder, payload, header.target_length, "delta payload")
-    if len(planes) != header.target_length:
+# -- TENSOR_LZMA --------------------------------------------------------------------------------
+#
+# payload: one flag bit per quantized region (predict it from its scales or not)
+# | a raw LZMA2 stream of exactly target-length bytes. Those bytes are, at each byte of the
+# model, the difference new - old mod 256; over a float32/int32 region, the zigzag of the word
+# difference mod 2^32 with its four bytes as planes (most significant first) within the region;
+# over a predicted region, the difference from the prediction instead of from old.
+
+_PROPS = ((3, 0, 2), (0, 0, 0), (1, 0, 0), (4, 0, 0))  # (lc, lp, pb) the encoder tries
+_CHUNK = 1 << 10  # elements per step of the predictor and the word transforms: bounded temporaries
+
+
+def _lzma_filters(target_length: int) -> list[dict[str, int]]:
+    """LZMA2 with a dictionary of a quarter of the target, at most 1 MiB: the decoder
+    allocates it (on Python's heap, which ``tracemalloc`` sees), and a fine-tune's differences
+    repeat at short range. Literal and position bits travel in the stream's chunk headers."""
+    dict_size = min(max(1 << 12, target_length // 4), 1 << 20)
+    return [{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]
+
+
+def _quantized(layout: list[Region]) -> list[Region]:
+    return [region for region in layout if region.quantized is not None]
+
+
+def _chunks(count: int) -> Iterator[slice]:
+    for at in range(0, count, _CHUNK):
+        yield slice(at, min(at + _CHUNK, count))
+
+
+def _prediction(region: Region, old: np.ndarray, new_scales: np.ndarray, s: slice) -> np.ndarray:
+    """What a requantized tensor's elements ``s`` become if only their scales changed: the old
+    integer times old scale / new scale, rounded and clipped to the type."""
+    q = region.quantized
+    assert q is not None
+    kind = np.int8 if region.kind == INT8 else np.int32
+    values = old[region.start : region.start + region.length].view(kind)[s]
+    old_scales = old[q.scales : q.scales + 4 * q.count].view(np.float32)
+    with np.errstate(all="ignore"):
+        ratio = old_scales.astype(np.float64) / new_scales.astype(np.float64)
+    ratio[~np.isfinite(ratio)] = 1.0
+    channel = (np.arange(s.start, s.stop) // q.inner) % q.count
+    info = np.iinfo(kind)
+    predicted = np.clip(np.rint(values * ratio[channel]), info.min, info.max)
+    return predicted.astype(kind)
+
+
+def _base(region: Region, old: np.ndarray, new: np.ndarray, predict: bool, s: slice) -> np.ndarray:
+    """What the region's elements ``s`` are coded against (new holds the final scales)."""
+    if predict:
+        q = region.quantized
+        assert q is not None
+        return _prediction(region, old, new[q.scales : q.scales + 4 * q.count].view(np.float32), s)
+    kind = np.uint8 if region.kind == INT8 else np.uint32
+    return old[region.start : region.start + region.length].view(kind)[s]
+
+
+def _zigzag(d: np.ndarray) -> np.ndarray:
+    """Small differences of either sign to small unsigned values (-1 -> 1, 1 -> 2)."""
+    signed = np.int8 if d.dtype == np.uint8 else np.int32
+    return (d << d.dtype.type(1)) ^ (d.view(signed) >> (8 * d.itemsize - 1)).view(d.dtype)
+
+
+def _unzigzag(z: np.ndarray) -> np.ndarray:
+    one = z.dtype.type(1)
+    return (z >> one) ^ (z.dtype.type(0) - (z & one))
+
+
+def _entropy(data: np.ndarray) -> float:
+    counts = np.bincount(data.view(np.uint8), minlength=256)
+    p = counts[counts > 0] / data.nbytes
+    return float(-(p * np.log2(p)).sum()) * data.nbytes
+
+
+def _region_bytes(region: Region, old: np.ndarray, new: np.ndarray, predict: bool) -> np.ndarray:
+    """The coded bytes of one region."""
+    span = slice(region.start, region.start + region.length)
+    if region.kind == INT8:
+        count = region.length
+        out = np.empty(count, np.uint8)
+        for s in _chunks(count):
+            out[s] = _zigzag(new[span][s] - _base(region, old, new, predict, s).view(np.uint8))
+        return out
+    count = region.length // 4
+    words = np.empty(count, np.uint32)
+    for s in _chunks(count):
+        words[s] = _zigzag(
+            new[span].view(np.uint32)[s] - _base(region, old, new, predict, s).view(np.uint32)
+        )
+    return words.view(np.uint8).reshape(count, 4)[:, ::-1].T.ravel()
+
+
+def _tensor_encode(old: bytes, new: bytes) -> bytes:
+    a, b = np.frombuffer(old, np.uint8), np.frombuffer(new, np.uint8)
+    layout = tflite_layout.regions(old)
+    coded = b - a
+    flags = 0
+    for bit, region in enumerate(_quantized(layout)):
+        plain = _region_bytes(region, a, b, False)
+        predicted = _region_bytes(region, a, b, True)
+        if _entropy(predicted) < _entropy(plain):
+            flags |= 1 << bit
+    predicts = _flag_map(layout, flags)
+    for region in layout:
+        coded[region.start : region.start + region.length] = _region_bytes(
+            region, a, b, predicts.get(region.start, False)
+        )
+    flag_bytes = flags.to_bytes((len(_quantized(layout)) + 7) // 8, "little")
+    data = coded.tobytes()
+    streams = []
+    for lc, lp, pb in _PROPS:
+        filters = _lzma_filters(len(new))
+        filters[0].update(preset=9 | lzma.PRESET_EXTREME, lc=lc, lp=lp, pb=pb)
+        streams.append(lzma.compress(data, lzma.FORMAT_RAW, filters=filters))
+    return flag_bytes + min(streams, key=len)
+
+
+def _flag_map(layout: list[Region], flags: int) -> dict[int, bool]:
+    """Which quantized regions (by start) are coded against their prediction."""
+    return {region.start: bool(flags >> bit & 1) for bit, region in enumerate(_quantized(layout))}
+
+
+def _inflate_into(payload: Bytes, filters: list[dict[str, int]], length: int) -> bytearray:
+    """The raw LZMA2 stream, inflated a chunk at a time into one buffer of exactly ``length``
+    bytes: a stream making more or less, or with bytes after its end, is refused."""
+    decoder = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
+    out = bytearray(length)
+    at, fed = 0, 0
+    try:
+        while not decoder.eof:
+            # Input in small pieces too: what the decoder has not used yet, it copies.
+            piece = payload[fed : fed + (1 << 12)] if decoder.needs_input else b""
+            if decoder.needs_input and not piece:
+                raise DeltaError("delta payload is truncated")
+            fed += len(piece)
+            chunk = decoder.decompress(piece, 1 << 12)
+            if len(chunk) > length - at:
+                raise DeltaError(f"delta payload decompresses to more than {length} bytes")
+            out[at : at + len(chunk)] = chunk
+            at += len(chunk)
+    except lzma.LZMAError as exc:
+        raise DeltaError(f"delta payload does not decompress: {exc}") from exc
+    if decoder.unused_data or fed < len(payload):
+        raise DeltaError("delta payload has bytes after its end")
+    if at != length:
         raise DeltaError("delta payload has the wrong length")
-    # Interleave the planes and XOR in one array: the model's size, not five times it.
-    out = np.empty(header.target_length, np.uint8)
-    start = 0
-    for i in range(PLANES):
-        size = len(range(i, header.target_length, PLANES))
-        out[i::PLANES] = np.frombuffer(planes, np.uint8, size, start)
-        start += size
-    del planes
-    np.bitwise_xor(out, np.frombuffer(old, np.uint8), out=out)
-    return out.tobytes()
+    return out
 
 
-def _lzma_memlimit(target_length: int) -> int:
-    """What an XZ decoder may use: a dictionary of the next power of two above the target (what
-    ``encode_payload`` asks for), and liblzma's own few hundred KiB."""
-    return max(1 << 16, 1 << max(target_length - 1, 1).bit_length()) + (1 << 20)
+def _tensor_decode(header: DeltaHeader, old: Bytes, payload: Bytes) -> bytearray:
+    if len(old) != header.target_length:
+        raise DeltaError("a tensor delta needs a source as long as its target")
+    layout = tflite_layout.regions(old)
+    n_flags = (len(_quantized(layout)) + 7) // 8
+    if len(payload) < n_flags:
+        raise DeltaError("delta payload is shorter than its flags")
+    predicts = _flag_map(layout, int.from_bytes(payload[:n_flags], "little"))
+    rebuilt = _inflate_into(payload[n_flags:], _lzma_filters(len(old)), len(old))
+    out, a = np.frombuffer(rebuilt, np.uint8), np.frombuffer(old, np.uint8)
+    # Everything but the predicted regions first: their prediction reads the new scales.
+    at = 0
+    for region in layout:
+        _add(out, a, slice(at, region.start))
+        at = region.start + region.length
+        if region.kind != INT8:
+            span = out[region.start : at]
+            span[:] = span.reshape(4, -1)[::-1].T.ravel()  # one temporary: the region's size
+        if not predicts.get(region.start, False):
+            _undo(region, out, a, False)
+    _add(out, a, slice(at, len(out)))
+    for region in layout:
+        if predicts.get(region.start, False):
+            _undo(region, out, a, True)
+    return rebuilt
 
 
-def apply_delta(old: bytes, delta: bytes, expected: Expected | None = None) -> bytes:
+def _add(out: np.ndarray, old: np.ndarray, span: slice) -> None:
+    np.add(out[span], old[span], out=out[span])
+
+
+def _undo(region: Region, out: np.ndarray, old: np.ndarray, predict: bool) -> None:
+    """Turn one region's coded bytes in ``out`` into the model's."""
+    span = out[region.start : region.start + region.length]
+    if region.kind == INT8:
+        for s in _chunks(region.length):
+            span[s] = _unzigzag(span[s]) + _base(region, old, out, predict, s).view(np.uint8)
+        return
+    words = span.view(np.uint32)
+    for s in _chunks(len(words)):
+        words[s] = _unzigzag(words[s]) + _base(region, old, out, predict, s).view(np.uint32)
+
+
+def apply_delta(old: bytes, delta: bytes, expected: Expected | None = None) -> bytes | bytearray:
     """Rebuild the target from ``old``. A device passes ``expected`` (see ``Expected``); without
-    it the header's own target is believed, for tools that check deltas they made themselves."""
+    it the header's own target prefix is believed, for tools that check deltas they made."""
     header = read_header(delta)
     if expected is None:
         expected = Expected(_sha256(old), header.target_sha256, header.target_length)
     check_header(header, expected)
-    payload = memoryview(delta)[_HEADER.size : _HEADER.size + header.payload_length]
+    payload = memoryview(delta)[header.payload_offset :]
+    new: Bytes
     if header.algorithm == Algorithm.FULL_ZLIB:
         new = _bounded(zlib.decompressobj(), payload, header.target_length, "delta payload")
     else:
-        if _sha256(old) != header.source_sha256:
+        if _sha256(old)[:HASH_PREFIX] != header.source_sha256:
             raise DeltaError("delta was made for another source model (source sha256 mismatch)")
-        new = _patch(header, old, payload)
-    if len(new) != header.target_length or _sha256(new) != header.target_sha256:
+        if header.algorithm == Algorithm.BSDIFF4:
+            new = _bsdiff4_patch(header, old, payload)
+        else:
+            new = _tensor_decode(header, old, payload)
+    digest = _sha256(new)
+    if len(new) != header.target_length or digest[: len(expected.target_sha256)] != (
+        expected.target_sha256
+    ):
         raise DeltaError("delta result does not match its target (length or sha256)")
     return new

@@ -123,6 +123,45 @@ def drift_tuned(v1: tf.keras.Model) -> tf.keras.Model:
     return model
 
 
+def vision_data(seed: int, n: int, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Noise images where class 1 carries a bright 24-pixel square in the left half and class 0
+    in the right half; ``shift`` moves the squares down, as a camera remounted would."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(0.0, 0.3, (n, 128, 128, 1)).astype(np.float32)
+    for i in range(n):
+        row = int(rng.integers(8, 72)) + shift
+        col = int(rng.integers(8, 40)) + (0 if y[i] else 64)
+        x[i, row : row + 24, col : col + 24] += 1.0
+    return x, tf.keras.utils.to_categorical(y, 2)
+
+
+def vision_int8_models() -> dict[str, bytes]:
+    """A full-integer int8 vision model and its two version 2s (head-only and full fine-tune),
+    seeded on their own and made after the others, so none of them depends on these."""
+    tf.keras.utils.set_random_seed(13)
+    x1, y1 = vision_data(seed=21, n=384)
+    x2, y2 = vision_data(seed=22, n=384, shift=24)
+    v1 = vision_model()
+    v1.compile(tf.keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    v1.fit(x1, y1, epochs=2, batch_size=32, verbose=0)
+    head = tf.keras.models.clone_model(v1)
+    head.set_weights(v1.get_weights())
+    for layer in head.layers:
+        layer.trainable = layer.name == "head"
+    head.compile(tf.keras.optimizers.Adam(1e-2), "categorical_crossentropy")
+    head.fit(x2, y2, epochs=1, batch_size=32, verbose=0)
+    full = tf.keras.models.clone_model(v1)
+    full.set_weights(v1.get_weights())
+    full.compile(tf.keras.optimizers.Adam(1e-4), "categorical_crossentropy")
+    full.fit(x2, y2, epochs=1, batch_size=32, verbose=0)
+    return {
+        "vision_int8_v1": to_int8(v1, x1),
+        "vision_int8_v2_head": to_int8(head, x1),
+        "vision_int8_v2_full": to_int8(full, x1),
+    }
+
+
 def main() -> None:
     tf.keras.utils.set_random_seed(7)
     x1, y1 = kws_data(seed=1, n=2000)
@@ -156,6 +195,7 @@ def main() -> None:
     drift = drift_tuned(v1)
     models["kws_f32_v3_drift"] = to_float(drift)
     models["kws_int8_v3_drift"] = to_int8(drift, x1)
+    models.update(vision_int8_models())
     for name, data in models.items():
         (HERE / f"{name}.tflite").write_bytes(data)
         print(f"{name}.tflite {len(data)} bytes")
@@ -163,6 +203,10 @@ def main() -> None:
     pairs = [
         {"name": f"kws_{kind}_{how}", "old": f"kws_{kind}_v1", "new": f"kws_{kind}_v2_{how}"}
         for kind in ("f32", "int8")
+        for how in ("head", "full")
+    ]
+    pairs += [
+        {"name": f"vision_int8_{how}", "old": "vision_int8_v1", "new": f"vision_int8_v2_{how}"}
         for how in ("head", "full")
     ]
     (HERE / "pairs.json").write_text(json.dumps(pairs, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """Deltas between the model a device runs and the one it is offered, built once and cached as
 targets of the gateway's delegated ``deltas`` role.
 
-Where a delta would not be smaller than the compressed model, the offer is the full model.
+Where a delta would not be smaller than the compressed model, the offer is the full model. A
+delta cached in another container format than devices accept now is made again.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from dataclasses import dataclass
 
 from gateway.releases.errors import ReleaseError
 from gateway.releases.repository import Release, Repository
-from protocol.delta import Algorithm, delta_target_path, make_delta, read_header
+from protocol.delta import (
+    FORMAT_VERSION,
+    Algorithm,
+    delta_target_path,
+    make_delta,
+    read_header,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ class DeltaService:
             return full
         path = delta_target_path(name, source.version, to_version)
         cached = self.repo.deltas.signed.targets.get(path)
-        if cached is not None:
+        custom = cached.unrecognized_fields.get("custom", {}) if cached is not None else {}
+        if cached is not None and custom.get("format") == FORMAT_VERSION:
             return Offer(target.path, path, "delta", cached.length)
         delta = make_delta(self._model_bytes(source), self._model_bytes(target))
         header = read_header(delta)
@@ -65,6 +73,7 @@ class DeltaService:
                 "to": target.path,
                 "to_sha256": target.sha256,
                 "algorithm": header.algorithm.name.lower(),
+                "format": FORMAT_VERSION,
             },
         )
         return Offer(target.path, path, "delta", signed.length)

@@ -1,30 +1,41 @@
-"""Deltas a hostile gateway could sign: containers whose header says whatever it likes (the
-container digest is no obstacle, anyone can compute it), and payloads that inflate far beyond
-what they declare."""
+"""Deltas a hostile gateway could sign: containers whose header says whatever it likes, and
+payloads that inflate far beyond what they declare."""
 
 from __future__ import annotations
 
 import bz2
-import hashlib
-import struct
 import zlib
 
 import bsdiff4.core
 
-from protocol.delta import FORMAT_VERSION, MAGIC, Algorithm
+from protocol.delta import FORMAT_VERSION, HASH_PREFIX, MAGIC, Algorithm
 
 MiB = 1 << 20
-_HEADER = struct.Struct(">4sBB32s32sQQ")  # as docs/architecture.md lays the container out
 
 
 def container(
     algorithm: Algorithm, source_sha256: bytes, target_sha256: bytes, length: int, payload: bytes
 ) -> bytes:
-    body = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, algorithm, source_sha256, target_sha256, length, len(payload)
+    """A container laid out as docs/architecture.md says (format 2), from full sha256s."""
+    return b"".join(
+        (
+            MAGIC,
+            bytes((FORMAT_VERSION, algorithm)),
+            source_sha256[:HASH_PREFIX],
+            target_sha256[:HASH_PREFIX],
+            varint(length),
+            payload,
+        )
     )
-    body += payload
-    return body + hashlib.sha256(body).digest()
+
+
+def varint(value: int) -> bytes:
+    """LEB128, as the container encodes the target length."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out) + bytes((value,))
 
 
 def zeros_zlib(size: int) -> bytes:
