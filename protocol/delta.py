@@ -322,7 +322,7 @@ def _prediction(region: Region, old: np.ndarray, new_scales: np.ndarray, s: slic
     ratio[~np.isfinite(ratio)] = 1.0
     channel = (np.arange(s.start, s.stop) // q.inner) % q.count
     info = np.iinfo(kind)
-    predicted = np.clip(np.rint(values * ratio[channel]), info.min, info.max)
+    predicted: np.ndarray = np.clip(np.rint(values * ratio[channel]), info.min, info.max)
     return predicted.astype(kind)
 
 
@@ -333,18 +333,22 @@ def _base(region: Region, old: np.ndarray, new: np.ndarray, predict: bool, s: sl
         assert q is not None
         return _prediction(region, old, new[q.scales : q.scales + 4 * q.count].view(np.float32), s)
     kind = np.uint8 if region.kind == INT8 else np.uint32
-    return old[region.start : region.start + region.length].view(kind)[s]
+    values: np.ndarray = old[region.start : region.start + region.length].view(kind)[s]
+    return values
 
 
 def _zigzag(d: np.ndarray) -> np.ndarray:
     """Small differences of either sign to small unsigned values (-1 -> 1, 1 -> 2)."""
     signed = np.int8 if d.dtype == np.uint8 else np.int32
-    return (d << d.dtype.type(1)) ^ (d.view(signed) >> (8 * d.itemsize - 1)).view(d.dtype)
+    sign: np.ndarray = np.right_shift(d.view(signed), 8 * d.itemsize - 1)
+    zigzag: np.ndarray = np.left_shift(d, d.dtype.type(1)) ^ sign.view(d.dtype)
+    return zigzag
 
 
 def _unzigzag(z: np.ndarray) -> np.ndarray:
     one = z.dtype.type(1)
-    return (z >> one) ^ (z.dtype.type(0) - (z & one))
+    plain: np.ndarray = (z >> one) ^ (z.dtype.type(0) - (z & one))
+    return plain
 
 
 def _entropy(data: np.ndarray) -> float:

@@ -45,7 +45,7 @@ class Region:
 
 
 class _Reader:
-    def __init__(self, data: bytes | memoryview):
+    def __init__(self, data: bytes | bytearray | memoryview):
         self.data = memoryview(data)
 
     def u(self, fmt: str, at: int) -> int:
@@ -83,7 +83,7 @@ class _Reader:
         return element + self.u("<I", element)
 
 
-def regions(model: bytes | memoryview) -> list[Region]:
+def regions(model: bytes | bytearray | memoryview) -> list[Region]:
     """The tensors of ``model`` that the codec codes by type, in file order, or ``[]``."""
     try:
         return _regions(_Reader(model))

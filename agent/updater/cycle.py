@@ -181,6 +181,7 @@ class Cycle:
         offer = saved.require_offer()
         target = self._signed(offer, offer.target)
         fallback = ""
+        data: bytes | bytearray
         if saved.fetch == offer.target:
             data = self._fetch_verified(offer, offer.target)
         else:
@@ -226,7 +227,7 @@ class Cycle:
             raise Refused("evaluation set is not the one the model metadata names")
         return self._fetch_verified(offer, ref.path)
 
-    def _rebuild(self, saved: Saved, target: VerifiedTarget) -> bytes:
+    def _rebuild(self, saved: Saved, target: VerifiedTarget) -> bytes | bytearray:
         """The model from the incumbent and the offered delta, checked against the signed
         model before it is kept. Only a plan with an incumbent chooses a delta."""
         offer = saved.require_offer()
@@ -295,7 +296,7 @@ class Cycle:
     def _signed(self, offer: Offer, path: str) -> VerifiedTarget:
         return signed_target(self.trust(offer), path)
 
-    def _check(self, offer: Offer, path: str, data: bytes) -> None:
+    def _check(self, offer: Offer, path: str, data: bytes | bytearray) -> None:
         check(self.trust(offer), path, data)
 
     @staticmethod

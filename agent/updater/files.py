@@ -14,7 +14,7 @@ from agent.updater.faults import hook
 from edgefleet.fsio import fsync_dir
 
 
-def write_atomic(path: Path, data: bytes, hook_prefix: str) -> None:
+def write_atomic(path: Path, data: bytes | bytearray, hook_prefix: str) -> None:
     """Replace ``path`` with ``data``; a reader sees the old bytes or the new, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:

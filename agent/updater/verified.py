@@ -29,7 +29,7 @@ def signed_target(trust: TrustedRepository, path: str) -> VerifiedTarget:
         raise trust_failure(exc) from None
 
 
-def check(trust: TrustedRepository, path: str, data: bytes) -> None:
+def check(trust: TrustedRepository, path: str, data: bytes | bytearray) -> None:
     """``data`` is exactly the signed target ``path``."""
     try:
         trust.check(path, data)

@@ -15,7 +15,7 @@ from tests.gateway.release_support import sign
 @pytest.fixture
 def served(tmp_path, repo):
     result = import_release(repo.dir, tmp_path / "served", repo.keys.online)
-    assert result.created and result.new_targets == 2  # model and gate vectors
+    assert result.created and result.new_targets == 3  # model, gate vectors in two encodings
     return tmp_path / "served"
 
 
@@ -29,7 +29,7 @@ def test_the_served_copy_has_no_keys(served):
 
 def test_new_releases_and_rotations_flow_through_and_deltas_survive(tmp_path, repo, served):
     sign(repo, "kws_f32_v2_head", "kws", 2)
-    assert import_release(repo.dir, served, repo.keys.online).new_targets == 2
+    assert import_release(repo.dir, served, repo.keys.online).new_targets == 3
     gateway = Repository(served, gateway_keys(served, repo.keys.online))
     offer = DeltaService(gateway).offer("kws", 2, from_version=1)
     client = device(tmp_path, repo, served)
@@ -38,7 +38,7 @@ def test_new_releases_and_rotations_flow_through_and_deltas_survive(tmp_path, re
     repo.rotate_key("targets")
     sign(repo, "kws_f32_v2_full", "kws", 3)
     result = import_release(repo.dir, served, repo.keys.online)
-    assert result.new_targets == 2
+    assert result.new_targets == 3
     client = device(tmp_path, repo, served)
     assert client.target("kws/3.tflite").model_meta().version == 3
     assert client.target(offer.fetch).length == offer.length  # the gateway's delta is kept
