@@ -16,9 +16,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="run the agent daemon: inference, telemetry spool, MQTT link, drift"
     )
     add_config(run_parser, "agent")
-    # A device daemon: logging leaves out what only a terminal needs (see edgefleet.logs).
-    run_parser.set_defaults(handler=run, lean=True)
+    # A device daemon: logging leaves out what only a terminal needs (see edgefleet.logs), and
+    # the process what its configuration does not use (``prepare``).
+    run_parser.set_defaults(handler=run, lean=True, prepare=prepare)
     service_commands.register(commands, "agent")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Before anything starts a thread or imports ssl (logging imports asyncio, which does): two
+    malloc arenas, and no TLS stack with an ``mqtt://`` broker (see agent.lean)."""
+    from agent import lean
+    from edgefleet import memory
+
+    memory.limit_arenas(2)
+    if lean.plain_mqtt(config_path(args.config, "agent")):
+        lean.leave_out_tls()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ import contextlib
 import math
 import random
 import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -128,6 +127,8 @@ class Link:
         m = self._mqtt
         tls = None
         if m.tls:
+            import ssl  # only here: a plain-MQTT agent runs without it (agent.lean)
+
             tls = aiomqtt.TLSParameters(
                 ca_certs=str(m.ca_file) if m.ca_file else None,
                 certfile=str(m.cert_file) if m.cert_file else None,

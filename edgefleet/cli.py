@@ -73,8 +73,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    logs.configure(args.log_level, lean=getattr(args, "lean", False), fmt=args.log_format)
     try:
+        if (prepare := getattr(args, "prepare", None)) is not None:
+            prepare(args)  # what a command must do before logging imports structlog
+        logs.configure(args.log_level, lean=getattr(args, "lean", False), fmt=args.log_format)
         return int(args.handler(args) or 0)
     except UserError as exc:
         print(f"edgefleet: error: {exc}", file=sys.stderr)
