@@ -37,6 +37,15 @@ def test_hello_negotiates_chunk_window_and_features(images):
     assert reply.features & msg.Feature.SIGNATURE
 
 
+def test_host_offers_4k_chunks_and_deflate_by_default(images):
+    from agent.mcu.client import LinkConfig, McuClient
+    from tests.mcu.mcu_support import DirectLink
+
+    reply = McuClient(DirectLink(fresh_mcu(images)), LinkConfig()).hello()
+    assert reply.max_chunk == 4096
+    assert reply.features & msg.Feature.DEFLATE
+
+
 def test_requests_before_hello_are_refused(images):
     client = direct_client(fresh_mcu(images))
     with pytest.raises(Refusal) as err:
