@@ -31,11 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "MCUboot, over its console UART)",
     )
     parser.add_argument(
-        "--no-compress",
-        dest="compress",
-        action="store_false",
-        help="send the image as it is even if the MCU inflates deflate blocks (by default the "
-        "image goes compressed to an MCU that offers it)",
+        "--compress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send the image as deflate blocks when the MCU offers to inflate them; "
+        "--no-compress sends it as it is",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
