@@ -135,6 +135,7 @@ class McuSettings:
     baud: int = 115200
     timeout_s: float = 1.0
     protocol: str = "edgefleet"  # or "smp": mcumgr, as Zephyr with MCUboot speaks it
+    compress: bool = True  # deflate the upload when the MCU offers it (edgefleet protocol)
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,7 @@ def _mcus(tables: list[tomlconfig.Table]) -> tuple[McuSettings, ...]:
                 baud=table.value("baud", int, 115200, 50, 10_000_000),
                 timeout_s=table.value("timeout_s", float, 1.0, 0.05, 60.0),
                 protocol=_mcu_protocol(table),
+                compress=table.value("compress", bool, True),
             )
         )
         table.done()

@@ -35,11 +35,13 @@ class McuConfig:
     layout: Layout = field(default_factory=Layout)
     verifier: Verifier = field(default_factory=Verifier)
     arena_size: int = 16 * 1024
-    max_chunk: int = 1024
+    max_chunk: int = msg.MAX_CHUNK_LIMIT
     window: int = 8
     device: str = "edgefleet-mcu-sim"
     model_runtime: bool = True
     """Run the model with TFLite Micro; False plays a target without one (like the QEMU one)."""
+    deflate: bool = True
+    """Offer compressed uploads; False plays a target that does not (like the QEMU one)."""
 
 
 def _power_of_two_floor(value: int) -> int:
@@ -56,6 +58,7 @@ class SimulatedMcu:
             msg.Info: self._info,
             msg.Begin: self._begin,
             msg.Data: self._data,
+            msg.DeflateData: self._deflate_data,
             msg.Finish: self._finish,
             msg.Test: self._test,
             msg.Confirm: self._confirm,
@@ -70,6 +73,7 @@ class SimulatedMcu:
         self.reboot_pending = False
         self._decoder = FrameDecoder(msg.MAX_FRAME)
         self._chunk = 0
+        self._features = Feature(0)
         self.boot = bootloader.boot(self.flash, self.config.layout, self.config.verifier)
         self.upload = UploadStore(self.flash, self.config.layout)
         self.model = ModelRunner(
@@ -121,15 +125,18 @@ class SimulatedMcu:
             raise Refused(ErrorCode.BAD_REQUEST, "chunk size below 16 bytes")
         self._chunk = chunk
         ours = Feature.RESUME
+        if self.config.deflate:
+            ours |= Feature.DEFLATE
         if self.config.model_runtime:
             ours |= Feature.INFER
         if self.config.verifier.require_signature:
             ours |= Feature.SIGNATURE
+        self._features = ours & hello.features
         return msg.HelloReply(
             msg.PROTOCOL_VERSION,
             chunk,
             max(1, min(hello.window, self.config.window)),
-            int(ours & hello.features),
+            int(self._features),
             self.config.device,
         )
 
@@ -173,13 +180,21 @@ class SimulatedMcu:
         if self._on_trial():
             raise Refused(ErrorCode.BUSY, "running image is on trial: confirm or revert first")
         restart = bool(begin.flags & msg.UploadFlag.RESTART)
-        offset, prefix = self.upload.begin(begin.size, begin.sha256, restart)
+        deflate = bool(begin.flags & msg.UploadFlag.DEFLATE)
+        if deflate and not self._features & Feature.DEFLATE:
+            raise Refused(ErrorCode.UNSUPPORTED, "compressed upload not agreed in HELLO")
+        offset, prefix = self.upload.begin(begin.size, begin.sha256, restart, deflate)
         return msg.BeginReply(offset, prefix)
 
     def _data(self, data: msg.Data) -> msg.Ack:
         if len(data.chunk) > self._chunk:
             raise Refused(ErrorCode.BAD_REQUEST, f"chunk larger than {self._chunk}")
         return msg.Ack(self.upload.accept(data.offset, data.chunk))
+
+    def _deflate_data(self, data: msg.DeflateData) -> msg.Ack:
+        if len(data.chunk) > self._chunk:
+            raise Refused(ErrorCode.BAD_REQUEST, f"chunk larger than {self._chunk}")
+        return msg.Ack(self.upload.accept_deflate(data.offset, data.chunk))
 
     def _finish(self, _: msg.Finish) -> msg.Ok:
         self.upload.finish(self.config.verifier)

@@ -2,8 +2,11 @@
 
 Every byte costs 10 bit times in each direction (8N1), so a host sees the throughput a real
 line would give: what arrives is handed to the MCU no earlier than its last byte would have
-crossed the wire, and replies leave no faster than the line carries them. The MCU runs in one
-thread; ``power_cycle`` asks that thread to boot it again, as a power switch would.
+crossed the wire (in slices of about 5 ms of line time, as a UART's DMA would hand them over),
+and replies leave no faster than the line carries them. The line is full duplex: replies are
+paced by a sender thread of their own, so an ACK on its way out never holds up the bytes coming
+in. The MCU runs in one thread; ``power_cycle`` asks that thread to boot it again, as a power
+switch would.
 
 A power cut (``PowerLoss`` from the flash, armed through a ``FaultFile``) is a brown-out: the MCU
 boots again through its bootloader at once and keeps serving; on a socket the connection drops,
@@ -13,6 +16,7 @@ as a USB serial adapter powered by the board would.
 from __future__ import annotations
 
 import os
+import queue
 import select
 import socket
 import threading
@@ -28,6 +32,8 @@ from firmware_sim.smp_server import SmpMcu
 
 log = structlog.get_logger()
 BITS_PER_BYTE = 10
+SLICE_SECONDS = 0.005
+MAX_READ = 4096
 
 
 class PacedLine:
@@ -46,6 +52,48 @@ def _sleep_until(moment: float) -> None:
     delay = moment - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+def slice_size(baud: int | None) -> int:
+    """Bytes the MCU is handed at a time: about ``SLICE_SECONDS`` of line time."""
+    if not baud:
+        return MAX_READ
+    return max(64, min(MAX_READ, int(baud / BITS_PER_BYTE * SLICE_SECONDS)))
+
+
+class Sender:
+    """The MCU's transmit side: replies leave at the line rate from a thread of their own."""
+
+    def __init__(self, fd: int, baud: int | None) -> None:
+        self._fd = fd
+        self._line = PacedLine(baud)
+        self._queue: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+        self.hung_up = False
+        self._thread = threading.Thread(target=self._run, name="uart-tx", daemon=True)
+        self._thread.start()
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data``; it is written when its last byte would have crossed the wire."""
+        self._queue.put((self._line.done_at(len(data), time.monotonic()), data))
+
+    def drain(self) -> None:
+        """Wait until everything queued is on the wire."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            due, data = item
+            _sleep_until(due)
+            if not self.hung_up:
+                try:
+                    os.write(self._fd, data)
+                except OSError:
+                    self.hung_up = True
+            self._queue.task_done()
 
 
 class UartServer:
@@ -139,7 +187,15 @@ class UartServer:
 
     def _pump(self, fd: int) -> None:
         """Move bytes between ``fd`` and the MCU at the line rate until stop or hang-up."""
-        rx, tx = PacedLine(self.baud), PacedLine(self.baud)
+        sender = Sender(fd, self.baud)
+        try:
+            self._receive_loop(fd, sender)
+        finally:
+            sender.close()
+
+    def _receive_loop(self, fd: int, sender: Sender) -> None:
+        rx = PacedLine(self.baud)
+        piece = slice_size(self.baud)
         while not self._stop.is_set():
             self._poll_faults()
             if self._cycle.is_set():
@@ -149,7 +205,7 @@ class UartServer:
             if not ready:
                 continue
             try:
-                data = os.read(fd, 4096)
+                data = os.read(fd, MAX_READ)
             except OSError:
                 data = b""
             if not data:
@@ -157,22 +213,24 @@ class UartServer:
                     return
                 time.sleep(0.05)
                 continue
-            _sleep_until(rx.done_at(len(data), time.monotonic()))
-            try:
-                reply = self.mcu.receive(data)
-            except PowerLoss as exc:
-                self._brown_out(exc)
-                if self._kind == "socket":
+            arrived = time.monotonic()
+            for start in range(0, len(data), piece):
+                chunk = data[start : start + piece]
+                _sleep_until(rx.done_at(len(chunk), arrived))
+                if not self._hand_over(chunk, sender):
                     return
-                continue
-            hung_up = False
-            if reply:
-                _sleep_until(tx.done_at(len(reply), time.monotonic()))
-                try:
-                    os.write(fd, reply)
-                except OSError:
-                    hung_up = True
-            if self.mcu.reboot_pending and not self._boot() and self._kind == "socket":
-                return
-            if hung_up and self._kind == "socket":
-                return
+
+    def _hand_over(self, data: bytes, sender: Sender) -> bool:
+        """Give ``data`` to the MCU and queue its reply; False when the connection must end."""
+        try:
+            reply = self.mcu.receive(data)
+        except PowerLoss as exc:
+            self._brown_out(exc)
+            return self._kind != "socket"
+        if reply:
+            sender.send(reply)
+        if self.mcu.reboot_pending:
+            sender.drain()  # the answer to REBOOT leaves before the MCU goes down
+            if not self._boot() and self._kind == "socket":
+                return False
+        return not (sender.hung_up and self._kind == "socket")

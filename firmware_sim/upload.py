@@ -3,6 +3,12 @@
 Chunks collect in a RAM buffer of one sector; a full sector is erased, written, then flagged
 "uploaded" in the secondary trailer. After a power loss the MCU holds every flagged sector: it
 reports that offset and the SHA-256 of those bytes, and the host sends only the rest.
+
+A compressed upload (BEGIN with ``UploadFlag.DEFLATE``) arrives as one raw-deflate block per
+sector (``protocol.serial.deflate``); each inflated block goes through the same erase, write,
+flag, so the flags, the resume offset and the hashes are those of the image either way, and an
+upload may resume compressed what began uncompressed, or the reverse. Its DATA offsets and
+ACKs count compressed bytes from the resume point; the inflater never holds more than a sector.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from firmware_sim.flash import ERASED, Flash
 from firmware_sim.layout import Layout, Slot
 from firmware_sim.mcuboot_image import ImageError, SignatureError, VerifiedImage
 from firmware_sim.refusal import Refused
+from protocol.serial.deflate import BlockInflater, InflateError
 from protocol.serial.messages import ErrorCode
 
 
@@ -27,8 +34,12 @@ class UploadStore:
         self._sha256 = b""
         self._received = 0
         self._buffer = bytearray()
+        self._inflater: BlockInflater | None = None
+        self._taken = 0
 
-    def begin(self, size: int, sha256: bytes, restart: bool) -> tuple[int, bytes]:
+    def begin(
+        self, size: int, sha256: bytes, restart: bool, deflate: bool = False
+    ) -> tuple[int, bytes]:
         """Start or resume; returns the offset held and the SHA-256 of the bytes before it."""
         if size > self._layout.capacity:
             raise Refused(
@@ -45,12 +56,18 @@ class UploadStore:
         self._size, self._sha256 = size, sha256
         self._received = self._held(size)
         self._buffer.clear()
+        self._taken = 0
+        self._inflater = None
+        if deflate:
+            self._inflater = BlockInflater(size, self._layout.sector_size, self._received)
         return self._received, hashlib.sha256(self._read(self._received)).digest()
 
     def accept(self, offset: int, chunk: bytes) -> int:
         """Take a chunk if it is the next one; returns the next offset expected (the ACK)."""
         if self._size is None:
             raise Refused(ErrorCode.BAD_STATE, "DATA before BEGIN")
+        if self._inflater is not None:
+            raise Refused(ErrorCode.BAD_STATE, "DATA in a compressed upload: send DEFLATE_DATA")
         if offset != self._received:
             return self._received
         if offset + len(chunk) > self._size:
@@ -59,9 +76,32 @@ class UploadStore:
         self._received += len(chunk)
         sector = self._layout.sector_size
         while len(self._buffer) >= sector or (self._buffer and self._received == self._size):
-            self._flush(self._buffer[:sector])
+            self._flush((self._received - len(self._buffer)) // sector, self._buffer[:sector])
             del self._buffer[:sector]
         return self._received
+
+    def accept_deflate(self, offset: int, chunk: bytes) -> int:
+        """Take compressed bytes if they are the next ones; returns the compressed ACK offset.
+
+        Each block the chunk completes is written and flagged before the ACK. Bytes that do not
+        inflate to the image end the upload: the host must BEGIN again.
+        """
+        if self._size is None:
+            raise Refused(ErrorCode.BAD_STATE, "DEFLATE_DATA before BEGIN")
+        if self._inflater is None:
+            raise Refused(ErrorCode.BAD_STATE, "DEFLATE_DATA in an uncompressed upload")
+        if offset != self._taken:
+            return self._taken
+        try:
+            blocks = self._inflater.feed(chunk)
+        except InflateError as exc:
+            self._size = None
+            raise Refused(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        self._taken += len(chunk)
+        for index, data in blocks:
+            self._flush(index, data)
+            self._received = min((index + 1) * self._layout.sector_size, self._size)
+        return self._taken
 
     def finish(self, verifier: Verifier) -> VerifiedImage:
         """Check the whole upload against the announced hash, then as an MCUboot image."""
@@ -85,8 +125,7 @@ class UploadStore:
             count += 1
         return min(count * sector, size)
 
-    def _flush(self, data: bytes) -> None:
-        index = (self._received - len(self._buffer)) // self._layout.sector_size
+    def _flush(self, index: int, data: bytes) -> None:
         sector = self._layout.sector(Slot.SECONDARY, index)
         align = self._layout.write_align
         self._flash.erase(sector)

@@ -3,12 +3,15 @@
 Each request carries a fresh ``seq`` and is resent on timeout; replies with another ``seq`` are
 stale and skipped, frames that fail their CRC are dropped. Upload keeps up to ``window`` DATA
 frames in flight; the MCU's cumulative ACK moves the window, a duplicate ACK (a frame was lost)
-or a timeout sends again from the last acknowledged offset (go-back-N).
+or a timeout sends again from the last acknowledged offset (go-back-N). A compressed upload
+(``send_deflate``) is the same window over the image's deflate blocks, in DEFLATE_DATA frames.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ import structlog
 from agent.mcu.errors import NoAnswer, Refusal, WrongProtocol
 from agent.mcu.transport import Transport
 from protocol.serial import messages as msg
+from protocol.serial.deflate import deflate_blocks, first_block
 from protocol.serial.errors import CodecError
 from protocol.serial.frame import FrameDecoder, encode_frame
 
@@ -30,17 +34,21 @@ BOOT_POLL = 0.2
 class LinkConfig:
     timeout: float = 1.0
     retries: int = 4
-    max_chunk: int = 1024
+    max_chunk: int = msg.MAX_CHUNK_LIMIT
     window: int = 8
     line_rate: float | None = None
     """Bytes per second on the wire (baud/10) when known: long windows wait longer."""
+    deflate: bool = True
+    """Offer compressed uploads in HELLO (used when the MCU offers them too)."""
 
 
 @dataclass(frozen=True)
 class UploadStats:
     start_offset: int
     bytes_sent: int
+    """Payload bytes put on the wire, retransmissions included (compressed when ``deflate``)."""
     retransmits: int
+    deflate: bool = False
 
 
 class McuClient:
@@ -106,7 +114,12 @@ class McuClient:
     # -- requests ----------------------------------------------------------------------------
 
     def hello(self, timeout: float | None = None, retries: int | None = None) -> msg.HelloReply:
-        offer = msg.Hello(max_chunk=self.config.max_chunk, window=self.config.window)
+        features = msg.Hello().features
+        if not self.config.deflate:
+            features &= ~msg.Feature.DEFLATE
+        offer = msg.Hello(
+            max_chunk=self.config.max_chunk, window=self.config.window, features=features
+        )
         reply = self.request(offer, timeout, retries)
         if not isinstance(reply, msg.HelloReply):
             raise WrongProtocol(f"HELLO answered with {reply.TYPE.name}")
@@ -129,8 +142,10 @@ class McuClient:
     def info(self) -> msg.InfoReply:
         return self._expect(self.request(msg.Info()), msg.InfoReply)
 
-    def begin(self, image: bytes, restart: bool = False) -> msg.BeginReply:
-        flags = msg.UploadFlag.RESTART if restart else 0
+    def begin(self, image: bytes, restart: bool = False, deflate: bool = False) -> msg.BeginReply:
+        flags = msg.UploadFlag.RESTART if restart else msg.UploadFlag(0)
+        if deflate:
+            flags |= msg.UploadFlag.DEFLATE
         begin = msg.Begin(len(image), hashlib.sha256(image).digest(), flags)
         return self._expect(self.request(begin, self._slow_timeout()), msg.BeginReply)
 
@@ -170,25 +185,67 @@ class McuClient:
 
     # -- upload ------------------------------------------------------------------------------
 
-    def resume_point(self, image: bytes) -> int:
+    def resume_point(self, image: bytes, deflate: bool = False) -> int:
         """BEGIN; keep what the MCU already holds if its hash matches our bytes."""
-        reply = self.begin(image)
+        reply = self.begin(image, deflate=deflate)
+        if reply.offset > len(image):
+            raise WrongProtocol(f"BEGIN answered with offset {reply.offset} past the image")
         if reply.offset and reply.prefix_sha256 == hashlib.sha256(image[: reply.offset]).digest():
             return reply.offset
         if reply.offset:
             log.info("mcu.resume_refused", offset=reply.offset)
-            reply = self.begin(image, restart=True)
+            reply = self.begin(image, restart=True, deflate=deflate)
         return reply.offset
+
+    def deflate_offered(self) -> bool:
+        """Both sides offered compressed uploads in HELLO."""
+        hello = self.hello_reply
+        return hello is not None and bool(hello.features & msg.Feature.DEFLATE)
 
     def send_data(
         self, image: bytes, start: int, progress: Callable[[int], None] | None = None
     ) -> UploadStats:
         """Windowed DATA from ``start`` until the MCU acknowledged every byte."""
+        sent, retransmits = self._send_window(image, start, msg.Data, progress)
+        return UploadStats(start, sent, retransmits)
+
+    def send_deflate(
+        self,
+        image: bytes,
+        sector_size: int,
+        start: int,
+        progress: Callable[[int], None] | None = None,
+        blocks: list[bytes] | None = None,
+    ) -> UploadStats:
+        """Windowed DEFLATE_DATA: the image's deflate blocks from the one at ``start`` on.
+
+        ``start`` is BEGIN_REPLY's offset, a sector boundary; ``progress`` gets image bytes,
+        counted a whole block at a time as the MCU acknowledges the block's last byte.
+        """
+        if start % sector_size and start != len(image):
+            raise WrongProtocol(f"resume offset {start} is not at a {sector_size}-byte block")
+        blocks = deflate_blocks(image, sector_size) if blocks is None else blocks
+        rest = blocks[first_block(start, sector_size) :]
+        ends = list(itertools.accumulate(len(block) for block in rest))
+
+        def done(acked: int) -> None:
+            whole = bisect.bisect_right(ends, acked)
+            if progress:
+                progress(min(start + whole * sector_size, len(image)))
+
+        sent, retransmits = self._send_window(b"".join(rest), 0, msg.DeflateData, done)
+        return UploadStats(start, sent, retransmits, deflate=True)
+
+    def _send_window(
+        self, stream: bytes, start: int, kind, progress: Callable[[int], None] | None
+    ) -> tuple[int, int]:
+        """Send ``stream`` from ``start`` as ``kind(offset, chunk)`` frames, ``window`` in
+        flight, until all of it is acknowledged; returns bytes sent and retransmissions."""
         hello = self.hello_reply
         if hello is None:
-            raise RuntimeError("send_data before hello: chunk and window are not negotiated")
+            raise RuntimeError("upload before hello: chunk and window are not negotiated")
         chunk, window = hello.max_chunk, hello.window
-        size = len(image)
+        size = len(stream)
         base = sent_to = start
         resent_at: int | None = None
         sent = retransmits = tries = 0
@@ -197,15 +254,15 @@ class McuClient:
             wait += 2 * window * (chunk + FRAME_OVERHEAD) / self.config.line_rate
         while base < size:
             while sent_to < size and sent_to - base < window * chunk:
-                piece = image[sent_to : sent_to + chunk]
-                self._send(msg.Data(sent_to, piece))
+                piece = stream[sent_to : sent_to + chunk]
+                self._send(kind(sent_to, piece))
                 sent += len(piece)
                 sent_to += len(piece)
-            acked = self._next_ack(time.monotonic() + wait)
+            acked = self._next_ack(time.monotonic() + wait, kind.TYPE.name)
             if acked is None:
                 tries += 1
                 if tries > self.config.retries:
-                    raise self._silence("DATA")
+                    raise self._silence(kind.TYPE.name)
                 retransmits += 1
                 sent_to = base
                 continue
@@ -216,13 +273,13 @@ class McuClient:
             elif acked == base and resent_at != base and sent_to > base:
                 retransmits += 1
                 resent_at = sent_to = base
-        return UploadStats(start, sent, retransmits)
+        return sent, retransmits
 
-    def _next_ack(self, deadline: float) -> int | None:
+    def _next_ack(self, deadline: float, request: str) -> int | None:
         while (got := self._receive(deadline)) is not None:
             _, reply = got
             if isinstance(reply, msg.Ack):
                 return reply.offset
             if isinstance(reply, msg.Error):
-                raise Refusal("DATA", reply.code, reply.detail)
+                raise Refusal(request, reply.code, reply.detail)
         return None

@@ -30,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what the MCU speaks: edgefleet's serial protocol, or SMP (mcumgr: Zephyr with "
         "MCUboot, over its console UART)",
     )
+    parser.add_argument(
+        "--compress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send the image as deflate blocks when the MCU offers to inflate them; "
+        "--no-compress sends it as it is",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
 
@@ -44,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read image {args.image}: {exc.strerror}") from exc
     if not image:
         raise UserError(f"image {args.image} is empty")
-    target = McuPort(args.port, args.baud, args.timeout, args.protocol)
+    target = McuPort(args.port, args.baud, args.timeout, args.protocol, args.compress)
     try:
         with _ProgressBar(enabled=not args.json) as progress:
             device = open_device(target)
@@ -57,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         state = "confirmed" if result.confirmed else "on trial (reverts at next reboot)"
         print(
             f"{result.device}: running {result.version}, {state}; "
-            f"sent {result.bytes_sent} bytes from offset {result.resumed_from} "
+            f"sent {result.bytes_sent} bytes{' compressed' if result.compressed else ''} "
+            f"from offset {result.resumed_from} "
             f"in {result.upload_seconds:.1f} s"
         )
     return 0

@@ -8,6 +8,10 @@ agrees to a test swap; after the reboot the host checks that the MCU runs exactl
 sent and that the model answers one inference; only then, and only if asked, it confirms. An
 unconfirmed image is reverted by the MCU's next boot, so a host that dies half way leaves the
 MCU on a verified image either way.
+
+The upload is compressed (one raw-deflate block per flash sector) when both sides offered it in
+HELLO and the blocks are smaller than the image; otherwise it goes as it is. Either way the
+hashes the MCU checks are those of the image itself.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import structlog
 
 from agent.mcu.client import McuClient, UploadStats
 from agent.mcu.errors import ImageTooLarge, Refusal, SwapFailed
+from protocol.serial.deflate import deflate_blocks
 from protocol.serial.messages import Feature, ModelState, SlotFlag, SlotInfo
 
 log = structlog.get_logger()
@@ -40,6 +45,8 @@ class FlashResult:
     confirmed: bool
     model_state: str
     inference_micros: int | None
+    compressed: bool = False
+    """The upload went as deflate blocks; ``bytes_sent`` then counts compressed bytes."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,12 +71,25 @@ def flash_image(
         raise ImageTooLarge(f"{len(image)} bytes, the slot holds {info.max_image_size}")
     start, stats, upload_seconds = len(image), UploadStats(len(image), 0, 0), 0.0
     if not running(info.primary, image):
-        start = client.resume_point(image)
-        log.info("mcu.upload", size=len(image), resume_from=start, device=hello.device)
-        began = time.monotonic()
-        stats = client.send_data(
-            image, start, (lambda done: progress(done, len(image))) if progress else None
+        blocks = None
+        if client.deflate_offered():
+            blocks = deflate_blocks(image, info.sector_size)
+            if sum(map(len, blocks)) >= len(image):
+                blocks = None
+        start = client.resume_point(image, deflate=blocks is not None)
+        log.info(
+            "mcu.upload",
+            size=len(image),
+            resume_from=start,
+            device=hello.device,
+            compressed=blocks is not None,
         )
+        report = (lambda done: progress(done, len(image))) if progress else None
+        began = time.monotonic()
+        if blocks is None:
+            stats = client.send_data(image, start, report)
+        else:
+            stats = client.send_deflate(image, info.sector_size, start, report, blocks)
         upload_seconds = time.monotonic() - began
         client.finish()
         client.test()
@@ -98,6 +118,7 @@ def flash_image(
         bytes_sent=stats.bytes_sent,
         retransmits=stats.retransmits,
         upload_seconds=upload_seconds,
+        compressed=stats.deflate,
         version=info.primary.version_text,
         confirmed=confirmed,
         model_state=ModelState(info.model_state).name,

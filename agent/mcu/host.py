@@ -25,9 +25,11 @@ class McuPort:
     baud: int = 115200
     timeout: float = 1.0
     protocol: str = "edgefleet"  # or "smp"
+    compress: bool = True
+    """Send the image deflated when the MCU offers it (edgefleet protocol only)."""
 
     def link(self) -> LinkConfig:
-        return LinkConfig(timeout=self.timeout, line_rate=self.baud / 10)
+        return LinkConfig(timeout=self.timeout, line_rate=self.baud / 10, deflate=self.compress)
 
 
 class EdgefleetDevice:

@@ -65,7 +65,7 @@ class Mcu:
         s = self.settings
         return [
             "--port", s.port, "--baud", str(s.baud), "--timeout", str(s.timeout_s),
-            "--protocol", s.protocol,
+            "--protocol", s.protocol, *([] if s.compress else ["--no-compress"]),
         ]  # fmt: skip
 
 

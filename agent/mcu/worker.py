@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--timeout", type=float, default=1.0, help="reply timeout in seconds")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="edgefleet")
+    parser.add_argument("--no-compress", dest="compress", action="store_false")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("query", help="what the MCU keeps")
     run = commands.add_parser("update", help="verify an MCU image target and install it")
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure("info")
-    port = McuPort(args.port, args.baud, args.timeout, args.protocol)
+    port = McuPort(args.port, args.baud, args.timeout, args.protocol, args.compress)
     _emit(update(args, port, _emit) if args.command == "update" else query_line(port))
     return 0
 

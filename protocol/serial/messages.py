@@ -1,9 +1,9 @@
 """Message types of the serial protocol and their payload encodings (all little-endian).
 
-Requests go host → MCU, each answered by one reply carrying the request's ``seq``; DATA is the
-exception: the MCU answers every DATA frame with a cumulative ACK (the next offset it expects),
-so the host keeps a window of DATA frames in flight. ``decode`` turns a frame into a message or
-raises ``CodecError``; it never trusts a length it has not checked.
+Requests go host → MCU, each answered by one reply carrying the request's ``seq``; DATA and
+DEFLATE_DATA are the exception: the MCU answers every one with a cumulative ACK (the next
+offset it expects), so the host keeps a window of them in flight. ``decode`` turns a frame into
+a message or raises ``CodecError``; it never trusts a length it has not checked.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class MsgType(enum.IntEnum):
     REVERT = 0x08
     REBOOT = 0x09
     INFER = 0x0A
+    DEFLATE_DATA = 0x0B
     OK = 0x80
     HELLO_REPLY = 0x81
     INFO_REPLY = 0x82
@@ -64,6 +65,8 @@ class Feature(enum.IntFlag):
     RESUME = 0x1
     SIGNATURE = 0x2
     INFER = 0x4
+    DEFLATE = 0x8
+    """The MCU inflates uploads sent as raw-deflate blocks, one per flash sector."""
 
 
 class SlotState(enum.IntEnum):
@@ -89,6 +92,8 @@ class ModelState(enum.IntEnum):
 
 class UploadFlag(enum.IntFlag):
     RESTART = 0x1
+    DEFLATE = 0x2
+    """The image follows as DEFLATE_DATA (only when both sides offered ``Feature.DEFLATE``)."""
 
 
 def _unpack(layout: struct.Struct, payload: bytes, name: str) -> tuple[Any, ...]:
@@ -120,7 +125,7 @@ class Hello:
     max_version: int = PROTOCOL_VERSION
     max_chunk: int = 1024
     window: int = 8
-    features: int = int(Feature.RESUME | Feature.SIGNATURE | Feature.INFER)
+    features: int = int(Feature.RESUME | Feature.SIGNATURE | Feature.INFER | Feature.DEFLATE)
 
     def pack(self) -> bytes:
         return self.LAYOUT.pack(
@@ -315,6 +320,31 @@ class Data:
 
 
 @dataclass(frozen=True, slots=True)
+class DeflateData:
+    """Compressed upload bytes; ``offset`` counts compressed bytes since the BEGIN_REPLY.
+
+    The stream is the image's raw-deflate blocks (``protocol.serial.deflate``) from the block
+    at BEGIN_REPLY's offset on; the ACK that answers it counts compressed bytes too.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.DEFLATE_DATA
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<I")
+    offset: int
+    chunk: bytes
+
+    def pack(self) -> bytes:
+        return self.LAYOUT.pack(self.offset) + self.chunk
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> DeflateData:
+        (offset,) = _unpack(cls.LAYOUT, payload, "DEFLATE_DATA")
+        chunk = payload[cls.LAYOUT.size :]
+        if not chunk:
+            raise CodecError("DEFLATE_DATA without bytes")
+        return cls(offset, chunk)
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     """Cumulative: every byte before ``offset`` arrived in order."""
 
@@ -421,6 +451,7 @@ Message = (
     | Begin
     | BeginReply
     | Data
+    | DeflateData
     | Ack
     | Finish
     | Test
@@ -443,6 +474,7 @@ MESSAGES: dict[int, type[Message]] = {
         Begin,
         BeginReply,
         Data,
+        DeflateData,
         Ack,
         Finish,
         Test,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 from agent.mcu.client import LinkConfig, McuClient
@@ -41,6 +42,9 @@ class Images:
         junk = root / "junk.raw"
         junk.write_bytes(bytes(range(256)) * 40)
         self.junk = sign(self.key, junk, root / "junk.bin", "4.0.0", slot)
+        noise = root / "noise.raw"
+        noise.write_bytes(random.Random(0).randbytes(30_000))
+        self.noise = sign(self.key, noise, root / "noise.bin", "5.0.0", slot)
         self.big = sign(self.key, model_path("kws_f32_v1"), root / "big.bin", "9.0.0", 4 * slot)
 
     def verifier(self) -> Verifier:

@@ -55,6 +55,25 @@ def test_mcu_tables_parse_with_defaults(tmp_path):
     ]
 
 
+def test_mcu_compress_key_reaches_the_worker(tmp_path):
+    from agent.mcu.updater import Mcu
+    from agent.mcu.worker import build_parser
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        BASE + '[[mcu]]\nname = "a"\nport = "p"\n[[mcu]]\nname = "b"\nport = "q"\n'
+        "compress = false\n"
+    )
+    on, off = load(path).mcus
+    assert (on.compress, off.compress) == (True, False)
+    for mcu, expected in ((on, True), (off, False)):
+        args = build_parser().parse_args([*Mcu(mcu).worker_args(), "query"])
+        assert McuPort(args.port, compress=args.compress).link().deflate is expected
+    path.write_text(BASE + '[[mcu]]\nname = "a"\nport = "p"\ncompress = "no"\n')
+    with pytest.raises(UserError, match=r"key mcu\[0\]\.compress: must be a bool"):
+        load(path)
+
+
 @pytest.mark.parametrize(
     ("tables", "message"),
     [

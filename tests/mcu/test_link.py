@@ -20,6 +20,7 @@ from agent.mcu.errors import (
 from agent.mcu.flasher import flash_image
 from firmware_sim.mcu import SimulatedMcu
 from protocol.serial import messages as msg
+from protocol.serial.deflate import deflate_blocks
 from protocol.serial.frame import Frame, FrameDecoder, encode_frame
 from protocol.serial.messages import ErrorCode, ModelState, SlotFlag, SlotState
 from tests.mcu.mcu_support import direct_client, factory_flash, mcu_config
@@ -34,6 +35,15 @@ def test_hello_negotiates_chunk_window_and_features(images):
     reply = client.hello()
     assert (reply.version, reply.max_chunk, reply.window) == (1, 512, 2)
     assert reply.features & msg.Feature.SIGNATURE
+
+
+def test_host_offers_4k_chunks_and_deflate_by_default(images):
+    from agent.mcu.client import LinkConfig, McuClient
+    from tests.mcu.mcu_support import DirectLink
+
+    reply = McuClient(DirectLink(fresh_mcu(images)), LinkConfig()).hello()
+    assert reply.max_chunk == 4096
+    assert reply.features & msg.Feature.DEFLATE
 
 
 def test_requests_before_hello_are_refused(images):
@@ -75,7 +85,10 @@ def test_infer_runs_the_active_model(images):
         client.infer(b"\x01" * 3)
 
 
-def test_resume_sends_only_what_the_mcu_lacks(images):
+@pytest.mark.parametrize("deflate", [False, True], ids=["raw", "deflate"])
+def test_resume_sends_only_what_the_mcu_lacks(images, deflate):
+    """An upload cut at 20000 bytes resumes at the last whole sector, compressed or not (the
+    flags are the image's, so a compressed resume continues what went raw)."""
     mcu = fresh_mcu(images)
     client = direct_client(mcu)
     client.hello()
@@ -91,10 +104,12 @@ def test_resume_sends_only_what_the_mcu_lacks(images):
     with pytest.raises(Interrupted):
         client.send_data(images.v2, client.resume_point(images.v2), interrupt)
     mcu.power_on()
-    result = flash_image(direct_client(mcu), images.v2, confirm=True)
+    result = flash_image(direct_client(mcu, deflate=deflate), images.v2, confirm=True)
     assert result.resumed_from % 4096 == 0
     assert 16384 <= result.resumed_from < len(images.v2)
-    assert result.bytes_sent == len(images.v2) - result.resumed_from
+    assert result.compressed is deflate
+    rest = len(images.v2) - result.resumed_from
+    assert result.bytes_sent < rest if deflate else result.bytes_sent == rest
     assert result.version == "2.0.0+0"
 
 
@@ -143,26 +158,30 @@ def test_hash_mismatch_is_refused(images):
     assert err.value.code == ErrorCode.HASH_MISMATCH
 
 
-def test_corrupted_chunk_is_dropped_and_sent_again(images):
+@pytest.mark.parametrize("deflate", [False, True], ids=["raw", "deflate"])
+def test_corrupted_chunk_is_dropped_and_sent_again(images, deflate):
     damaged = []
 
     def flip(index, data):
         if len(data) > 1000 and len(damaged) < 3 and index % 7 == 0:
             damaged.append(index)
             data = bytearray(data)
-            data[500] ^= 0x10
+            data[500] = data[500] ^ 0x10 or 0x20  # never a delimiter: one frame stays one
             return bytes(data)
         return data
 
     mcu = fresh_mcu(images)
-    result = flash_image(direct_client(mcu, tamper=flip), images.v2, confirm=True)
+    client = direct_client(mcu, tamper=flip, deflate=deflate)
+    result = flash_image(client, images.v2, confirm=True)
+    assert result.compressed is deflate
     assert len(damaged) == 3
     assert mcu.dropped_frames == 3
     assert result.retransmits >= 3
     assert result.version == "2.0.0+0"
 
 
-def test_lost_frames_are_retransmitted(images):
+@pytest.mark.parametrize("deflate", [False, True], ids=["raw", "deflate"])
+def test_lost_frames_are_retransmitted(images, deflate):
     lost = []
 
     def drop(index, data):
@@ -171,10 +190,12 @@ def test_lost_frames_are_retransmitted(images):
             return b""
         return data
 
-    result = flash_image(direct_client(fresh_mcu(images), tamper=drop), images.v2, confirm=True)
+    client = direct_client(fresh_mcu(images), tamper=drop, deflate=deflate)
+    result = flash_image(client, images.v2, confirm=True)
     assert lost == [9, 10, 25]
     assert result.retransmits >= 2
-    assert result.bytes_sent > len(images.v2)
+    stream = deflate_blocks(images.v2, 4096) if deflate else [images.v2]
+    assert result.bytes_sent > sum(map(len, stream))
 
 
 def test_lost_reply_is_retried(images):

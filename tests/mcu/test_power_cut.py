@@ -3,14 +3,16 @@
 A clean run counts the flash operations; then, for every index 1..N (and again with the cut
 operation left half done), a fresh device runs the same update until the power goes, boots, and
 must run the old or the new image, never a partial one. The host then finishes the job from
-wherever the cut left it. The MCU runs without its model runtime here: these tests are about
-flash and bootloader, and loading the model at each of the many boots only costs time.
+wherever the cut left it. The upload runs both raw and compressed (deflate blocks inflated by
+the MCU), each enumerated in full. The MCU runs without its model runtime here: these tests are
+about flash and bootloader, and loading the model at each of the many boots only costs time.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from functools import partial
 
 import pytest
 
@@ -38,9 +40,10 @@ def running_image(mcu: SimulatedMcu, images) -> str:
     return name
 
 
-def update_and_confirm(flash, images) -> None:
+def update_and_confirm(flash, images, deflate: bool = True) -> None:
     mcu = boot_mcu(flash, images)
-    flash_image(direct_client(mcu), images.v2, confirm=True)
+    result = flash_image(direct_client(mcu, deflate=deflate), images.v2, confirm=True)
+    assert result.compressed is deflate
 
 
 def update_then_reboot_unconfirmed(flash, images) -> None:
@@ -66,16 +69,18 @@ def cut_at(images, scenario, at: int, torn: bool):
     return flash
 
 
+@pytest.mark.parametrize("deflate", [False, True], ids=["raw", "deflate"])
 @pytest.mark.parametrize("torn", [False, True], ids=["clean-cut", "torn-write"])
-def test_cut_anywhere_in_upload_test_swap_confirm(images, torn):
-    total = count_operations(images, update_and_confirm)
+def test_cut_anywhere_in_upload_test_swap_confirm(images, torn, deflate):
+    scenario = partial(update_and_confirm, deflate=deflate)
+    total = count_operations(images, scenario)
     assert total > 60
     booted = Counter()
     for at in range(1, total + 1):
-        flash = cut_at(images, update_and_confirm, at, torn)
+        flash = cut_at(images, scenario, at, torn)
         mcu = boot_mcu(flash, images)
         booted[running_image(mcu, images)] += 1
-        result = flash_image(direct_client(mcu), images.v2, confirm=True)
+        result = flash_image(direct_client(mcu, deflate=deflate), images.v2, confirm=True)
         assert result.confirmed
         mcu.power_on()
         assert running_image(mcu, images) == "v2", f"cut at {at}: not on v2 after finishing"

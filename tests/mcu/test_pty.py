@@ -52,9 +52,37 @@ def test_flash_over_a_paced_pty(server, images, run_cli, capsys):
     assert result["version"] == "2.0.0+0"
     assert result["confirmed"] is True
     assert result["model_state"] == "LOADED"
-    line_seconds = len(images.v2) * 10 / BAUD
+    assert result["compressed"] is True
+    assert result["bytes_sent"] < len(images.v2)
+    line_seconds = result["bytes_sent"] * 10 / BAUD  # the pacing holds for what crossed the wire
     assert result["upload_seconds"] >= 0.95 * line_seconds
     assert server.mcu.boot.image.version == (2, 0, 0, 0)
+
+
+def test_no_compress_flag_sends_the_image_as_it_is(server, images, run_cli, capsys):
+    argv = ["flash", "--port", server.port, "--baud", str(BAUD), "--json", "--no-compress"]
+    assert run_cli(*argv, str(images.path("v2"))) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["compressed"] is False
+    assert result["bytes_sent"] == len(images.v2)
+
+
+def test_raw_upload_keeps_the_line_busy(images):
+    """Uncompressed at 115200: at least 98 % of the line rate carries image bytes (4 KiB
+    chunks, and ACKs that travel on the other wire without holding up the incoming bytes)."""
+    from agent.mcu.flasher import flash_image
+
+    baud = 115200
+    mcu = SimulatedMcu(factory_flash(images.v1), mcu_config(images, model_runtime=False))
+    with UartServer(mcu, baud, "pty") as uart:
+        transport = open_transport(uart.port, baud)
+        try:
+            client = McuClient(transport, LinkConfig(line_rate=baud / 10, deflate=False))
+            result = flash_image(client, images.v2, confirm=True)
+        finally:
+            transport.close()
+    assert not result.compressed
+    assert result.bytes_sent / result.upload_seconds / (baud / 10) >= 0.98
 
 
 def test_flash_over_a_socket_and_query(images, run_cli, capsys):
@@ -85,7 +113,8 @@ def test_interrupted_upload_resumes_after_power_cycle(server, images):
     finally:
         transport.close()
     assert result.resumed_from >= 16384
-    assert result.bytes_sent == len(images.v2) - result.resumed_from
+    assert result.compressed  # what went raw resumes compressed: the flags are the image's
+    assert 0 < result.bytes_sent < len(images.v2) - result.resumed_from
 
 
 @pytest.mark.parametrize(
@@ -190,3 +219,40 @@ def test_mcu_sim_command_serves_a_persistent_mcu(tmp_path, images, run_cli, caps
     result = serve_and(version)
     assert result["version"] == "2.0.0+0"
     assert result["bytes_sent"] == 0
+
+
+class Echo:
+    """An MCU that answers every byte with one byte: both wires equally busy."""
+
+    reboot_pending = False
+
+    def receive(self, data: bytes) -> bytes:
+        return data
+
+    def power_on(self) -> None:
+        pass
+
+
+def test_the_simulated_line_is_full_duplex():
+    """Bytes in and replies out share no time: an echo of 0.5 s of line takes about 0.5 s,
+    not 1 s (a UART that waited for each reply before reading on would take both)."""
+    import os
+    import time
+    import tty
+
+    baud, size = 19200, 960
+    with UartServer(Echo(), baud, "pty") as uart:
+        fd = os.open(uart.port, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(fd)
+        try:
+            began = time.monotonic()
+            os.write(fd, bytes(range(1, 241)) * (size // 240))
+            echoed = b""
+            while len(echoed) < size and time.monotonic() - began < 5:
+                echoed += os.read(fd, size)
+            seconds = time.monotonic() - began
+        finally:
+            os.close(fd)
+    assert echoed == bytes(range(1, 241)) * (size // 240)
+    line_seconds = size * 10 / baud
+    assert line_seconds <= seconds < 1.4 * line_seconds
