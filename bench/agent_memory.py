@@ -187,9 +187,10 @@ def measure(seconds: float, rate: float) -> dict:
     within = max(samples) <= TARGET_MB * 1024
     largest = ", ".join(f"{name} {mb(kb)}" for name, kb, _ in shown[:6])
     verdict = (
-        f"within the {TARGET_MB} MB target"
+        f"steady RSS {mb(max(samples))} MB: within the {TARGET_MB} MB target"
         if within
-        else f"target missed by {mb(max(samples) - TARGET_MB * 1024)} MB: the floor (python,"
+        else f"MISSED: steady RSS {mb(max(samples))} MB, target {TARGET_MB} MB, missed by"
+        f" {mb(max(samples) - TARGET_MB * 1024)} MB: the floor (python,"
         f" numpy, LiteRT and the model) is {mb(floor_kb)} MB and leaves"
         f" {mb(TARGET_MB * 1024 - floor_kb)} MB; the imports take {mb(imports_kb)} MB"
         f" (largest: {largest}) and running {mb(running)} MB"
@@ -201,7 +202,7 @@ def measure(seconds: float, rate: float) -> dict:
         "steady_rss_mb_last": mb(samples[-1]),
         "target_mb": TARGET_MB,
         "within_target": within,
-        "verdict": verdict,
+        "verdicts": [verdict],
         "floor_mb": mb(floor_kb),
         "imports_mb": mb(imports_kb),
         "modules": len(modules),
@@ -223,7 +224,7 @@ def main() -> int:
         f"{results['steady_rss_mb_max']:>6.1f} MB  agent steady RSS (max; target {TARGET_MB} MB,"
         f" floor {results['floor_mb']} MB)"
     )
-    print(results["verdict"])
+    print(results["verdicts"][0])
     print("loaded:", " ".join(results["loaded"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

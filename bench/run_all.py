@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     ("Deltas", "delta_codec.py", ["--runs", "5"]),
-    ("Inference", "agent_inference.py", ["--seconds", "10"]),
+    ("Inference", "agent_inference.py", ["--seconds", "5", "--rounds", "10"]),
     ("Agent memory", "agent_memory.py", ["--seconds", "5"]),
     ("Telemetry", "gateway_throughput.py", ["--records", "200000", "--outage-seconds", "60"]),
     ("Serial", "serial_throughput.py", []),
@@ -223,8 +223,9 @@ def draw_plots(report: dict, out: Path) -> dict[str, str]:
     """Plot file per part, where a picture reads faster than the table."""
     plots = {}
     results = {t: p.get("results") for t, p in report["parts"].items()}
-    if results.get("Deltas"):
-        plot_deltas(results["Deltas"], out / "deltas.png")
+    deltas = (results.get("Deltas") or {}).get("pairs")
+    if deltas:
+        plot_deltas(deltas, out / "deltas.png")
         plots["Deltas"] = "deltas.png"
     serial = (results.get("Serial") or {}).get("serial_throughput")
     if serial:
@@ -251,6 +252,12 @@ def render(report: dict, plots: dict[str, str]) -> str:
         "same run.",
         "",
     ]
+    lines += ["## Targets", ""]
+    for title, part in report["parts"].items():
+        found = (part.get("results") or {}) if "error" not in part else {}
+        for verdict in found.get("verdicts", []) if isinstance(found, dict) else []:
+            lines.append(f"- **{title}**: {verdict}")
+    lines.append("")
     for title, part in report["parts"].items():
         lines += [f"## {title}", ""]
         if "error" in part:

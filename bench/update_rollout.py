@@ -180,6 +180,23 @@ def wire_row(pair: dict, work: Path, history: int = 0) -> dict:
     }
 
 
+def wire_verdicts(rows: list[dict]) -> list[str]:
+    """The head-only fine-tunes against their budget (3 x the delta + 3 KB), one line each."""
+    lines = []
+    for row in rows:
+        if not row["pair"].endswith("_head"):
+            continue
+        earlier = row["releases_before"]
+        after = f" after {earlier} earlier releases" if earlier else ""
+        verdict = "met" if row["within_budget"] else "MISSED"
+        lines.append(
+            f"bytes per head-only update, {row['pair']}{after}: {row['total_bytes']} fetched "
+            f"(delta {row['fetched_bytes']}, gate vectors {row['gate_bytes']}, metadata "
+            f"{row['metadata_bytes']}), budget {row['budget_bytes']}: {verdict}"
+        )
+    return lines
+
+
 def measure_wire(work: Path) -> list[dict]:
     rows = []
     runs = [(pair, 0) for pair in model_pairs()]
@@ -411,8 +428,10 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         work = Path(tmp)
+        wire = measure_wire(work)
         results = {
-            "wire": measure_wire(work),
+            "verdicts": wire_verdicts(wire),
+            "wire": wire,
             "apply_memory": measure_memory(),
             "rollout": measure_rollouts(work, args.agents, args.real_agents, args.runs),
         }
