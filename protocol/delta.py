@@ -283,13 +283,21 @@ def _bsdiff4_patch(header: DeltaHeader, old: bytes, payload: Bytes) -> bytes:
 # -- TENSOR_LZMA --------------------------------------------------------------------------------
 #
 # payload: one flag bit per quantized region (predict it from its scales or not)
-# | a raw LZMA2 stream of exactly target-length bytes. Those bytes are, at each byte of the
-# model, the difference new - old mod 256; over a float32/int32 region, the zigzag of the word
-# difference mod 2^32 with its four bytes as planes (most significant first) within the region;
-# over a predicted region, the difference from the prediction instead of from old.
+# | one flag bit per int8 region (packed or not) | a raw LZMA2 stream. Its bytes are, at each
+# byte of the model, the difference new - old mod 256; over a float32/int32 region, the zigzag
+# of the word difference mod 2^32 with its four bytes as planes (most significant first) within
+# the region; over an int8 region, the zigzag of the byte difference, and when every one of
+# them is below 16 (a full fine-tune moves most int8 weights by -1, 0 or +1), two per byte, high
+# nibble first, so the stream is shorter than the model by half of each packed region; over a
+# predicted region, the difference from the prediction instead of from old.
 
-_PROPS = ((3, 0, 2), (0, 0, 0), (1, 0, 0), (4, 0, 0))  # (lc, lp, pb) the encoder tries
+_PROPS = ((0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 2))  # (lc, lp, pb) the encoder tries
+_NICE_LEN = 273  # LZMA's longest match search: runs of unchanged bytes are long
 _CHUNK = 1 << 10  # elements per step of the predictor and the word transforms: bounded temporaries
+# Bytes per step of feeding the decoder, taking its output and spreading that to the model's
+# offsets: each step's temporaries sit beside liblzma's ~50 KB, which dominates a small model.
+_PIECE = 1 << 10
+_STEP = 1 << 10
 
 
 def _lzma_filters(target_length: int) -> list[dict[str, int]]:
@@ -390,14 +398,80 @@ def _tensor_encode(old: bytes, new: bytes) -> bytes:
         coded[region.start : region.start + region.length] = _region_bytes(
             region, a, b, predicts.get(region.start, False)
         )
-    flag_bytes = flags.to_bytes((len(_quantized(layout)) + 7) // 8, "little")
-    data = coded.tobytes()
+    int8 = _int8(layout)
+    packed = {
+        region.start: bool(region.length) and int(coded[_span(region)].max()) < 16
+        for region in int8
+    }
+    pack_flags = sum(1 << bit for bit, region in enumerate(int8) if packed[region.start])
+    pieces, at = [], 0
+    for region in layout:
+        pieces.append(coded[at : region.start].tobytes())
+        values = coded[_span(region)]
+        pieces.append(_nibbles(values) if packed.get(region.start) else values.tobytes())
+        at = region.start + region.length
+    pieces.append(coded[at:].tobytes())
+    data = b"".join(pieces)
     streams = []
     for lc, lp, pb in _PROPS:
         filters = _lzma_filters(len(new))
-        filters[0].update(preset=9 | lzma.PRESET_EXTREME, lc=lc, lp=lp, pb=pb)
+        filters[0].update(preset=9 | lzma.PRESET_EXTREME, lc=lc, lp=lp, pb=pb, nice_len=_NICE_LEN)
         streams.append(lzma.compress(data, lzma.FORMAT_RAW, filters=filters))
-    return flag_bytes + min(streams, key=len)
+    return (
+        flags.to_bytes(_flag_bytes(_quantized(layout)), "little")
+        + pack_flags.to_bytes(_flag_bytes(int8), "little")
+        + min(streams, key=len)
+    )
+
+
+def _span(region: Region) -> slice:
+    return slice(region.start, region.start + region.length)
+
+
+def _int8(layout: list[Region]) -> list[Region]:
+    return [region for region in layout if region.kind == INT8]
+
+
+def _flag_bytes(regions: list[Region]) -> int:
+    return (len(regions) + 7) // 8
+
+
+def _nibbles(values: np.ndarray) -> bytes:
+    """Values below 16, two per byte, high nibble first (a lone last one in a high nibble)."""
+    even = np.zeros(len(values) + len(values) % 2, np.uint8)
+    even[: len(values)] = values
+    packed: np.ndarray = (even[0::2] << 4) | even[1::2]
+    return packed.tobytes()
+
+
+def _unpack_in_place(out: np.ndarray, layout: list[Region], packed: set[int], stream: int) -> None:
+    """Spread the inflated stream (its first ``stream`` bytes of ``out``) to the model's
+    offsets, last segment first: every segment's destination starts at or after its source,
+    so what is still to be moved is never overwritten. Temporaries stay one step's size."""
+    segments, at = [], 0  # (destination start, length, packed)
+    for region in layout:
+        segments += [
+            (at, region.start - at, False),
+            (region.start, region.length, region.start in packed),
+        ]
+        at = region.start + region.length
+    segments.append((at, len(out) - at, False))
+    source = stream
+    for start, length, is_packed in reversed(segments):
+        size = (length + 1) // 2 if is_packed else length
+        source -= size
+        for end in range(size, 0, -_STEP):
+            begin = max(0, end - _STEP)
+            chunk = out[source + begin : source + end].copy()
+            if is_packed:
+                wide = np.empty(2 * len(chunk), np.uint8)
+                wide[0::2], wide[1::2] = chunk >> 4, chunk & 15
+                stop = min(2 * end, length) - 2 * begin
+                out[start + 2 * begin : start + 2 * begin + stop] = wide[:stop]
+            else:
+                out[start + begin : start + end] = chunk
+    if source != 0:
+        raise DeltaError("delta payload has the wrong length")
 
 
 def _flag_map(layout: list[Region], flags: int) -> dict[int, bool]:
@@ -405,20 +479,21 @@ def _flag_map(layout: list[Region], flags: int) -> dict[int, bool]:
     return {region.start: bool(flags >> bit & 1) for bit, region in enumerate(_quantized(layout))}
 
 
-def _inflate_into(payload: Bytes, filters: list[dict[str, int]], length: int) -> bytearray:
-    """The raw LZMA2 stream, inflated a chunk at a time into one buffer of exactly ``length``
-    bytes: a stream making more or less, or with bytes after its end, is refused."""
+def _inflate_into(
+    payload: Bytes, filters: list[dict[str, int]], out: bytearray, length: int
+) -> None:
+    """The raw LZMA2 stream, inflated a chunk at a time into the first ``length`` bytes of
+    ``out``: a stream making more or less, or with bytes after its end, is refused."""
     decoder = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
-    out = bytearray(length)
     at, fed = 0, 0
     try:
         while not decoder.eof:
             # Input in small pieces too: what the decoder has not used yet, it copies.
-            piece = payload[fed : fed + (1 << 12)] if decoder.needs_input else b""
+            piece = payload[fed : fed + _PIECE] if decoder.needs_input else b""
             if decoder.needs_input and not piece:
                 raise DeltaError("delta payload is truncated")
             fed += len(piece)
-            chunk = decoder.decompress(piece, 1 << 12)
+            chunk = decoder.decompress(piece, _PIECE)
             if len(chunk) > length - at:
                 raise DeltaError(f"delta payload decompresses to more than {length} bytes")
             out[at : at + len(chunk)] = chunk
@@ -429,19 +504,26 @@ def _inflate_into(payload: Bytes, filters: list[dict[str, int]], length: int) ->
         raise DeltaError("delta payload has bytes after its end")
     if at != length:
         raise DeltaError("delta payload has the wrong length")
-    return out
 
 
 def _tensor_decode(header: DeltaHeader, old: Bytes, payload: Bytes) -> bytearray:
     if len(old) != header.target_length:
         raise DeltaError("a tensor delta needs a source as long as its target")
     layout = tflite_layout.regions(old)
-    n_flags = (len(_quantized(layout)) + 7) // 8
+    n_predict, int8 = _flag_bytes(_quantized(layout)), _int8(layout)
+    n_flags = n_predict + _flag_bytes(int8)
     if len(payload) < n_flags:
         raise DeltaError("delta payload is shorter than its flags")
-    predicts = _flag_map(layout, int.from_bytes(payload[:n_flags], "little"))
-    rebuilt = _inflate_into(payload[n_flags:], _lzma_filters(len(old)), len(old))
+    predicts = _flag_map(layout, int.from_bytes(payload[:n_predict], "little"))
+    pack_flags = int.from_bytes(payload[n_predict:n_flags], "little")
+    packed = {region.start for bit, region in enumerate(int8) if pack_flags >> bit & 1}
+    if pack_flags >> len(int8):
+        raise DeltaError("delta payload flags regions the source model does not have")
+    stream = len(old) - sum(r.length // 2 for r in int8 if r.start in packed)
+    rebuilt = bytearray(len(old))
+    _inflate_into(payload[n_flags:], _lzma_filters(len(old)), rebuilt, stream)
     out, a = np.frombuffer(rebuilt, np.uint8), np.frombuffer(old, np.uint8)
+    _unpack_in_place(out, layout, packed, stream)
     # Everything but the predicted regions first: their prediction reads the new scales.
     at = 0
     for region in layout:

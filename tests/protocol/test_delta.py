@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.models import model_pairs, model_path
+from protocol import tflite_layout
 from protocol.delta import (
     Algorithm,
     DeltaError,
@@ -108,9 +109,7 @@ def test_the_model_aware_codec_beats_bsdiff_on_a_float_fine_tune():
 SIZE_TARGETS = {"head": 1.0, "full": 0.85}
 
 
-@pytest.mark.parametrize(
-    "pair", [p for p in model_pairs() if p["name"] != "vision_int8_full"], ids=lambda p: p["name"]
-)
+@pytest.mark.parametrize("pair", model_pairs(), ids=lambda p: p["name"])
 def test_container_against_raw_bsdiff4(pair):
     old = model_path(pair["old"]).read_bytes()
     new = model_path(pair["new"]).read_bytes()
@@ -163,6 +162,50 @@ def test_round_trip_on_structured_fine_tunes(name, seed, scale):
     new = perturbed(old, seed, scale)
     delta = make_delta(old, new, [Algorithm.TENSOR_LZMA])
     assert apply_delta(old, delta) == new
+
+
+def int8_nudged(model: bytes, seed: int, reach: int, share: float) -> bytes:
+    """``model`` with a ``share`` of each int8 tensor's weights moved by up to ``reach`` steps
+    (wrapping), as a full fine-tune of a quantized model moves them."""
+    data = np.frombuffer(model, np.uint8).copy()
+    rng = np.random.default_rng(seed)
+    for region in tflite_layout.regions(model):
+        if region.kind == tflite_layout.INT8 and region.length:
+            span = data[region.start : region.start + region.length]
+            moved = rng.random(region.length) < share
+            steps = rng.integers(-reach, reach + 1, region.length).astype(np.uint8)
+            span[moved] += steps[moved]
+    return data.tobytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    name=st.sampled_from(["kws_int8_v1", "vision_int8_v1"]),
+    seed=st.integers(0, 2**32 - 1),
+    reach=st.sampled_from([1, 2, 7, 8, 40]),
+    share=st.sampled_from([0.0, 0.01, 0.5, 1.0]),
+)
+def test_int8_weights_round_trip_packed_or_not(name, seed, reach, share):
+    """Differences of up to 7 steps pack two to a byte, larger ones do not (zigzag 16 and
+    more): either way, and with both kinds of regions in one model, the target comes back."""
+    old = model_path(name).read_bytes()
+    new = int8_nudged(old, seed, reach, share)
+    delta = make_delta(old, new, [Algorithm.TENSOR_LZMA])
+    assert apply_delta(old, delta) == new
+
+
+def test_a_quantized_full_fine_tune_packs_its_small_differences():
+    """kws int8 v2 (every layer fine-tuned) moves weights by a step or two: the int8 regions
+    travel two differences per byte, and the delta is well under the raw bsdiff4 patch."""
+    old = model_path("kws_int8_v1").read_bytes()
+    new = model_path("kws_int8_v2_full").read_bytes()
+    int8 = [r for r in tflite_layout.regions(old) if r.kind == tflite_layout.INT8]
+    delta = make_delta(old, new, [Algorithm.TENSOR_LZMA])
+    header = read_header(delta)
+    predict_bytes = (sum(r.quantized is not None for r in tflite_layout.regions(old)) + 7) // 8
+    flags = delta[header.payload_offset + predict_bytes :][: (len(int8) + 7) // 8]
+    assert int.from_bytes(flags, "little") == (1 << len(int8)) - 1
+    assert len(delta) <= 0.8 * len(bsdiff4.diff(old, new))
 
 
 KWS_INT8_FULL: list[bytes] = []
