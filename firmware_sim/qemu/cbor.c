@@ -1,6 +1,7 @@
 /* A minimal CBOR reader and writer for SMP. Every length read from the wire is checked
- * against the bytes that remain before it is used; indefinite lengths, 64-bit arguments and
- * deep nesting are refused as malformed. */
+ * against the bytes that remain before it is used; indefinite lengths and deep nesting are
+ * refused as malformed. Values the firmware has no use for (negative or 64-bit integers,
+ * floats, simple values, tags) are well formed and read as CBOR_OTHER. */
 #include "cbor.h"
 
 #define MAX_DEPTH 4
@@ -10,25 +11,22 @@ struct reader {
     uint32_t left;
 };
 
-/* The head of the next item: major type and argument. -1 if malformed or unsupported. */
-static int head(struct reader *r, uint32_t *arg) {
+/* The head of the next item: major type, additional information and argument. -1 if
+ * malformed or indefinite. */
+static int head(struct reader *r, uint32_t *info, uint64_t *arg) {
     if (!r->left)
         return -1;
     uint8_t b = *r->p++;
     r->left--;
-    uint32_t info = b & 0x1f, n;
-    if (info < 24) {
-        *arg = info;
+    uint32_t n;
+    *info = b & 0x1f;
+    if (*info < 24) {
+        *arg = *info;
         return b >> 5;
     }
-    if (info == 24)
-        n = 1;
-    else if (info == 25)
-        n = 2;
-    else if (info == 26)
-        n = 4;
-    else
+    if (*info > 27)
         return -1;
+    n = 1u << (*info - 24);
     if (r->left < n)
         return -1;
     *arg = 0;
@@ -41,13 +39,16 @@ static int head(struct reader *r, uint32_t *arg) {
 
 /* Read one item; strings and scalars are returned in ``out``, containers skipped whole. */
 static int item(struct reader *r, struct cbor_item *out, int depth) {
-    uint32_t arg;
-    int major = head(r, &arg);
+    uint32_t info;
+    uint64_t arg;
+    int major = head(r, &info, &arg);
     out->kind = CBOR_OTHER;
     switch (major) {
     case 0:
-        out->kind = CBOR_UINT;
-        out->value = arg;
+        if (arg <= 0xFFFFFFFFu) {
+            out->kind = CBOR_UINT;
+            out->value = (uint32_t)arg;
+        }
         return 0;
     case 1:
         return 0;
@@ -57,15 +58,15 @@ static int item(struct reader *r, struct cbor_item *out, int depth) {
             return -1;
         out->kind = major == 2 ? CBOR_BYTES : CBOR_TEXT;
         out->data = r->p;
-        out->len = arg;
+        out->len = (uint32_t)arg;
         r->p += arg;
-        r->left -= arg;
+        r->left -= (uint32_t)arg;
         return 0;
     case 4:
     case 5: {
         if (depth >= MAX_DEPTH || arg > r->left)
             return -1;
-        uint32_t count = major == 5 ? 2 * arg : arg;
+        uint32_t count = major == 5 ? 2 * (uint32_t)arg : (uint32_t)arg;
         struct cbor_item skip;
         for (uint32_t i = 0; i < count; i++)
             if (item(r, &skip, depth + 1))
@@ -76,11 +77,12 @@ static int item(struct reader *r, struct cbor_item *out, int depth) {
     case 6:
         return item(r, out, depth + 1);
     case 7:
-        if (arg == 20 || arg == 21) {
+        if (info == 20 || info == 21) {
             out->kind = CBOR_BOOL;
-            out->value = arg == 21;
+            out->value = info == 21;
         }
-        return arg < 24 || arg == 26 ? 0 : -1; /* simple values, null, float32 */
+        /* a one-byte simple value below 32 is not well formed (RFC 8949 section 3.3) */
+        return info == 24 && arg < 32 ? -1 : 0;
     default:
         return -1;
     }
@@ -88,11 +90,12 @@ static int item(struct reader *r, struct cbor_item *out, int depth) {
 
 int cbor_map_get(const uint8_t *buf, uint32_t len, const char *key, struct cbor_item *out) {
     struct reader r = {buf, len};
-    uint32_t pairs;
-    if (head(&r, &pairs) != 5 || pairs > len)
+    uint32_t info;
+    uint64_t pairs;
+    if (head(&r, &info, &pairs) != 5 || pairs > len)
         return -1;
     int found = 0;
-    for (uint32_t i = 0; i < pairs; i++) {
+    for (uint64_t i = 0; i < pairs; i++) {
         struct cbor_item k, v;
         if (item(&r, &k, 1) || item(&r, &v, 1))
             return -1;

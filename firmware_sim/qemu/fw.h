@@ -91,7 +91,9 @@ int write_upload_record(uint32_t size, const uint8_t sha[32]);
 int uploaded_flag(uint32_t index);
 int set_uploaded_flag(uint32_t index);
 
-/* upload.c: the image upload into the secondary slot, resumable after a power cut. */
+/* upload.c: the image upload into the secondary slot, resumable after a power cut. MAX_CHUNK is
+ * the most one upload_accept takes (and the chunk the edgefleet protocol offers at most). */
+#define MAX_CHUNK 1024u
 enum upload_result { UPLOAD_TAKEN = 0, UPLOAD_IGNORED = 1, UPLOAD_FLASH_ERROR = -1 };
 int upload_begin(uint32_t size, const uint8_t sha[32], int restart);
 int upload_accept(uint32_t offset, const uint8_t *data, uint32_t n);

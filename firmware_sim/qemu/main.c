@@ -6,7 +6,6 @@
 #include "fw.h"
 
 #define PROTOCOL_VERSION 1
-#define MAX_CHUNK 1024u
 #define WINDOW 8u
 #define MAX_FRAME (4096u + 64u)
 #define FEATURE_RESUME 0x1u

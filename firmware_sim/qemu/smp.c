@@ -1,18 +1,13 @@
 /* The application of the SMP build: boots through the bootloader, then serves SMP (mcumgr) on
  * the UART as a Zephyr application does, with the semantics of firmware_sim/smp_server.py.
  *
- * Console framing (Zephyr's CONFIG_MCUMGR_TRANSPORT_UART): a packet travels as
- * base64(length:u16be | packet | crc16:u16be) in lines that start with 0x06 0x09 (first) or
- * 0x04 0x14 (next) and end with '\n'; CRC16-XMODEM over the packet. Lines longer than the
- * 128-byte line buffer and packets longer than the 384-byte reassembly buffer are dropped.
- * Groups: image (state read/write, upload with resume, erase) and OS (echo, reset, params).
+ * Packets come and go through the console framing of smp_frame.c. Groups: image (state read
+ * and write, upload with resume, erase) and OS (echo, reset, params).
  */
 #include "cbor.h"
 #include "fw.h"
+#include "smp_frame.h"
 
-#define LINE_MAX 128u
-#define PACKET_MAX 384u
-#define OUT_LINE 127u
 #define HDR 8u
 #define BUF_COUNT 4u
 
@@ -31,92 +26,10 @@ enum {
 };
 enum next_boot { NORMAL, TEST, REVERT, PERMANENT };
 
-static uint8_t line[LINE_MAX];
-static uint32_t line_len;
-static int line_overlong;
-static uint8_t packet[PACKET_MAX];
-static uint32_t packet_len, packet_expected;
-static uint8_t body[PACKET_MAX + 128];
-static uint8_t wire[((PACKET_MAX + 128 + 4) / 3 + 1) * 4 + 64];
+static uint8_t body[SMP_SEND_MAX];
 
 static int reset_pending;
 static int upload_has_sha;
-
-static uint16_t crc16(const uint8_t *p, uint32_t n) {
-    uint16_t crc = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        crc ^= (uint16_t)(p[i] << 8);
-        for (int b = 0; b < 8; b++)
-            crc = crc & 0x8000 ? (uint16_t)(crc << 1 ^ 0x1021) : (uint16_t)(crc << 1);
-    }
-    return crc;
-}
-
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_value(uint8_t c) {
-    for (int i = 0; i < 64; i++)
-        if ((uint8_t)B64[i] == c)
-            return i;
-    return -1;
-}
-
-/* Decode a base64 line body into packet[]; -1 if malformed or past the buffer. */
-static int b64_decode_into_packet(const uint8_t *s, uint32_t n) {
-    if (n % 4)
-        return -1;
-    for (uint32_t i = 0; i < n; i += 4) {
-        int v[4], pad = 0;
-        for (int j = 0; j < 4; j++) {
-            if (s[i + j] == '=' && i + 4 == n && j >= 2) {
-                v[j] = 0;
-                pad++;
-            } else if (pad || (v[j] = b64_value(s[i + j])) < 0) {
-                return -1;
-            }
-        }
-        uint32_t bits = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | v[3];
-        for (int j = 0; j < 3 - pad; j++) {
-            if (packet_len >= PACKET_MAX)
-                return -1;
-            packet[packet_len++] = (uint8_t)(bits >> (16 - 8 * j));
-        }
-    }
-    return 0;
-}
-
-/* Frame ``n`` bytes of body[] (header and CBOR) onto the UART. */
-static void send_packet(uint32_t n) {
-    static uint8_t raw[PACKET_MAX + 128 + 4];
-    raw[0] = (uint8_t)((n + 2) >> 8);
-    raw[1] = (uint8_t)(n + 2);
-    for (uint32_t i = 0; i < n; i++)
-        raw[2 + i] = body[i];
-    uint16_t crc = crc16(body, n);
-    raw[2 + n] = (uint8_t)(crc >> 8);
-    raw[3 + n] = (uint8_t)crc;
-    uint32_t total = n + 4, text = 0;
-    static uint8_t enc[((PACKET_MAX + 128 + 4) / 3 + 1) * 4];
-    for (uint32_t i = 0; i < total; i += 3) {
-        uint32_t left = total - i;
-        uint32_t bits = (uint32_t)raw[i] << 16 | (left > 1 ? (uint32_t)raw[i + 1] << 8 : 0) |
-                        (left > 2 ? raw[i + 2] : 0);
-        enc[text++] = (uint8_t)B64[bits >> 18 & 63];
-        enc[text++] = (uint8_t)B64[bits >> 12 & 63];
-        enc[text++] = left > 1 ? (uint8_t)B64[bits >> 6 & 63] : '=';
-        enc[text++] = left > 2 ? (uint8_t)B64[bits & 63] : '=';
-    }
-    const uint32_t per_line = (OUT_LINE - 3) / 4 * 4;
-    for (uint32_t at = 0; at < text; at += per_line) {
-        uint32_t out = 0, chunk = text - at < per_line ? text - at : per_line;
-        wire[out++] = at ? 0x04 : 0x06;
-        wire[out++] = at ? 0x14 : 0x09;
-        for (uint32_t i = 0; i < chunk; i++)
-            wire[out++] = enc[at + i];
-        wire[out++] = '\n';
-        uart_write(wire, out);
-    }
-}
 
 /* -- replies ------------------------------------------------------------------------ */
 
@@ -151,7 +64,7 @@ static void reply_send(const struct request *rq) {
     body[5] = (uint8_t)rq->group;
     body[6] = rq->seq;
     body[7] = rq->command;
-    send_packet(HDR + reply.len);
+    smp_frame_send(body, HDR + reply.len, uart_write);
 }
 
 static void mgmt_error(const struct request *rq, uint32_t rc) {
@@ -425,7 +338,7 @@ static void params(const struct request *rq) {
     reply_start();
     cbor_map(&reply, 2);
     cbor_text(&reply, "buf_size");
-    cbor_uint(&reply, PACKET_MAX);
+    cbor_uint(&reply, SMP_PACKET_MAX);
     cbor_text(&reply, "buf_count");
     cbor_uint(&reply, BUF_COUNT);
     reply_send(rq);
@@ -465,72 +378,22 @@ static void dispatch(const uint8_t *p, uint32_t n) {
     mgmt_error(&rq, MGMT_ENOTSUP);
 }
 
-/* -- console framing ---------------------------------------------------------------- */
-
-static void drop_packet(void) {
-    packet_len = 0;
-    packet_expected = 0;
-}
-
-static void line_done(void) {
-    if (line_len < 2)
-        return;
-    int start = line[0] == 0x06 && line[1] == 0x09;
-    int next = line[0] == 0x04 && line[1] == 0x14;
-    if (line_overlong) {
-        if (start || next)
-            drop_packet();
-        return;
-    }
-    if (!start && !next)
-        return; /* console text, not SMP */
-    if (start)
-        drop_packet();
-    else if (!packet_expected)
-        return; /* a continuation without a packet */
-    if (b64_decode_into_packet(line + 2, line_len - 2))
-        return drop_packet();
-    if (start) {
-        if (packet_len < 2)
-            return drop_packet();
-        packet_expected = (uint32_t)packet[0] << 8 | packet[1];
-        if (packet_expected <= 2 || packet_expected > PACKET_MAX - 2)
-            return drop_packet();
-        for (uint32_t i = 2; i < packet_len; i++)
-            packet[i - 2] = packet[i];
-        packet_len -= 2;
-    }
-    if (packet_len < packet_expected)
-        return;
-    uint32_t n = packet_expected - 2;
-    int good = packet_len == packet_expected &&
-               crc16(packet, n) == ((uint32_t)packet[n] << 8 | packet[n + 1]);
-    drop_packet();
-    if (good)
-        dispatch(packet, n);
-}
-
 int main(void) {
     uart_init();
     if (flash_open() == 0)
         boot();
+    smp_frame_reset();
     for (;;) {
         int c = uart_getc();
         if (c < 0)
             continue;
-        if (c == '\n') {
-            line_done();
-            line_len = 0;
-            line_overlong = 0;
-            if (reset_pending) {
-                for (volatile int i = 0; i < 200000; i++) {
-                }
-                system_reset();
+        uint32_t n = smp_frame_byte((uint8_t)c);
+        if (n)
+            dispatch(smp_frame_packet(), n);
+        if (c == '\n' && reset_pending) {
+            for (volatile int i = 0; i < 200000; i++) {
             }
-        } else if (line_len + 1 < LINE_MAX) {
-            line[line_len++] = (uint8_t)c;
-        } else {
-            line_overlong = 1;
+            system_reset();
         }
     }
 }

@@ -5,13 +5,11 @@
  */
 #include "fw.h"
 
-#define MAX_CHUNK_BYTES 1024u
-
 static struct {
     int active;
     uint32_t size, received, buffered;
     uint8_t sha[32];
-    uint8_t buf[SECTOR_SIZE + MAX_CHUNK_BYTES];
+    uint8_t buf[SECTOR_SIZE + MAX_CHUNK];
 } up;
 
 static int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
@@ -70,7 +68,7 @@ static int flush_sector(void) {
 }
 
 int upload_accept(uint32_t offset, const uint8_t *data, uint32_t n) {
-    if (!up.active || offset != up.received || n > MAX_CHUNK_BYTES || offset + n > up.size)
+    if (!up.active || offset != up.received || n > MAX_CHUNK || offset + n > up.size)
         return UPLOAD_IGNORED;
     for (uint32_t i = 0; i < n; i++)
         up.buf[up.buffered + i] = data[i];
