@@ -135,6 +135,16 @@ def config_text(config: BrokerConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def catches_sighup(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGHUP (its ``SigCgt`` mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = [line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")]
+    return bool(caught) and bool(int(caught[0], 16) >> (signal.SIGHUP - 1) & 1)
+
+
 def probe_login(host: str, port: int, user: str, password: str, timeout: float = 5.0) -> int:
     """The CONNACK return code for an MQTT 3.1.1 login (0: accepted, 5: not authorized)."""
 
@@ -174,7 +184,7 @@ class Mosquitto:
         logins[name] = password or broker_auth.new_password()
         self._write_logins()
         if self.running:
-            self._proc.send_signal(signal.SIGHUP)
+            self._reload()
             if self.config.tls is None:
                 self._wait_accepted(name, logins[name], timeout)
             else:  # nothing to log in with: give the reload its time, then the listener
@@ -183,6 +193,17 @@ class Mosquitto:
                 if why is not None:
                     raise BrokerError(f"mosquitto did not listen again after a reload ({why})")
         return name, logins[name]
+
+    def _reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP, once mosquitto handles it: it listens before it installs its signal handlers,
+        and a SIGHUP in between (a busy machine widens that window) would end the process."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while not catches_sighup(self._proc.pid):
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                raise BrokerError("mosquitto never became ready to reload")
+            time.sleep(0.01)
+        self._proc.send_signal(signal.SIGHUP)
 
     def _wait_accepted(self, user: str, password: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -7,12 +7,21 @@ from __future__ import annotations
 import queue
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from firmware_sim.broker import BrokerConfig, BrokerError, config_text, probe_login
+from firmware_sim.broker import (
+    BrokerConfig,
+    BrokerError,
+    Mosquitto,
+    catches_sighup,
+    config_text,
+    probe_login,
+)
 from protocol import broker_auth
 from tests.conftest import GATEWAY_USER
 
@@ -196,3 +205,24 @@ def test_kill_and_restart_on_the_same_port(broker):
     info.wait_for_publish(5)
     assert info.is_published()
     close(client)
+
+
+def test_a_reload_waits_until_the_broker_handles_sighup(tmp_path):
+    """mosquitto listens before it installs its signal handlers; a SIGHUP in between (a busy
+    machine widens the window) ends the process. A stand-in that installs its handler late is
+    reloaded, not killed."""
+    script = (
+        "import signal, sys, time\n"
+        "time.sleep(0.5)\n"
+        "signal.signal(signal.SIGHUP, lambda *a: sys.exit(7))\n"
+        "time.sleep(10)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert not catches_sighup(process.pid)
+        broker = Mosquitto(BrokerConfig(tmp_path, 1))
+        broker._proc = process
+        broker._reload()
+        assert process.wait(5) == 7  # the handler ran: the reload reached a ready process
+    finally:
+        process.kill()

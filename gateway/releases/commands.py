@@ -93,10 +93,9 @@ def register(subparsers) -> None:
         type=int,
         default=KEEP_VERSIONS,
         metavar="N",
-        help="versions of NAME the metadata keeps listing, this one included (default "
-        f"{KEEP_VERSIONS}): older ones are pruned, except those signed as rollbacks, so what "
-        "every device fetches stops growing; a device still on a pruned version gets the "
-        "full model instead of a delta",
+        help="versions of NAME the metadata keeps listing, this one included: older ones are "
+        "pruned, except those signed as rollbacks, so what every device fetches stops "
+        "growing; a device still on a pruned version gets the full model instead of a delta",
     )
     add.add_argument(
         "--atol",
