@@ -21,7 +21,7 @@ test: venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 demo: venv system-deps
 	$(BIN)/edgefleet demo
