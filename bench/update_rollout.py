@@ -321,7 +321,7 @@ def close_fleet(fleet: Fleet) -> None:
 
 
 def start_sim_fleet(stack: contextlib.ExitStack, broker: Mosquitto, count: int) -> None:
-    stack.callback(close_fleet, Fleet(broker.config.port, count))
+    stack.callback(close_fleet, Fleet(broker, count))
 
 
 def start_real_agents(
