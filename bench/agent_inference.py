@@ -250,6 +250,7 @@ def main() -> int:
     bare_rate = statistics.median(b["inferences_per_s"] for b in bare)
     agent_rate = statistics.median(rate for rate, _ in agent)
     per_round = [a / b["inferences_per_s"] for (a, _), b in zip(agent, bare, strict=True)]
+    invokes = [b["invoke_ms"] for b in bare]
     ratio = statistics.median(per_round)
     quartiles = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
     results = {
@@ -264,11 +265,13 @@ def main() -> int:
         "ratio_quartiles": [round(quartiles[0], 3), round(quartiles[2], 3)],
         "ratio_range": [round(min(per_round), 3), round(max(per_round), 3)],
         "ratio_per_round": [round(r, 3) for r in per_round],
+        "bare_invoke_ms_range": [round(min(invokes), 3), round(max(invokes), 3)],
         "verdicts": [
             f"agent/bare inference ratio {ratio:.3f} (median of {len(per_round)} interleaved "
             f"rounds, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}): "
             + ("met" if ratio >= RATIO_TARGET else "MISSED")
-            + f", target {RATIO_TARGET}"
+            + f", target {RATIO_TARGET}; the bare loop alone took {min(invokes):.3f}-"
+            f"{max(invokes):.3f} ms per invoke from round to round on this machine"
         ],
         **{f"steady_{k}": v for k, v in rss.items()},
         "steady_rss_target_mb": 50,
