@@ -311,16 +311,16 @@ class Data:
         return self.LAYOUT.pack(self.offset) + self.chunk
 
     @classmethod
-    def unpack(cls, payload: bytes) -> Data:
-        (offset,) = _unpack(cls.LAYOUT, payload, "DATA")
+    def unpack(cls, payload: bytes) -> Self:
+        (offset,) = _unpack(cls.LAYOUT, payload, cls.TYPE.name)
         chunk = payload[cls.LAYOUT.size :]
         if not chunk:
-            raise CodecError("DATA without bytes")
+            raise CodecError(f"{cls.TYPE.name} without bytes")
         return cls(offset, chunk)
 
 
 @dataclass(frozen=True, slots=True)
-class DeflateData:
+class DeflateData(Data):
     """Compressed upload bytes; ``offset`` counts compressed bytes since the BEGIN_REPLY.
 
     The stream is the image's raw-deflate blocks (``protocol.serial.deflate``) from the block
@@ -328,20 +328,6 @@ class DeflateData:
     """
 
     TYPE: ClassVar[MsgType] = MsgType.DEFLATE_DATA
-    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<I")
-    offset: int
-    chunk: bytes
-
-    def pack(self) -> bytes:
-        return self.LAYOUT.pack(self.offset) + self.chunk
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> DeflateData:
-        (offset,) = _unpack(cls.LAYOUT, payload, "DEFLATE_DATA")
-        chunk = payload[cls.LAYOUT.size :]
-        if not chunk:
-            raise CodecError("DEFLATE_DATA without bytes")
-        return cls(offset, chunk)
 
 
 @dataclass(frozen=True, slots=True)

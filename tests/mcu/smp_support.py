@@ -316,3 +316,20 @@ class PtyRelay:
         self._sock.close()
         os.close(self._master)
         os.close(self._slave)
+
+
+def assert_trial_then_confirm(port: str, images: Images) -> None:
+    """v2 on trial after ``edgefleet flash``: the next reset would revert it, only confirming
+    is left, confirming sends nothing again, and v1 is then a downgrade."""
+    from agent.mcu.host import McuPort, open_device
+    from agent.mcu.worker import downgrade, kept_version
+
+    device = open_device(McuPort(port, protocol="smp"))
+    info = device.query()
+    assert device.runs(info.primary, images.v2)
+    assert kept_version(info) == "1.0.0+0"  # the next reset reverts an unconfirmed image
+    assert downgrade(info, images.v2, "2.0.0+0", device.runs) is None  # only confirm it
+    confirmed = device.install(images.v2, confirm=True)
+    assert confirmed.confirmed and confirmed.bytes_sent == 0
+    assert kept_version(device.query()) == "2.0.0+0"
+    assert downgrade(device.query(), images.v1, "1.0.0+0", device.runs).startswith("downgrade")

@@ -23,14 +23,14 @@ import pytest
 from agent.mcu.errors import McuError
 from agent.mcu.host import McuPort, open_device
 from agent.mcu.smp_host import SmpSession
-from agent.mcu.worker import downgrade, install_with_retries, kept_version
+from agent.mcu.worker import install_with_retries
 from firmware_sim import qemu_harness
 from firmware_sim.images import sign
 from protocol.mcu_image import McuImageMeta
 from protocol.serial.messages import SlotFlag
 from protocol.serial.smp_image import image_hash
 from tests.mcu.mcu_support import LAYOUT
-from tests.mcu.smp_support import EDGEFLEET, PtyRelay, SmpmgrShell
+from tests.mcu.smp_support import EDGEFLEET, PtyRelay, SmpmgrShell, assert_trial_then_confirm
 
 pytestmark = pytest.mark.qemu
 
@@ -186,22 +186,14 @@ def test_edgefleet_flash_over_smp_on_qemu(board, images):
     result = json.loads(done.stdout)
     assert result["version"] == "2.0.0+0" and not result["confirmed"]  # on trial
     assert result["bytes_sent"] == len(images.v2)
-    device = open_device(McuPort(board.port, protocol="smp"))
-    info = device.query()
-    assert device.runs(info.primary, images.v2)
-    assert kept_version(info) == "1.0.0+0"  # the next reset reverts an unconfirmed image
-    assert downgrade(info, images.v2, "2.0.0+0", device.runs) is None  # only confirm it
-    confirmed = device.install(images.v2, confirm=True)
-    assert confirmed.confirmed and confirmed.bytes_sent == 0
-    assert kept_version(device.query()) == "2.0.0+0"
-    assert downgrade(device.query(), images.v1, "1.0.0+0", device.runs).startswith("downgrade")
+    assert_trial_then_confirm(board.port, images)
     refused = edgefleet_flash(board.port, "--confirm", str(images.path("foreign_small")))
     assert refused.returncode != 0
     assert (
         "signature refused: the MCU does not trust the key that signed foreign_small.bin"
         in refused.stderr
     ), refused.stderr
-    assert device.query().primary.version == (2, 0, 0, 0)
+    assert open_device(McuPort(board.port, protocol="smp")).query().primary.version == (2, 0, 0, 0)
 
 
 def test_agent_worker_installs_through_a_power_cut_mid_upload_on_qemu(board, images):

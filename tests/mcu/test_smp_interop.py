@@ -11,7 +11,7 @@ import time
 import pytest
 
 from protocol.serial.smp_image import image_hash
-from tests.mcu.smp_support import SMPMGR, SmpSim, read_states, smpmgr
+from tests.mcu.smp_support import SMPMGR, SmpSim, assert_trial_then_confirm, read_states, smpmgr
 
 BAUD = 921600
 
@@ -84,9 +84,6 @@ def test_power_cut_mid_upload_then_smpmgr_resumes(sim, images):
 
 def test_edgefleet_flash_over_smp_and_the_worker_rules(sim, images, tmp_path):
     """``edgefleet flash --protocol smp`` (smpclient underneath) against the simulator."""
-    from agent.mcu.host import McuPort, open_device
-    from agent.mcu.worker import downgrade, kept_version
-
     edgefleet = str(SMPMGR.with_name("edgefleet"))
     done = subprocess.run(
         [edgefleet, "flash", "--protocol", "smp", "--port", sim.port, "--json",
@@ -96,15 +93,7 @@ def test_edgefleet_flash_over_smp_and_the_worker_rules(sim, images, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["version"] == "2.0.0+0" and not result["confirmed"]  # on trial
-    device = open_device(McuPort(sim.port, protocol="smp"))
-    info = device.query()
-    assert device.runs(info.primary, images.v2)
-    assert kept_version(info) == "1.0.0+0"  # the next reset reverts an unconfirmed image
-    assert downgrade(info, images.v2, "2.0.0+0", device.runs) is None  # only confirm it
-    result = device.install(images.v2, confirm=True)
-    assert result.confirmed and result.bytes_sent == 0
-    assert kept_version(device.query()) == "2.0.0+0"
-    assert downgrade(device.query(), images.v1, "1.0.0+0", device.runs).startswith("downgrade")
+    assert_trial_then_confirm(sim.port, images)
 
 
 def test_edgefleet_flash_names_an_untrusted_signature(sim, images):

@@ -198,11 +198,16 @@ def test_an_update_from_a_local_copy_of_the_repository(world, tmp_path):
 def test_the_device_fetches_the_compact_gate_vectors(world, tmp_path):
     """Seeded inputs are made on the device: of the gate vectors it fetches only the compact
     file (the outputs), never the full one older agents read."""
+    fetched = gate_files_fetched(world, tmp_path, "kws/2.tflite")
+    assert len(fetched) == 1 and fetched[0].endswith(".2.gate2.json"), fetched
+
+
+def gate_files_fetched(world, tmp_path, target: str) -> list[str]:
+    """The gate vector files a device on v1 fetches while it updates to ``target``."""
     state_dir = world.device(tmp_path)
     with SubvertibleServer(world.repo.dir) as server:
-        assert update(state_dir, server.url, world.root, "kws/2.tflite").state == State.TRIAL
-    fetched = [path for path in server.requests if ".gate" in path]
-    assert len(fetched) == 1 and fetched[0].endswith(".2.gate2.json"), server.requests
+        assert update(state_dir, server.url, world.root, target).state == State.TRIAL
+    return [path for path in server.requests if ".gate" in path]
 
 
 def test_a_release_naming_only_the_full_gate_vectors_still_updates(fresh, tmp_path):
@@ -211,11 +216,8 @@ def test_a_release_naming_only_the_full_gate_vectors_still_updates(fresh, tmp_pa
     inspected = build_model_meta(model("kws_f32_v2_full"), "kws", 3, FAST)
     meta = replace(inspected.meta, gate=replace(inspected.meta.gate, compact=None))
     fresh.repo.add_release(meta, model("kws_f32_v2_full"), inspected.gate)
-    state_dir = fresh.device(tmp_path)
-    with SubvertibleServer(fresh.repo.dir) as server:
-        assert update(state_dir, server.url, fresh.root, "kws/3.tflite").state == State.TRIAL
-    fetched = [path for path in server.requests if ".gate" in path]
-    assert len(fetched) == 1 and fetched[0].endswith(".3.gate.json"), server.requests
+    fetched = gate_files_fetched(fresh, tmp_path, "kws/3.tflite")
+    assert len(fetched) == 1 and fetched[0].endswith(".3.gate.json"), fetched
 
 
 def test_another_offer_during_an_update_is_busy(world, tmp_path):
