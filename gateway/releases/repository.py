@@ -370,7 +370,11 @@ class Repository:
         target = TargetFile.from_data(path, data, ["sha256"])
         target.unrecognized_fields["custom"] = custom
         self._store_target(target, data)
-        self.deltas.signed.targets[path] = target
+        deltas = self.deltas.signed.targets
+        listed = self.targets.signed.targets
+        for stale in [p for p, t in deltas.items() if not _between_listed(t.custom, listed)]:
+            del deltas[stale]  # its model left the targets metadata: no device is offered it
+        deltas[path] = target
         _bump(self.deltas, DELTAS_ROLE, [signer])
         self._commit(self.deltas, DELTAS_ROLE, online)
         return target
@@ -630,6 +634,13 @@ def _check_eval_bytes(meta: ModelMeta, data: bytes | None) -> None:
         raise ReleaseError(f"{meta.name}/{meta.version}: evaluation set and metadata do not match")
     if (len(data), hashlib.sha256(data).hexdigest()) != (ref.length, ref.sha256):
         raise ReleaseError(f"{ref.path}: not the evaluation set the model metadata names")
+
+
+def _between_listed(custom: object, listed: dict[str, TargetFile]) -> bool:
+    """Whether a signed delta's source and target models are both still listed."""
+    if not isinstance(custom, dict):
+        return False
+    return custom.get("from") in listed and custom.get("to") in listed
 
 
 def _prune(targets: dict[str, TargetFile], name: str, keep: int) -> None:

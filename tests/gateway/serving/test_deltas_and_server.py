@@ -12,6 +12,7 @@ from tuf.api.metadata import Metadata
 from agent.trust import TrustedRepository, TrustError
 from edgefleet.models import model_path
 from gateway.releases import keystore
+from gateway.releases.model_inspect import ReleaseOptions, build_model_meta
 from gateway.serving.deltas import DeltaService
 from gateway.serving.server import RepositoryServer
 from protocol.delta import apply_delta, make_delta
@@ -103,3 +104,21 @@ async def test_the_deltas_key_cannot_sign_a_model_target(tmp_path, repo2):
         with pytest.raises(TrustError) as refused:
             await in_thread(client.target, "kws/3.tflite")
     assert refused.value.reason == "unknown-target"
+
+
+def test_deltas_of_pruned_versions_leave_the_deltas_role(repo2):
+    """The deltas role stops growing with the releases: once v1 is pruned from the targets
+    metadata, the next delta signed drops the ones from v1; a device on v1 gets full models."""
+    service = DeltaService(repo2)
+    assert service.offer("kws", 2, from_version=1).kind == "delta"
+    inspected = build_model_meta(
+        model_path("kws_f32_v2_full").read_bytes(), "kws", 3, ReleaseOptions(samples=8)
+    )
+    repo2.add_release(
+        inspected.meta, model_path("kws_f32_v2_full").read_bytes(), inspected.gate, keep_versions=2
+    )
+    assert [r.version for r in repo2.releases()] == [2, 3]
+    assert "kws/deltas/1-2.efdl" in repo2.deltas.signed.targets
+    assert service.offer("kws", 3, from_version=2).kind == "delta"
+    assert sorted(repo2.deltas.signed.targets) == ["kws/deltas/2-3.efdl"]
+    assert DeltaService(repo2).offer("kws", 3, from_version=1).kind == "full"
