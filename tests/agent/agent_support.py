@@ -131,7 +131,7 @@ class Collected:
     events: list[Event] = field(default_factory=list)
     bad: Counter = field(default_factory=Counter)
     samples: dict[str, Record] = field(default_factory=dict)
-    arrivals: list[tuple[str, int]] = field(default_factory=list)  # (topic kind, records)
+    arrivals: list[tuple[str, int]] = field(default_factory=list)  # (topic kind, highest seq)
 
 
 class Collector:
@@ -174,7 +174,7 @@ class Collector:
                     records = decode_batch(message.payload).records
                     for record in records:
                         self.data.samples[record.id.key] = record
-                    self.data.arrivals.append((kind, len(records)))
+                    self.data.arrivals.append((kind, max(r.id.seq for r in records)))
                 elif kind == "status":
                     self.data.statuses[device] = Status.decode(message.payload)
                 elif kind == "events":
