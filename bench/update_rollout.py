@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import gzip
 import json
 import shutil
@@ -47,7 +46,6 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ai_edge_litert import schema_py_generated as tflite_schema
 from aiohttp import web
+from delta_codec import apply_peak
 
 from agent.trust import TrustedRepository, TrustError
 from agent.updater.download import DownloadLimits
@@ -209,18 +208,6 @@ def measure_wire(work: Path) -> list[dict]:
 
 
 # -- 2. peak memory of delta apply ---------------------------------------------------------------
-
-
-def apply_peak(old: bytes, delta: bytes) -> int:
-    gc.collect()
-    tracemalloc.start()
-    try:
-        new = apply_delta(old, delta)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    del new
-    return peak
 
 
 def fine_tuned(model: bytes, seed: int = 1) -> bytes:

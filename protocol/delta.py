@@ -387,28 +387,22 @@ def _tensor_encode(old: bytes, new: bytes) -> bytes:
     a, b = np.frombuffer(old, np.uint8), np.frombuffer(new, np.uint8)
     layout = tflite_layout.regions(old)
     coded = b - a
-    flags = 0
-    for bit, region in enumerate(_quantized(layout)):
-        plain = _region_bytes(region, a, b, False)
-        predicted = _region_bytes(region, a, b, True)
-        if _entropy(predicted) < _entropy(plain):
-            flags |= 1 << bit
-    predicts = _flag_map(layout, flags)
-    for region in layout:
-        coded[region.start : region.start + region.length] = _region_bytes(
-            region, a, b, predicts.get(region.start, False)
-        )
-    int8 = _int8(layout)
-    packed = {
-        region.start: bool(region.length) and int(coded[_span(region)].max()) < 16
-        for region in int8
-    }
-    pack_flags = sum(1 << bit for bit, region in enumerate(int8) if packed[region.start])
+    predict_bit = {region.start: bit for bit, region in enumerate(_quantized(layout))}
+    pack_bit = {region.start: bit for bit, region in enumerate(_int8(layout))}
+    flags = pack_flags = 0
     pieces, at = [], 0
     for region in layout:
+        values = _region_bytes(region, a, b, False)
+        if region.start in predict_bit:
+            predicted = _region_bytes(region, a, b, True)
+            if _entropy(predicted) < _entropy(values):
+                values, flags = predicted, flags | 1 << predict_bit[region.start]
         pieces.append(coded[at : region.start].tobytes())
-        values = coded[_span(region)]
-        pieces.append(_nibbles(values) if packed.get(region.start) else values.tobytes())
+        if region.start in pack_bit and region.length and int(values.max()) < 16:
+            pack_flags |= 1 << pack_bit[region.start]
+            pieces.append(_nibbles(values))
+        else:
+            pieces.append(values.tobytes())
         at = region.start + region.length
     pieces.append(coded[at:].tobytes())
     data = b"".join(pieces)
@@ -419,13 +413,9 @@ def _tensor_encode(old: bytes, new: bytes) -> bytes:
         streams.append(lzma.compress(data, lzma.FORMAT_RAW, filters=filters))
     return (
         flags.to_bytes(_flag_bytes(_quantized(layout)), "little")
-        + pack_flags.to_bytes(_flag_bytes(int8), "little")
+        + pack_flags.to_bytes(_flag_bytes(_int8(layout)), "little")
         + min(streams, key=len)
     )
-
-
-def _span(region: Region) -> slice:
-    return slice(region.start, region.start + region.length)
 
 
 def _int8(layout: list[Region]) -> list[Region]:
